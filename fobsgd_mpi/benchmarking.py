@@ -1,0 +1,60 @@
+"""What every benchmark shares: timing, a printed table with units, and the same records to HDF5.
+
+Benchmarks return records (dicts); printing and saving are separate, so the table and the file
+can never disagree.
+"""
+import datetime
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def best_time(fn, repeats=30, setup=None):
+    """Best wall-clock seconds of `repeats` calls of fn() (setup() runs untimed before each)."""
+    best = float("inf")
+    for _ in range(repeats):
+        if setup:
+            setup()
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def format_table(records, columns):
+    """columns: (key, header with unit, format). Returns the table as text, '#' header first."""
+    heads = [h for _, h, _ in columns]
+    rows = [[fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in columns] for r in records]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(heads)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join(["# " + line(heads)] + ["  " + line(row) for row in rows])
+
+
+def save_records(path, name, records, units, meta=None):
+    """Write records as one dataset per key under group `name` of a new HDF5 file `path`."""
+    import h5py
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        f.attrs["machine"] = f"{platform.node()} {platform.machine()} {platform.processor()}"
+        f.attrs["meta"] = json.dumps(meta or {})
+        g = f.create_group(name)
+        for key in records[0]:
+            values = [r.get(key) for r in records]
+            if all(isinstance(v, str) for v in values):
+                ds = g.create_dataset(key, data=np.array(values, dtype="S"))
+            else:
+                ds = g.create_dataset(key, data=np.array([np.nan if v is None else v for v in values], dtype=float))
+            if key in units:
+                ds.attrs["units"] = units[key]
+    return path
+
+
+def results_path(stem):
+    """results/<stem>-<UTC time>.h5: one file per run, never overwritten."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return os.path.join("results", f"{stem}-{stamp}.h5")

@@ -1,0 +1,114 @@
+"""What every compressor shares: the payload (one contiguous byte buffer with named numpy views,
+so MPI sends it without a copy) and the encode / decode interface.
+
+A compressor is stateless between calls: error memories belong to the algorithms that use them.
+"""
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ..layout import DEFAULT_MAX_BLOCK, DEFAULT_MIN_BLOCK, BlockLayout
+from ..native import backend as kernel_backend
+
+
+@dataclass(frozen=True)
+class PayloadSpec:
+    """Fields (name, dtype, count) laid out back to back, each 8-byte aligned."""
+
+    fields: tuple
+
+    @property
+    def offsets(self):
+        out, pos = {}, 0
+        for name, dtype, count in self.fields:
+            out[name] = pos
+            pos += -(-np.dtype(dtype).itemsize * count // 8) * 8
+        return out
+
+    @property
+    def nbytes(self):
+        name, dtype, count = self.fields[-1]
+        return self.offsets[name] + -(-np.dtype(dtype).itemsize * count // 8) * 8
+
+    def empty(self):
+        return Payload(self, np.zeros(self.nbytes, dtype=np.uint8))
+
+    def view(self, buffer):
+        """A Payload over an existing uint8 buffer (e.g. one row of a gather), no copy."""
+        if buffer.dtype != np.uint8 or buffer.ndim != 1 or buffer.size != self.nbytes:
+            raise ValueError(f"payload buffer must be {self.nbytes} uint8 bytes, got {buffer.dtype} x {buffer.size}")
+        return Payload(self, buffer)
+
+
+class Payload:
+    """Encoded vector: `buffer` (uint8) is what travels; fields (e.g. `bits`, `scales`) are views."""
+
+    __slots__ = ("spec", "buffer", "__dict__")
+
+    def __init__(self, spec, buffer):
+        self.spec = spec
+        self.buffer = buffer
+        for (name, dtype, count), off in zip(spec.fields, spec.offsets.values()):
+            setattr(self, name, buffer[off : off + np.dtype(dtype).itemsize * count].view(dtype))
+
+    @property
+    def nbytes(self):
+        return self.buffer.nbytes
+
+
+class Compressor:
+    """encode(x, step, rank) -> Payload; decode(payload, step) -> x_hat (float32, length d).
+
+    Subclasses set `name`, `bits_up` (declared bits per coordinate, scales included, for
+    reports; the tests measure the truth from payload_nbytes) and implement `spec`, `_encode`,
+    `_decode`.
+    """
+
+    name = ""
+
+    def __init__(self, block_size=DEFAULT_MAX_BLOCK, min_block=DEFAULT_MIN_BLOCK, backend="native", n_threads=1):
+        self.block_size = block_size
+        self.min_block = min(min_block, block_size)
+        self.kernels = kernel_backend(backend)
+        self.n_threads = int(n_threads)
+        BlockLayout(1, block_size, self.min_block)  # validates the sizes now, not at first use
+
+    @lru_cache(maxsize=8)
+    def layout(self, d):
+        return BlockLayout(int(d), self.block_size, self.min_block)
+
+    def spec(self, d):
+        raise NotImplementedError
+
+    def payload_nbytes(self, d):
+        return self.spec(d).nbytes
+
+    def bits_per_coordinate(self, d):
+        return 8 * self.payload_nbytes(d) / d
+
+    def encode(self, x, step, rank, out=None):
+        x = _as_gradient(x)
+        payload = out if out is not None else self.spec(len(x)).empty()
+        self._encode(x, int(step), int(rank), payload)
+        return payload
+
+    def decode(self, payload, step, d, out=None, weight=1.0, accumulate=False):
+        """x_hat of length d; with `out`, writes (or with `accumulate` adds) weight * x_hat there."""
+        if out is None:
+            out = np.zeros(d, dtype=np.float32)
+            accumulate = False
+        self._decode(payload, int(step), d, out, float(weight), bool(accumulate))
+        return out
+
+
+def _as_gradient(x):
+    if not isinstance(x, np.ndarray) or x.ndim != 1:
+        raise ValueError("encode needs a 1-D numpy array (flatten the gradient first)")
+    if x.dtype != np.float32:
+        raise ValueError(f"encode needs float32, got {x.dtype}; convert with x.astype(np.float32)")
+    if not x.flags.c_contiguous:
+        raise ValueError("encode needs a contiguous array (np.ascontiguousarray)")
+    if x.size == 0:
+        raise ValueError("encode needs a non-empty vector")
+    return x

@@ -1,0 +1,69 @@
+"""One-bit dithered quantization, with (`fo1bit`) or without (`dithered-sign`) flattening.
+
+FO-SGD (Stollenwerk & Jacques, arXiv 2405.11095), per block of m coordinates:
+  1. y = H D x / sqrt(m), D = diag(+-1) from the stream of (seed, step, block), shared by all ranks;
+  2. lambda = ||x||_2 sqrt(2 ln(2m / eta) / m)  ("norm", biased only by rare clipping)
+     or lambda = max|y|                        ("max", unbiased);
+  3. bits b_j = [y_j + tau_j >= 0], tau_j ~ U(-lambda, lambda) from the stream of (seed, step,
+     block, rank); decode q = lambda (2b - 1), x_hat = D H q / sqrt(m).
+Flattening spreads a sparse x over the block, so the variance per block is about
+(2 ln(2m/eta) - 1) ||x||^2 instead of the m ||x||_inf^2 that dithered sign pays without it.
+"""
+import math
+
+import numpy as np
+
+from ..native import LAMBDA_MAX, LAMBDA_NORM
+from .onebit import OneBitCompressor
+from .registry import register
+
+LAMBDA_RULES = {"norm": LAMBDA_NORM, "max": LAMBDA_MAX}
+
+
+@register("fo1bit")
+class FlattenedOneBit(OneBitCompressor):
+    rotate = True
+    bits_up = 1.0
+
+    def __init__(self, eta=1e-2, lambda_rule="norm", seed=0, **options):
+        super().__init__(**options)
+        if lambda_rule not in LAMBDA_RULES:
+            raise ValueError(f"lambda_rule must be one of {', '.join(LAMBDA_RULES)}, got {lambda_rule!r}")
+        if not 0 < eta < 1:
+            raise ValueError(f"eta must lie in (0, 1), got {eta!r}")
+        self.eta = float(eta)
+        self.lambda_rule = lambda_rule
+        self.seed = int(seed)
+
+    def lambda_factors(self, layout):
+        """sqrt(2 ln(2m / eta) / m) per block (the "norm" rule's lambda / ||x||_2)."""
+        return np.array([math.sqrt(2 * math.log(2 * m / self.eta) / m) for m in layout.sizes.tolist()])
+
+    def _quantize(self, x, layout, rotate, step, rank, payload):
+        self.kernels.encode_1bit(x, layout, rotate, LAMBDA_RULES[self.lambda_rule], self.lambda_factors(layout),
+                                 self.seed, step, rank, payload.bits, payload.scales, self.n_threads)
+
+    def _encode(self, x, step, rank, payload):
+        self._quantize(x, self.layout(len(x)), self.rotate, step, rank, payload)
+
+    def encode_flat(self, v, step, rank, d, out=None):
+        """Re-quantize a server sum v (padded length, already in the encoded domain) without
+        transforming it: the payload decodes like any worker's."""
+        payload = out if out is not None else self.spec(d).empty()
+        self._quantize(v, self.layout(d).flat(), False, int(step), int(rank), payload)
+        return payload
+
+    def _decode(self, payload, step, d, out, weight, accumulate):
+        self.kernels.decode_1bit(payload.bits, payload.scales, self.layout(d), self.rotate, self.seed, step, out,
+                                 weight, accumulate, self.n_threads)
+
+
+@register("dithered-sign")
+class DitheredSign(FlattenedOneBit):
+    """The same quantizer without the flattening (the ablation): lambda = max|x| per block, so a
+    sparse x pays a variance of about m ||x||_inf^2."""
+
+    rotate = False
+
+    def __init__(self, lambda_rule="max", **options):
+        super().__init__(lambda_rule=lambda_rule, **options)

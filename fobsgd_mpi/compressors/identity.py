@@ -1,0 +1,22 @@
+"""No compression: float32 values (the fp32 baseline's payload)."""
+import numpy as np
+
+from .base import Compressor, PayloadSpec
+from .registry import register
+
+
+@register("identity")
+class Identity(Compressor):
+    bits_up = 32.0
+
+    def spec(self, d):
+        return PayloadSpec((("values", np.float32, d),))
+
+    def _encode(self, x, step, rank, payload):
+        payload.values[:] = x
+
+    def _decode(self, payload, step, d, out, weight, accumulate):
+        if accumulate:
+            out += np.float32(weight) * payload.values
+        else:
+            np.multiply(payload.values, np.float32(weight), out=out[:d])

@@ -1,0 +1,132 @@
+"""The C++ kernels (fobsgd_mpi._native), with the same functions and signatures as
+fobsgd_mpi.reference. If the extension is not built, every function here is the numpy reference
+and a warning says so once.
+
+    >>> import numpy as np
+    >>> from fobsgd_mpi import native
+    >>> x = np.ones(8, dtype=np.float32)
+    >>> native.fwht_(x)[:2]
+    array([2.828427, 0.      ], dtype=float32)
+"""
+import math
+import warnings
+
+import numpy as np
+
+from . import reference
+from .errors import NonFiniteError
+from .reference import LAMBDA_MAX, LAMBDA_NORM  # noqa: F401  (re-exported for callers)
+
+try:
+    from . import _native
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    _native = None
+    _missing = exc
+
+ISAS = ("avx512", "avx2", "generic")
+
+
+def _check(status, what):
+    if status == 0:
+        return
+    if status == -2:
+        raise NonFiniteError(f"{what}: input holds NaN or Inf; fix the gradient (lower the learning rate) before encoding")
+    if status == -3:
+        raise ValueError(f"{what}: this CPU lacks the requested instruction set")
+    raise ValueError(f"{what}: bad arguments (status {status})")
+
+
+def available():
+    return _native is not None
+
+
+def isa():
+    """The instruction set the kernels run on now ("avx512", "avx2", "generic" or "numpy")."""
+    return _native.isa() if _native else "numpy"
+
+
+def supported_isas():
+    return [name for name in ISAS if _native and _native.isa_supported(name)]
+
+
+def set_isa(name=None):
+    """Force an instruction set (None: the best this CPU has). FOBSGD_ISA sets it at import."""
+    if _native is None:
+        raise RuntimeError("the native extension is not built; run `make install`")
+    if name is not None and name not in ISAS:
+        raise ValueError(f"unknown instruction set {name!r}; choose one of {', '.join(ISAS)}")
+    _check(_native.set_isa(name), f"set_isa({name!r})")
+
+
+def fwht_(x, normalize=True):
+    """In-place Walsh-Hadamard transform over the last axis of a C-contiguous float32/float64 array.
+
+    With `normalize` the transform is orthonormal (H / sqrt(n), its own inverse). Returns x.
+    Raises ValueError for another dtype, a non-contiguous array or a length not a power of two.
+    """
+    n = reference.check_fwht_input(x)
+    log_n = n.bit_length() - 1
+    scale = 1.0 / math.sqrt(n) if normalize else 1.0
+    kernel = _native.fwht_f32 if x.dtype == np.float32 else _native.fwht_f64
+    _check(kernel(x.reshape(-1), log_n, scale), "fwht_")
+    return x
+
+
+def _work(layout, n_threads):
+    return np.empty(n_threads * int(layout.sizes.max()), dtype=np.float32)
+
+
+def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, scales, n_threads=1):
+    _check(_native.encode_1bit(x, layout.offsets, layout.log_sizes, layout.d, int(rotate), rule, lambda_factor,
+                               seed, step, rank, _work(layout, n_threads), bits, scales, n_threads), "encode_1bit")
+
+
+def decode_1bit(bits, scales, layout, rotate, seed, step, out, weight=1.0, accumulate=False, n_threads=1):
+    _check(_native.decode_1bit(bits, scales, layout.offsets, layout.log_sizes, layout.d, int(rotate), seed, step,
+                               weight, accumulate, _work(layout, n_threads), out, n_threads), "decode_1bit")
+
+
+def aggregate_1bit(payloads, scales_offset, weights, layout, out, n_threads=1):
+    _check(_native.aggregate_1bit(payloads, scales_offset, weights, layout.offsets, layout.log_sizes, layout.d,
+                                  out, n_threads), "aggregate_1bit")
+
+
+def scaled_sign_encode(x, layout, bits, scales, n_threads=1):
+    _check(_native.scaled_sign_encode(x, layout.offsets, layout.log_sizes, layout.d, bits, scales, n_threads),
+           "scaled_sign_encode")
+
+
+def scaled_sign_decode(bits, scales, layout, out, weight=1.0, accumulate=False, n_threads=1):
+    _check(_native.scaled_sign_decode(bits, scales, layout.offsets, layout.log_sizes, layout.d, weight, accumulate,
+                                      out, n_threads), "scaled_sign_decode")
+
+
+def pack_signs(x, words):
+    _check(_native.pack_signs(x, words), "pack_signs")
+
+
+def unpack_signs(words, a, out):
+    _check(_native.unpack_signs(words, a, out), "unpack_signs")
+
+
+def majority_vote(words, out):
+    _check(_native.majority_vote(words, out), "majority_vote")
+
+
+KERNELS = ("fwht_", "encode_1bit", "decode_1bit", "aggregate_1bit", "scaled_sign_encode", "scaled_sign_decode",
+           "pack_signs", "unpack_signs", "majority_vote")
+
+if _native is None:  # pragma: no cover
+    warnings.warn(f"fobsgd_mpi._native is not built ({_missing}); using the numpy reference kernels, "
+                  "which are 10-50x slower. Build it with `make install`.", RuntimeWarning, stacklevel=2)
+    globals().update({name: getattr(reference, name) for name in KERNELS})
+
+
+def backend(name="native"):
+    """The kernel module for a backend name: "native" (falls back to numpy if unbuilt) or "numpy"."""
+    if name == "numpy":
+        return reference
+    if name == "native":
+        import sys
+        return sys.modules[__name__]
+    raise ValueError(f"unknown kernel backend {name!r}; choose 'native' or 'numpy'")

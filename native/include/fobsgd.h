@@ -1,0 +1,85 @@
+/* fobsgd native kernels: a handful of plain functions on raw pointers and lengths.
+ *
+ * Every function returns FOBSGD_OK (0) or a negative status. Kernels are compiled once per
+ * instruction set (generic, AVX2, AVX-512) and chosen at run time; see fobsgd_set_isa().
+ *
+ * Block layout (all block-wise kernels): block b covers coordinates [offsets[b], offsets[b] +
+ * 2^log_sizes[b]) of a zero-padded vector; coordinates at or past `d` are padding. Blocks are
+ * contiguous, in order, and each is a multiple of 64 coordinates, so block b's packed bits start
+ * at word offsets[b] / 64. Bits are little-endian within a uint64 word.
+ */
+#ifndef FOBSGD_H
+#define FOBSGD_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    FOBSGD_OK = 0,
+    FOBSGD_EINVAL = -1,     /* bad length, layout or argument */
+    FOBSGD_ENONFINITE = -2, /* input holds NaN or Inf */
+    FOBSGD_EISA = -3        /* requested instruction set not supported by this CPU */
+};
+
+enum { FOBSGD_LAMBDA_NORM = 0, FOBSGD_LAMBDA_MAX = 1 };
+
+typedef struct {
+    const int64_t *offsets;
+    const int32_t *log_sizes;
+    int64_t n_blocks;
+    int64_t d; /* real (unpadded) length */
+} fobsgd_layout;
+
+/* Instruction set: "avx512", "avx2" or "generic". fobsgd_set_isa(NULL) picks the best the CPU has. */
+int fobsgd_set_isa(const char *name);
+const char *fobsgd_isa(void);
+int fobsgd_isa_supported(const char *name);
+
+/* In-place Walsh-Hadamard transform of n_rows contiguous rows of length 2^log_n, each
+ * multiplied by `scale` at the end (1/sqrt(2^log_n) gives the orthonormal transform). */
+int fobsgd_fwht_f32(float *x, int64_t n_rows, int log_n, float scale);
+int fobsgd_fwht_f64(double *x, int64_t n_rows, int log_n, double scale);
+
+/* One-bit dithered encode (FO-SGD when rotate != 0, dithered sign when rotate == 0).
+ * Per block: y = H D x / sqrt(m) (or y = x), lambda by rule (NORM: ||x||_2 * lambda_factor[b];
+ * MAX: max|y|), bit_j = [y_j + tau_j >= 0] with tau_j ~ U(-lambda, lambda) from the stream of
+ * (seed, step, block, rank). `work` holds n_threads * max block length floats. */
+int fobsgd_encode_1bit(const float *x, fobsgd_layout layout, int rotate, int rule,
+                       const double *lambda_factor, uint64_t seed, uint64_t step, uint64_t rank,
+                       float *work, uint64_t *bits, float *scales, int n_threads);
+
+/* Decode of the above: out[:d] (+)= weight * D H (lambda (2b - 1)) / sqrt(m). */
+int fobsgd_decode_1bit(const uint64_t *bits, const float *scales, fobsgd_layout layout, int rotate,
+                       uint64_t seed, uint64_t step, float weight, int accumulate, float *work,
+                       float *out, int n_threads);
+
+/* Server aggregation in the encoded domain: out[j] = sum_i weights[i] * scale_i[b] * (2 b_ij - 1)
+ * over the padded length, for n payloads laid out `stride` bytes apart in `payloads`, each with
+ * its bits at byte 0 and its scales at byte `scales_offset`. */
+int fobsgd_aggregate_1bit(const uint8_t *payloads, int64_t n, int64_t stride,
+                          int64_t scales_offset, const float *weights, fobsgd_layout layout,
+                          float *out, int n_threads);
+
+/* Scaled sign: bit = [x >= 0] (padding counts as 0), scale = ||x_b||_1 / valid_b. */
+int fobsgd_scaled_sign_encode(const float *x, fobsgd_layout layout, uint64_t *bits, float *scales,
+                              int n_threads);
+/* out[:d] (+)= weight * scale_b * (2 b - 1); scales may be NULL (scale 1). */
+int fobsgd_scaled_sign_decode(const uint64_t *bits, const float *scales, fobsgd_layout layout,
+                              float weight, int accumulate, float *out, int n_threads);
+
+/* Bit packing: words[j/64] bit j%64 = [x_j >= 0]; trailing bits of the last word are 0. */
+int fobsgd_pack_signs(const float *x, int64_t n, uint64_t *words);
+/* out_j = bit ? a : -a */
+int fobsgd_unpack_signs(const uint64_t *words, int64_t n, float a, float *out);
+/* Bitwise majority over n payloads of n_words words, `stride` words apart: out bit = 1 where at
+ * least half of the inputs have it (a tie votes +). */
+int fobsgd_majority_vote(const uint64_t *words, int64_t n, int64_t stride, int64_t n_words,
+                         uint64_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

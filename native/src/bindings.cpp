@@ -1,0 +1,153 @@
+// pybind11 shim: checks array kinds and sizes, releases the GIL, returns the kernel's status.
+// Argument meaning is documented in fobsgd.h; fobsgd_mpi/native.py is the Python face.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "fobsgd.h"
+
+namespace py = pybind11;
+
+template <class T> using arr = py::array_t<T, py::array::c_style>;
+
+template <class T> T *data_of(arr<T> &a, const char *name, int64_t min_size) {
+    if (a.size() < min_size)
+        throw std::invalid_argument(std::string(name) + " holds " + std::to_string(a.size()) +
+                                    " elements, needs at least " + std::to_string(min_size));
+    return a.mutable_data();
+}
+
+static fobsgd_layout layout_of(arr<int64_t> &offsets, arr<int32_t> &log_sizes, int64_t d) {
+    if (offsets.size() != log_sizes.size()) throw std::invalid_argument("offsets and log_sizes differ in length");
+    return fobsgd_layout{offsets.data(), log_sizes.data(), (int64_t)offsets.size(), d};
+}
+
+static int64_t padded_length(const fobsgd_layout &lay) {
+    if (!lay.n_blocks) return 0;
+    return lay.offsets[lay.n_blocks - 1] + ((int64_t)1 << lay.log_sizes[lay.n_blocks - 1]);
+}
+
+template <class T> int fwht(arr<T> x, int log_n, T scale) {
+    const int64_t n = (int64_t)1 << log_n;
+    if (log_n < 0 || log_n > 30 || x.size() % n) throw std::invalid_argument("length is not a multiple of 2^log_n");
+    T *p = x.mutable_data();
+    const int64_t rows = x.size() / n;
+    py::gil_scoped_release nogil;
+    return sizeof(T) == 4 ? fobsgd_fwht_f32((float *)p, rows, log_n, (float)scale)
+                          : fobsgd_fwht_f64((double *)p, rows, log_n, (double)scale);
+}
+
+PYBIND11_MODULE(_native, m) {
+    m.doc() = "fobsgd native kernels (see native/include/fobsgd.h)";
+    m.def("isa", &fobsgd_isa);
+    m.def("isa_supported", [](const std::string &s) { return (bool)fobsgd_isa_supported(s.c_str()); });
+    m.def("set_isa", [](py::object name) {
+        return name.is_none() ? fobsgd_set_isa(nullptr) : fobsgd_set_isa(name.cast<std::string>().c_str());
+    });
+    m.def("fwht_f32", &fwht<float>, py::arg("x").noconvert(), py::arg("log_n"), py::arg("scale"));
+    m.def("fwht_f64", &fwht<double>, py::arg("x").noconvert(), py::arg("log_n"), py::arg("scale"));
+
+    m.def("encode_1bit", [](arr<float> x, arr<int64_t> offsets, arr<int32_t> log_sizes, int64_t d, int rotate,
+                            int rule, arr<double> factors, uint64_t seed, uint64_t step, uint64_t rank,
+                            arr<float> work, arr<uint64_t> bits, arr<float> scales, int n_threads) {
+        fobsgd_layout lay = layout_of(offsets, log_sizes, d);
+        const float *px = data_of(x, "x", d);
+        const double *pf = data_of(factors, "lambda_factor", lay.n_blocks);
+        float *pw = data_of(work, "work", 0);
+        uint64_t *pb = data_of(bits, "bits", padded_length(lay) / 64);
+        float *ps = data_of(scales, "scales", lay.n_blocks);
+        py::gil_scoped_release nogil;
+        return fobsgd_encode_1bit(px, lay, rotate, rule, pf, seed, step, rank, pw, pb, ps, n_threads);
+    }, py::arg("x").noconvert(), py::arg("offsets").noconvert(), py::arg("log_sizes").noconvert(), py::arg("d"),
+       py::arg("rotate"), py::arg("rule"), py::arg("lambda_factor").noconvert(), py::arg("seed"), py::arg("step"),
+       py::arg("rank"), py::arg("work").noconvert(), py::arg("bits").noconvert(), py::arg("scales").noconvert(),
+       py::arg("n_threads"));
+
+    m.def("decode_1bit", [](arr<uint64_t> bits, arr<float> scales, arr<int64_t> offsets, arr<int32_t> log_sizes,
+                            int64_t d, int rotate, uint64_t seed, uint64_t step, float weight, bool accumulate,
+                            arr<float> work, arr<float> out, int n_threads) {
+        fobsgd_layout lay = layout_of(offsets, log_sizes, d);
+        const uint64_t *pb = data_of(bits, "bits", padded_length(lay) / 64);
+        const float *ps = data_of(scales, "scales", lay.n_blocks);
+        float *pw = data_of(work, "work", 0);
+        float *po = data_of(out, "out", d);
+        py::gil_scoped_release nogil;
+        return fobsgd_decode_1bit(pb, ps, lay, rotate, seed, step, weight, accumulate, pw, po, n_threads);
+    }, py::arg("bits").noconvert(), py::arg("scales").noconvert(), py::arg("offsets").noconvert(),
+       py::arg("log_sizes").noconvert(), py::arg("d"), py::arg("rotate"), py::arg("seed"), py::arg("step"),
+       py::arg("weight"), py::arg("accumulate"), py::arg("work").noconvert(), py::arg("out").noconvert(),
+       py::arg("n_threads"));
+
+    m.def("aggregate_1bit", [](arr<uint8_t> payloads, int64_t scales_offset, arr<float> weights,
+                               arr<int64_t> offsets, arr<int32_t> log_sizes, int64_t d, arr<float> out,
+                               int n_threads) {
+        fobsgd_layout lay = layout_of(offsets, log_sizes, d);
+        if (payloads.ndim() != 2) throw std::invalid_argument("payloads must be 2-D (n, nbytes)");
+        const int64_t n = payloads.shape(0), stride = payloads.shape(1);
+        if (scales_offset + 4 * lay.n_blocks > stride || padded_length(lay) / 8 > scales_offset)
+            throw std::invalid_argument("payload rows are too short for this layout");
+        const float *pw = data_of(weights, "weights", n);
+        float *po = data_of(out, "out", padded_length(lay));
+        const uint8_t *pp = payloads.data();
+        py::gil_scoped_release nogil;
+        return fobsgd_aggregate_1bit(pp, n, stride, scales_offset, pw, lay, po, n_threads);
+    }, py::arg("payloads").noconvert(), py::arg("scales_offset"), py::arg("weights").noconvert(),
+       py::arg("offsets").noconvert(), py::arg("log_sizes").noconvert(), py::arg("d"), py::arg("out").noconvert(),
+       py::arg("n_threads"));
+
+    m.def("scaled_sign_encode", [](arr<float> x, arr<int64_t> offsets, arr<int32_t> log_sizes, int64_t d,
+                                   arr<uint64_t> bits, arr<float> scales, int n_threads) {
+        fobsgd_layout lay = layout_of(offsets, log_sizes, d);
+        const float *px = data_of(x, "x", d);
+        uint64_t *pb = data_of(bits, "bits", padded_length(lay) / 64);
+        float *ps = data_of(scales, "scales", lay.n_blocks);
+        py::gil_scoped_release nogil;
+        return fobsgd_scaled_sign_encode(px, lay, pb, ps, n_threads);
+    }, py::arg("x").noconvert(), py::arg("offsets").noconvert(), py::arg("log_sizes").noconvert(), py::arg("d"),
+       py::arg("bits").noconvert(), py::arg("scales").noconvert(), py::arg("n_threads"));
+
+    m.def("scaled_sign_decode", [](arr<uint64_t> bits, py::object scales, arr<int64_t> offsets,
+                                   arr<int32_t> log_sizes, int64_t d, float weight, bool accumulate,
+                                   arr<float> out, int n_threads) {
+        fobsgd_layout lay = layout_of(offsets, log_sizes, d);
+        const uint64_t *pb = data_of(bits, "bits", padded_length(lay) / 64);
+        const float *ps = nullptr;
+        arr<float> s;
+        if (!scales.is_none()) {
+            s = scales.cast<arr<float>>();
+            ps = data_of(s, "scales", lay.n_blocks);
+        }
+        float *po = data_of(out, "out", d);
+        py::gil_scoped_release nogil;
+        return fobsgd_scaled_sign_decode(pb, ps, lay, weight, accumulate, po, n_threads);
+    }, py::arg("bits").noconvert(), py::arg("scales"), py::arg("offsets").noconvert(),
+       py::arg("log_sizes").noconvert(), py::arg("d"), py::arg("weight"), py::arg("accumulate"),
+       py::arg("out").noconvert(), py::arg("n_threads"));
+
+    m.def("pack_signs", [](arr<float> x, arr<uint64_t> words) {
+        const int64_t n = x.size();
+        const float *px = x.data();
+        uint64_t *pw = data_of(words, "words", (n + 63) / 64);
+        py::gil_scoped_release nogil;
+        return fobsgd_pack_signs(px, n, pw);
+    }, py::arg("x").noconvert(), py::arg("words").noconvert());
+
+    m.def("unpack_signs", [](arr<uint64_t> words, float a, arr<float> out) {
+        const int64_t n = out.size();
+        const uint64_t *pw = data_of(words, "words", (n + 63) / 64);
+        float *po = out.mutable_data();
+        py::gil_scoped_release nogil;
+        return fobsgd_unpack_signs(pw, n, a, po);
+    }, py::arg("words").noconvert(), py::arg("a"), py::arg("out").noconvert());
+
+    m.def("majority_vote", [](arr<uint64_t> words, arr<uint64_t> out) {
+        if (words.ndim() != 2) throw std::invalid_argument("words must be 2-D (n, n_words)");
+        const int64_t n = words.shape(0), n_words = words.shape(1);
+        const uint64_t *pw = words.data();
+        uint64_t *po = data_of(out, "out", n_words);
+        py::gil_scoped_release nogil;
+        return fobsgd_majority_vote(pw, n, n_words, n_words, po);
+    }, py::arg("words").noconvert(), py::arg("out").noconvert());
+}

@@ -1,0 +1,515 @@
+// The kernels, written once over GCC/Clang vector extensions and compiled once per instruction
+// set: isa_*.cpp include this file inside their own namespace with their own -m flags and
+// FOBSGD_VBYTES (vector width in bytes). Nothing here may use std:: templates: an inline
+// function emitted by an AVX-512 translation unit must never be picked by the linker for the
+// generic one.
+//
+// Bit-exactness with the numpy reference (fobsgd_mpi/reference.py): the transform applies its
+// butterfly stages in the same order (stride 1, 2, 4, ...) with the same a+b / a-b operations,
+// and scales last; blocking and radix-8 passes only change the memory order, not the arithmetic.
+
+#include "stream.inl"
+
+constexpr int VB = FOBSGD_VBYTES;
+typedef float vf __attribute__((vector_size(VB)));
+typedef double vd __attribute__((vector_size(VB)));
+typedef int32_t vi32 __attribute__((vector_size(VB)));
+typedef uint32_t vu32 __attribute__((vector_size(VB)));
+typedef uint64_t vu64 __attribute__((vector_size(VB)));
+
+constexpr int WF = VB / 4;  // float lanes
+constexpr int WD = VB / 8;  // double lanes
+
+template <class T> struct Lanes;
+template <> struct Lanes<float> { typedef vf V; static constexpr int W = WF; };
+template <> struct Lanes<double> { typedef vd V; static constexpr int W = WD; };
+
+template <int... Is> struct seq {};
+template <int N, int... Is> struct make_seq : make_seq<N - 1, N - 1, Is...> {};
+template <int... Is> struct make_seq<0, Is...> { typedef seq<Is...> type; };
+
+template <class V, class T> inline V vload(const T *p) {
+    V v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+}
+template <class V, class T> inline void vstore(T *p, const V &v) { __builtin_memcpy(p, &v, sizeof v); }
+
+constexpr int ilog2(int n) { return n <= 1 ? 0 : 1 + ilog2(n / 2); }
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// ---------------------------------------------------------------- bit masks <-> lanes (float)
+inline vu32 lane_bits() {
+    vu32 b;
+    for (int l = 0; l < WF; ++l) b[l] = 1u << l;
+    return b;
+}
+
+#if defined(__AVX512F__)
+inline uint32_t ge_mask(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+inline vf select_bits(uint64_t bits, vf on, vf off) {
+    return _mm512_mask_blend_ps((__mmask16)bits, off, on);
+}
+#elif defined(__AVX2__)
+inline uint32_t ge_mask(vf a, vf b) { return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)); }
+inline vf select_bits(uint64_t bits, vf on, vf off) {
+    vu32 m = ((vu32){} + (uint32_t)bits) & lane_bits();
+    return m != 0 ? on : off;
+}
+#else
+inline uint32_t ge_mask(vf a, vf b) {
+    uint32_t m = 0;
+    for (int l = 0; l < WF; ++l) m |= (uint32_t)(a[l] >= b[l]) << l;
+    return m;
+}
+inline vf select_bits(uint64_t bits, vf on, vf off) {
+    vu32 m = ((vu32){} + (uint32_t)bits) & lane_bits();
+    return m != 0 ? on : off;
+}
+#endif
+
+inline vf negate(vf x) { return -x; }
+
+// ---------------------------------------------------------------- Walsh-Hadamard transform
+template <class V> inline void butterfly(V &a, V &b) {
+    V s = a + b;
+    b = a - b;
+    a = s;
+}
+
+// t + s * x with s = +-1: exact (s * x is), so an FMA gives the same bits as add/sub.
+inline vf sign_add(vf t, vf s, vf x) {
+#if defined(__AVX512F__)
+    return _mm512_fmadd_ps(s, x, t);
+#elif defined(__FMA__)
+    return _mm256_fmadd_ps(s, x, t);
+#else
+    return t + s * x;
+#endif
+}
+inline vd sign_add(vd t, vd s, vd x) {
+#if defined(__AVX512F__)
+    return _mm512_fmadd_pd(s, x, t);
+#elif defined(__FMA__)
+    return _mm256_fmadd_pd(s, x, t);
+#else
+    return t + s * x;
+#endif
+}
+
+// One stage of stride H inside a vector: lane i pairs with lane i^H; the lower lane gets a + b,
+// the upper b' - a' written as partner - self, i.e. partner + (-1) * self.
+template <class V, int H, int... Is> inline V lane_stage(V x, seq<Is...>) {
+    const V t = __builtin_shufflevector(x, x, (Is ^ H)...);
+    const V s = {((Is & H) ? -1 : 1)...};
+    return sign_add(t, s, x);
+}
+template <class V, int W, int H> struct LaneStages {
+    static inline V run(V x) {
+        return LaneStages<V, W, H * 2>::run(lane_stage<V, H>(x, typename make_seq<W>::type()));
+    }
+};
+template <class V, int W> struct LaneStages<V, W, W> {
+    static inline V run(V x) { return x; }
+};
+
+// R stages across 2^R vectors v[k], v[k + 2^t], stride order low to high.
+template <class V, int R> inline void cross_stages(V *v) {
+    for (int t = 0; t < R; ++t)
+        for (int k = 0; k < (1 << R); ++k)
+            if (!(k & (1 << t))) butterfly(v[k], v[k | (1 << t)]);
+}
+
+// Stages per pass: 2^RADIX vectors live in registers (AVX-512 has 32 of them, the others 16).
+constexpr int RADIX = VB == 64 ? 4 : 3;
+
+// The first log2(W) + RADIX stages on consecutive runs of 2^RADIX vectors.
+template <class T> void base_pass(T *x, int64_t n, bool do_scale, T scale) {
+    typedef typename Lanes<T>::V V;
+    constexpr int W = Lanes<T>::W, NV = 1 << RADIX;
+    for (int64_t i = 0; i < n; i += NV * W) {
+        V v[NV];
+        for (int k = 0; k < NV; ++k) v[k] = LaneStages<V, W, 1>::run(vload<V>(x + i + k * W));
+        cross_stages<V, RADIX>(v);
+        if (do_scale)
+            for (int k = 0; k < NV; ++k) v[k] *= scale;
+        for (int k = 0; k < NV; ++k) vstore(x + i + k * W, v[k]);
+    }
+}
+
+// R consecutive stages starting at stride h (h >= W), one pass over x[0, n).
+template <class T, int R> void radix_pass(T *x, int64_t n, int64_t h, bool do_scale, T scale) {
+    typedef typename Lanes<T>::V V;
+    constexpr int W = Lanes<T>::W;
+    const int64_t span = h << R;
+    for (int64_t g = 0; g < n; g += span)
+        for (int64_t j = 0; j < h; j += W) {
+            T *p = x + g + j;
+            V v[1 << R];
+            for (int k = 0; k < (1 << R); ++k) v[k] = vload<V>(p + k * h);
+            cross_stages<V, R>(v);
+            if (do_scale)
+                for (int k = 0; k < (1 << R); ++k) v[k] *= scale;
+            for (int k = 0; k < (1 << R); ++k) vstore(p + k * h, v[k]);
+        }
+}
+
+// Stages [s_lo, s_hi) in passes of up to RADIX stages, split evenly (no lone radix-2 pass).
+// Past a 1 KiB stride, 16 streams would share too few L1 sets (12-way), so passes take 8.
+template <class T> void radix_stages(T *x, int64_t n, int s_lo, int s_hi, bool do_scale, T scale) {
+    while (s_lo < s_hi) {
+        const int radix = ((int64_t)sizeof(T) << s_lo) >= 1024 && RADIX > 3 ? 3 : RADIX;
+        const int left = s_hi - s_lo, passes = (left + radix - 1) / radix;
+        const int r = (left + passes - 1) / passes;
+        const bool last = do_scale && s_lo + r == s_hi;
+        const int64_t h = (int64_t)1 << s_lo;
+        if (r == 4) radix_pass<T, 4>(x, n, h, last, scale);
+        else if (r == 3) radix_pass<T, 3>(x, n, h, last, scale);
+        else if (r == 2) radix_pass<T, 2>(x, n, h, last, scale);
+        else radix_pass<T, 1>(x, n, h, last, scale);
+        s_lo += r;
+    }
+}
+
+template <class T> void fwht_small(T *x, int64_t n, T scale) {
+    for (int64_t h = 1; h < n; h *= 2)
+        for (int64_t i = 0; i < n; i += 2 * h)
+            for (int64_t j = i; j < i + h; ++j) {
+                T a = x[j], b = x[j + h];
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+    if (scale != T(1))
+        for (int64_t j = 0; j < n; ++j) x[j] *= scale;
+}
+
+// Cache blocking: the low stages run on L1-sized chunks, the middle ones on L2-sized chunks,
+// and only the top stages stream over the whole row.
+template <class T> void fwht_row(T *x, int L, T scale) {
+    constexpr int base_log = ilog2(Lanes<T>::W) + RADIX;
+    constexpr int l1_log = sizeof(T) == 4 ? 13 : 12;
+    constexpr int l2_log = sizeof(T) == 4 ? 17 : 16;
+    const int64_t n = (int64_t)1 << L;
+    if (L < base_log) return fwht_small(x, n, scale);
+    const bool sc = scale != T(1);
+    const int c1 = L < l1_log ? L : l1_log, c2 = L < l2_log ? L : l2_log;
+    const int64_t n1 = (int64_t)1 << c1, n2 = (int64_t)1 << c2;
+    for (int64_t o2 = 0; o2 < n; o2 += n2) {
+        for (int64_t o1 = o2; o1 < o2 + n2; o1 += n1) {
+            base_pass<T>(x + o1, n1, sc && L == base_log, scale);
+            radix_stages<T>(x + o1, n1, base_log, c1, sc && L == c1, scale);
+        }
+        radix_stages<T>(x + o2, n2, c1, c2, sc && L == c2, scale);
+    }
+    radix_stages<T>(x, n, c2, L, sc, scale);
+}
+
+template <class T> int fwht(T *x, int64_t n_rows, int log_n, T scale) {
+    if (log_n < 0 || log_n > 30 || n_rows < 0) return FOBSGD_EINVAL;
+    const int64_t n = (int64_t)1 << log_n;
+    for (int64_t r = 0; r < n_rows; ++r) fwht_row(x + r * n, log_n, scale);
+    return FOBSGD_OK;
+}
+
+// ---------------------------------------------------------------- block helpers
+struct Block {
+    int64_t off, m, valid;
+    int log_m;
+};
+inline Block block_at(const fobsgd_layout &lay, int64_t b) {
+    Block k;
+    k.off = lay.offsets[b];
+    k.log_m = lay.log_sizes[b];
+    k.m = (int64_t)1 << k.log_m;
+    k.valid = lay.d - k.off < k.m ? (lay.d - k.off > 0 ? lay.d - k.off : 0) : k.m;
+    return k;
+}
+inline int64_t max_block(const fobsgd_layout &lay) {
+    int64_t m = 0;
+    for (int64_t b = 0; b < lay.n_blocks; ++b) m = m < ((int64_t)1 << lay.log_sizes[b]) ? (int64_t)1 << lay.log_sizes[b] : m;
+    return m;
+}
+inline int thread_id() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+inline vf abs_v(vf x) { return (vf)((vu32)x & 0x7FFFFFFFu); }
+
+// x[0, valid) as floats, zero past valid.
+inline vf load_padded(const float *x, int64_t j, int64_t valid) {
+    if (j + WF <= valid) return vload<vf>(x + j);
+    vf v = {};
+    for (int l = 0; j + l < valid; ++l) v[l] = x[j + l];
+    return v;
+}
+
+// Sums of squares and of absolute values run in double lanes (float32 squares are exact there).
+template <int... Is> inline vd widen_lo(vf x, seq<Is...>) {
+    return __builtin_convertvector(__builtin_shufflevector(x, x, Is...), vd);
+}
+template <int... Is> inline vd widen_hi(vf x, seq<Is...>) {
+    return __builtin_convertvector(__builtin_shufflevector(x, x, (Is + WD)...), vd);
+}
+inline vd add_squares(vd acc, vf x) {
+    const vd lo = widen_lo(x, make_seq<WD>::type()), hi = widen_hi(x, make_seq<WD>::type());
+    return acc + lo * lo + hi * hi;
+}
+inline vd add_abs(vd acc, vf x) {
+    return acc + widen_lo(abs_v(x), make_seq<WD>::type()) + widen_hi(abs_v(x), make_seq<WD>::type());
+}
+inline double lane_sum(vd v) {
+    double s = 0;
+    for (int l = 0; l < WD; ++l) s += v[l];
+    return s;
+}
+
+// Dither tau_j for coordinates j .. j + WF - 1 (j even) of the stream `key`, scaled by lambda.
+inline vf dither(uint64_t key, int64_t j, float lambda) {
+    vu64 c;
+    for (int k = 0; k < WF / 2; ++k) c[k] = (uint64_t)(j / 2 + k + 1);
+    vu64 z = key + c * kGolden;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z = z ^ (z >> 31);
+    vu32 r = (vu32)z;
+    vi32 odd = (vi32)((r >> 8) * 2u + 1u) - (1 << 24);
+    return lambda * (__builtin_convertvector(odd, vf) * (1.0f / 16777216.0f));
+}
+
+// ---------------------------------------------------------------- one-bit dithered codec
+int encode_1bit(const float *x, fobsgd_layout lay, int rotate, int rule, const double *lambda_factor,
+                uint64_t seed, uint64_t step, uint64_t rank, float *work, uint64_t *bits,
+                float *scales, int n_threads) {
+    const int64_t wstride = max_block(lay);
+    int status = FOBSGD_OK;
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_threads > 1)
+    for (int64_t b = 0; b < lay.n_blocks; ++b) {
+        const Block k = block_at(lay, b);
+        float *y = work + thread_id() * wstride;
+        const float *xb = x + k.off;
+        vd acc_sq = {};
+        if (rotate) {
+            const uint64_t key = stream_key(seed, step, (uint64_t)b, kSharedRank, kPurposeSign);
+            for (int64_t j = 0; j < k.m; j += 64) {
+                const uint64_t s = stream_word(key, (uint64_t)(j / 64));
+                for (int l = 0; l < 64; l += WF) {
+                    vf v = load_padded(xb, j + l, k.valid);
+                    acc_sq = add_squares(acc_sq, v);
+                    vstore(y + j + l, select_bits(s >> l, negate(v), v));
+                }
+            }
+            fwht_row(y, k.log_m, (float)(1.0 / __builtin_sqrt((double)k.m)));
+        } else {
+            for (int64_t j = 0; j < k.m; j += WF) {
+                vf v = load_padded(xb, j, k.valid);
+                acc_sq = add_squares(acc_sq, v);
+                vstore(y + j, v);
+            }
+        }
+        const double sumsq = lane_sum(acc_sq);
+        if (!__builtin_isfinite(sumsq)) {
+#pragma omp atomic write
+            status = FOBSGD_ENONFINITE;
+            continue;
+        }
+        float lambda;
+        if (rule == FOBSGD_LAMBDA_NORM) {
+            lambda = (float)(__builtin_sqrt(sumsq) * lambda_factor[b]);
+        } else {
+            vf mx = {};
+            for (int64_t j = 0; j < k.m; j += WF) {
+                vf a = abs_v(vload<vf>(y + j));
+                mx = a > mx ? a : mx;
+            }
+            lambda = 0;
+            for (int l = 0; l < WF; ++l) lambda = mx[l] > lambda ? mx[l] : lambda;
+        }
+        scales[b] = lambda;
+        const uint64_t dkey = stream_key(seed, step, (uint64_t)b, rank, kPurposeDither);
+        uint64_t *wb = bits + k.off / 64;
+        const vf zero = {};
+        for (int64_t j = 0; j < k.m; j += 64) {
+            uint64_t word = 0;
+            for (int l = 0; l < 64; l += WF)
+                word |= (uint64_t)ge_mask(vload<vf>(y + j + l) + dither(dkey, j + l, lambda), zero) << l;
+            wb[j / 64] = word;
+        }
+    }
+    return status;
+}
+
+int decode_1bit(const uint64_t *bits, const float *scales, fobsgd_layout lay, int rotate,
+                uint64_t seed, uint64_t step, float weight, int accumulate, float *work,
+                float *out, int n_threads) {
+    const int64_t wstride = max_block(lay);
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_threads > 1)
+    for (int64_t b = 0; b < lay.n_blocks; ++b) {
+        const Block k = block_at(lay, b);
+        const uint64_t *wb = bits + k.off / 64;
+        float *ob = out + k.off;
+        float *y = work + thread_id() * wstride;
+        uint64_t sign_key = 0;
+        const vf zero = {}, ones = zero + 1.0f;
+        if (rotate) {
+            for (int64_t j = 0; j < k.m; j += 64)
+                for (int l = 0; l < 64; l += WF)
+                    vstore(y + j + l, select_bits(wb[j / 64] >> l, ones, negate(ones)));
+            fwht_row(y, k.log_m, (float)((double)weight * scales[b] / __builtin_sqrt((double)k.m)));
+            sign_key = stream_key(seed, step, (uint64_t)b, kSharedRank, kPurposeSign);
+        } else {
+            const vf av = zero + weight * scales[b];
+            for (int64_t j = 0; j < k.m; j += 64)
+                for (int l = 0; l < 64; l += WF)
+                    vstore(y + j + l, select_bits(wb[j / 64] >> l, av, negate(av)));
+        }
+        for (int64_t j = 0; j < k.valid; j += 64) {
+            const uint64_t s = rotate ? stream_word(sign_key, (uint64_t)(j / 64)) : 0;
+            for (int l = 0; l < 64 && j + l < k.valid; l += WF) {
+                vf v = vload<vf>(y + j + l);
+                v = select_bits(s >> l, negate(v), v);
+                if (j + l + WF <= k.valid) {
+                    vstore(ob + j + l, accumulate ? vload<vf>(ob + j + l) + v : v);
+                } else {
+                    for (int t = 0; j + l + t < k.valid; ++t) ob[j + l + t] = accumulate ? ob[j + l + t] + v[t] : v[t];
+                }
+            }
+        }
+    }
+    return FOBSGD_OK;
+}
+
+int aggregate_1bit(const uint8_t *payloads, int64_t n, int64_t stride, int64_t scales_offset,
+                   const float *weights, fobsgd_layout lay, float *out, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_threads > 1)
+    for (int64_t b = 0; b < lay.n_blocks; ++b) {
+        const Block k = block_at(lay, b);
+        for (int64_t j = 0; j < k.m; j += 64)
+            for (int l = 0; l < 64; l += WF) {
+                vf acc = {};
+                for (int64_t i = 0; i < n; ++i) {
+                    const uint8_t *p = payloads + i * stride;
+                    float s;
+                    __builtin_memcpy(&s, p + scales_offset + 4 * b, 4);
+                    uint64_t w;
+                    __builtin_memcpy(&w, p + 8 * ((k.off + j) / 64), 8);
+                    const vf c = (vf){} + weights[i] * s;
+                    acc += select_bits(w >> l, c, negate(c));
+                }
+                vstore(out + k.off + j + l, acc);
+            }
+    }
+    return FOBSGD_OK;
+}
+
+// ---------------------------------------------------------------- scaled sign, packing, vote
+int scaled_sign_encode(const float *x, fobsgd_layout lay, uint64_t *bits, float *scales, int n_threads) {
+    int status = FOBSGD_OK;
+    const vf zero = {};
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_threads > 1)
+    for (int64_t b = 0; b < lay.n_blocks; ++b) {
+        const Block k = block_at(lay, b);
+        const float *xb = x + k.off;
+        vd acc_l1 = {};
+        for (int64_t j = 0; j < k.m; j += 64) {
+            uint64_t word = 0;
+            for (int l = 0; l < 64; l += WF) {
+                vf v = load_padded(xb, j + l, k.valid);
+                acc_l1 = add_abs(acc_l1, v);
+                word |= (uint64_t)ge_mask(v, zero) << l;
+            }
+            bits[(k.off + j) / 64] = word;
+        }
+        const double l1 = lane_sum(acc_l1);
+        if (!__builtin_isfinite(l1)) {
+#pragma omp atomic write
+            status = FOBSGD_ENONFINITE;
+        }
+        scales[b] = k.valid ? (float)(l1 / (double)k.valid) : 0.0f;
+    }
+    return status;
+}
+
+int scaled_sign_decode(const uint64_t *bits, const float *scales, fobsgd_layout lay, float weight,
+                       int accumulate, float *out, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_threads > 1)
+    for (int64_t b = 0; b < lay.n_blocks; ++b) {
+        const Block k = block_at(lay, b);
+        const float a = weight * (scales ? scales[b] : 1.0f);
+        const vf av = (vf){} + a;
+        float *ob = out + k.off;
+        for (int64_t j = 0; j < k.valid; j += WF) {
+            const uint64_t w = bits[(k.off + j) / 64] >> (j % 64);
+            const vf v = select_bits(w, av, negate(av));
+            if (j + WF <= k.valid) {
+                vstore(ob + j, accumulate ? vload<vf>(ob + j) + v : v);
+            } else {
+                for (int t = 0; j + t < k.valid; ++t) ob[j + t] = accumulate ? ob[j + t] + v[t] : v[t];
+            }
+        }
+    }
+    return FOBSGD_OK;
+}
+
+int pack_signs(const float *x, int64_t n, uint64_t *words) {
+    const vf zero = {};
+    for (int64_t j = 0; j < n; j += 64) {
+        uint64_t word = 0;
+        for (int l = 0; l < 64 && j + l < n; l += WF) {
+            uint64_t m = ge_mask(load_padded(x, j + l, n), zero);
+            if (j + l + WF > n) m &= ((uint64_t)1 << (n - j - l)) - 1;
+            word |= m << l;
+        }
+        words[j / 64] = word;
+    }
+    return FOBSGD_OK;
+}
+
+int unpack_signs(const uint64_t *words, int64_t n, float a, float *out) {
+    const vf av = (vf){} + a;
+    for (int64_t j = 0; j < n; j += WF) {
+        const vf v = select_bits(words[j / 64] >> (j % 64), av, negate(av));
+        if (j + WF <= n) vstore(out + j, v);
+        else
+            for (int t = 0; j + t < n; ++t) out[j + t] = v[t];
+    }
+    return FOBSGD_OK;
+}
+
+// Bit-sliced counters: planes[p] holds bit p of the per-position count; one add ripples a carry.
+int majority_vote(const uint64_t *words, int64_t n, int64_t stride, int64_t n_words, uint64_t *out) {
+    if (n <= 0 || n >= ((int64_t)1 << 31)) return FOBSGD_EINVAL;
+    const int n_planes = ilog2((int)n) + 1;
+    const uint64_t threshold = (uint64_t)(n + 1) / 2;  // count >= ceil(n/2): a tie votes +
+    for (int64_t w = 0; w < n_words; ++w) {
+        uint64_t planes[32] = {};
+        for (int64_t i = 0; i < n; ++i) {
+            uint64_t carry = words[i * stride + w];
+            for (int p = 0; p < n_planes && carry; ++p) {
+                const uint64_t sum = planes[p] ^ carry;
+                carry &= planes[p];
+                planes[p] = sum;
+            }
+        }
+        uint64_t gt = 0, eq = ~(uint64_t)0;
+        for (int p = n_planes - 1; p >= 0; --p) {
+            if ((threshold >> p) & 1) {
+                eq &= planes[p];
+            } else {
+                gt |= eq & planes[p];
+                eq &= ~planes[p];
+            }
+        }
+        out[w] = gt | eq;
+    }
+    return FOBSGD_OK;
+}
+
+extern const KernelTable table = {
+    FOBSGD_ISA_NAME, fwht<float>,       fwht<double>,       encode_1bit,  decode_1bit,
+    aggregate_1bit,  scaled_sign_encode, scaled_sign_decode, pack_signs,   unpack_signs,
+    majority_vote,
+};

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import scipy.linalg
+
+from fobsgd_mpi import native, reference
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_equals_reference_every_size(isa, dtype, gen):
+    for log_n in range(0, 23 if dtype == np.float32 else 21):
+        x = gen.standard_normal((2, 1 << log_n)).astype(dtype)
+        a, b = x.copy(), x.copy()
+        native.fwht_(a)
+        reference.fwht_(b)
+        assert np.array_equal(a, b), f"{isa} {dtype.__name__} 2^{log_n}"
+
+
+@pytest.mark.slow
+def test_native_equals_reference_up_to_2_26(isa, gen):
+    x = gen.standard_normal(1 << 26, dtype=np.float32)
+    a = x.copy()
+    native.fwht_(a)
+    reference.fwht_(x)
+    assert np.array_equal(a, x)
+
+
+@pytest.mark.parametrize("log_n", [1, 2, 3, 5, 8])
+def test_matches_scipy_hadamard(isa, log_n):
+    n = 1 << log_n
+    x = np.eye(n)
+    native.fwht_(x, normalize=False)
+    assert np.array_equal(x, scipy.linalg.hadamard(n))  # rows of H, symmetric
+
+
+@pytest.mark.parametrize("log_n", [4, 10, 16, 20])
+def test_orthonormal_and_involution(isa, log_n, gen):
+    x = gen.standard_normal(1 << log_n)
+    y = x.copy()
+    native.fwht_(y)
+    assert np.linalg.norm(y) == pytest.approx(np.linalg.norm(x), rel=1e-12)
+    native.fwht_(y)
+    np.testing.assert_allclose(y, x, atol=1e-12)
+
+
+def test_unnormalized_scale(gen):
+    x = gen.standard_normal(1 << 12).astype(np.float32)
+    a = x.copy()
+    native.fwht_(a, normalize=False)
+    native.fwht_(a, normalize=False)
+    np.testing.assert_allclose(a, x * (1 << 12), rtol=1e-4, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros(6, dtype=np.float32), "power-of-two"),
+        (np.zeros(8, dtype=np.int32), "float32 or float64"),
+        (np.zeros(8, dtype=np.float16), "float32 or float64"),
+        (np.zeros((8, 8), dtype=np.float32)[:, ::2], "C-contiguous"),
+        (np.zeros(0, dtype=np.float32), "power-of-two"),
+        ([1.0, 2.0], "numpy array"),
+    ],
+)
+def test_bad_input_is_a_clear_value_error(bad, message):
+    with pytest.raises(ValueError, match=message):
+        native.fwht_(bad)
+
+
+def test_read_only_array_rejected():
+    x = np.zeros(8, dtype=np.float32)
+    x.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        native.fwht_(x)
+
+
+def test_batched_rows_are_independent(gen):
+    x = gen.standard_normal((5, 3, 256)).astype(np.float32)
+    y = x.copy()
+    native.fwht_(y)
+    for i in range(5):
+        for j in range(3):
+            r = x[i, j].copy()
+            reference.fwht_(r)
+            assert np.array_equal(y[i, j], r)

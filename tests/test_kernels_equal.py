@@ -1,0 +1,159 @@
+"""Every native kernel against its numpy reference, on every instruction set the CPU offers."""
+import numpy as np
+import pytest
+
+from fobsgd_mpi import native, reference
+from fobsgd_mpi.errors import NonFiniteError
+from fobsgd_mpi.layout import BlockLayout
+
+SIZES = [1, 63, 64, 300, 4096, 70_001, 1_000_003]
+
+
+def layout_for(d):
+    return BlockLayout(d, max_block=1 << 14 if d > 100_000 else 1 << 10, min_block=64 if d < 5000 else 256)
+
+
+def encode_both(x, lay, rotate, rule, seed=7, step=3, rank=2):
+    factors = np.sqrt(2 * np.log(2 * lay.sizes / 1e-2) / lay.sizes)
+    out = []
+    for k in (native, reference):
+        bits, scales = np.zeros(lay.n_words, np.uint64), np.zeros(lay.n_blocks, np.float32)
+        k.encode_1bit(x, lay, rotate, rule, factors, seed, step, rank, bits, scales)
+        out.append((bits, scales))
+    return out
+
+
+@pytest.mark.parametrize("d", SIZES)
+@pytest.mark.parametrize("rotate", [True, False])
+@pytest.mark.parametrize("rule", [native.LAMBDA_NORM, native.LAMBDA_MAX])
+def test_encode_identical_bits_and_scales(isa, d, rotate, rule, gen):
+    x = gen.standard_normal(d).astype(np.float32)
+    lay = layout_for(d)
+    (bn, sn), (br, sr) = encode_both(x, lay, rotate, rule)
+    assert np.array_equal(sn, sr)
+    assert np.array_equal(bn, br)
+
+
+@pytest.mark.parametrize("d", SIZES)
+@pytest.mark.parametrize("rotate", [True, False])
+def test_decode_allclose_and_accumulates(isa, d, rotate, gen):
+    lay = layout_for(d)
+    bits = gen.integers(0, 2**63, lay.n_words, dtype=np.uint64)
+    scales = gen.random(lay.n_blocks, dtype=np.float32) + 0.1
+    outs = []
+    for k in (native, reference):
+        out = np.full(d, 0.5, dtype=np.float32)
+        k.decode_1bit(bits, scales, lay, rotate, 7, 3, out, weight=0.25, accumulate=True)
+        outs.append(out)
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    fresh = np.zeros(d, dtype=np.float32)
+    native.decode_1bit(bits, scales, lay, rotate, 7, 3, fresh, weight=0.25)
+    np.testing.assert_allclose(fresh + 0.5, outs[0], rtol=1e-6, atol=1e-6)
+
+
+def test_decode_inverts_encode_of_its_own_bits(gen):
+    """Encoding a vector that is exactly +-lambda in the flattened domain is lossless."""
+    lay = BlockLayout(4096, 1024, 256)
+    q = np.where(gen.random(lay.padded) < 0.5, -1.0, 1.0).astype(np.float32)
+    bits = np.zeros(lay.n_words, np.uint64)
+    native.pack_signs(q, bits)
+    x = np.zeros(4096, np.float32)
+    native.decode_1bit(bits, np.ones(lay.n_blocks, np.float32), lay, True, 1, 2, x)
+    bits2, scales2 = np.zeros_like(bits), np.zeros(lay.n_blocks, np.float32)
+    native.encode_1bit(x, lay, True, native.LAMBDA_MAX, np.ones(lay.n_blocks), 1, 2, 0, bits2, scales2)
+    assert np.array_equal(bits, bits2)
+    np.testing.assert_allclose(scales2, 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8])
+def test_aggregate_identical(isa, n, gen):
+    lay = layout_for(70_001)
+    nbytes = lay.n_words * 8 + lay.n_blocks * 4
+    rows = np.zeros((n, nbytes), dtype=np.uint8)
+    rows[:, : lay.n_words * 8] = gen.integers(0, 256, (n, lay.n_words * 8), dtype=np.uint8)
+    rows[:, lay.n_words * 8 :].view(np.float32)[:] = gen.random((n, lay.n_blocks), dtype=np.float32)
+    weights = gen.random(n, dtype=np.float32)
+    outs = []
+    for k in (native, reference):
+        out = np.empty(lay.padded, np.float32)
+        k.aggregate_1bit(rows, lay.n_words * 8, weights, lay, out)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("d", SIZES)
+def test_scaled_sign_identical(isa, d, gen):
+    lay = layout_for(d)
+    x = gen.standard_normal(d).astype(np.float32)
+    x[::7] = 0.0
+    res = []
+    for k in (native, reference):
+        bits, scales = np.zeros(lay.n_words, np.uint64), np.zeros(lay.n_blocks, np.float32)
+        k.scaled_sign_encode(x, lay, bits, scales)
+        out = np.ones(d, np.float32)
+        k.scaled_sign_decode(bits, scales, lay, out, weight=2.0, accumulate=True)
+        out2 = np.zeros(d, np.float32)
+        k.scaled_sign_decode(bits, None, lay, out2)
+        res.append((bits, scales, out, out2))
+    for a, b in zip(*res):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("n", [1, 5, 64, 65, 1000])
+def test_pack_unpack_identical(isa, n, gen):
+    x = gen.standard_normal(n).astype(np.float32)
+    wn, wr = np.zeros((n + 63) // 64, np.uint64), np.zeros((n + 63) // 64, np.uint64)
+    native.pack_signs(x, wn)
+    reference.pack_signs(x, wr)
+    assert np.array_equal(wn, wr)
+    on, orf = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    native.unpack_signs(wn, 1.5, on)
+    reference.unpack_signs(wr, 1.5, orf)
+    assert np.array_equal(on, orf)
+    assert np.array_equal(on, np.where(x >= 0, 1.5, -1.5).astype(np.float32))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 8, 33])
+def test_majority_vote_identical(isa, n, gen):
+    words = gen.integers(0, 2**63, (n, 17), dtype=np.uint64) * 2 + gen.integers(0, 2, (n, 17), dtype=np.uint64)
+    on, orf = np.zeros(17, np.uint64), np.zeros(17, np.uint64)
+    native.majority_vote(words, on)
+    reference.majority_vote(words, orf)
+    assert np.array_equal(on, orf)
+
+
+def test_majority_tie_votes_plus():
+    words = np.array([[0b01], [0b10]], dtype=np.uint64)
+    out = np.zeros(1, np.uint64)
+    native.majority_vote(words, out)
+    assert out[0] == 0b11
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("k", [native, reference])
+def test_non_finite_input_refused(k, bad):
+    lay = BlockLayout(1000, 256, 64)
+    x = np.ones(1000, np.float32)
+    x[517] = bad
+    bits, scales = np.zeros(lay.n_words, np.uint64), np.zeros(lay.n_blocks, np.float32)
+    with pytest.raises(NonFiniteError, match="NaN or Inf"):
+        k.encode_1bit(x, lay, True, k.LAMBDA_NORM, np.ones(lay.n_blocks), 0, 0, 0, bits, scales)
+    with pytest.raises(NonFiniteError):
+        k.scaled_sign_encode(x, lay, bits, scales)
+
+
+def test_openmp_threads_give_the_same_bits(gen):
+    lay = layout_for(1_000_003)
+    x = gen.standard_normal(lay.d).astype(np.float32)
+    factors = np.ones(lay.n_blocks)
+    res = []
+    for threads in (1, 2):
+        bits, scales = np.zeros(lay.n_words, np.uint64), np.zeros(lay.n_blocks, np.float32)
+        native.encode_1bit(x, lay, True, native.LAMBDA_NORM, factors, 1, 2, 3, bits, scales, n_threads=threads)
+        res.append(bits)
+    assert np.array_equal(*res)
+
+
+def test_forcing_an_unknown_isa_is_an_error():
+    with pytest.raises(ValueError, match="unknown instruction set"):
+        native.set_isa("sse9")
