@@ -27,8 +27,12 @@ $(VENV)/.bench: requirements-bench.txt $(VENV)/.built
 
 bench-deps: $(VENV)/.bench
 
+# The main job: FO-SGD and the fp32 baseline on MNIST-1D (MLP), NP ranks, then the report.
 train: install
-	$(BIN)/python -m fobsgd_mpi.demo
+	@mkdir -p results
+	$(BIN)/mpirun -n $(NP) $(BIN)/python -m fobsgd_mpi.train --out results/main-fo-sgd.h5 --overwrite
+	$(BIN)/mpirun -n $(NP) $(BIN)/python -m fobsgd_mpi.train --algorithm sgd --out results/main-sgd.h5 --overwrite
+	$(BIN)/python -m fobsgd_mpi.report results/main-fo-sgd.h5 results/main-sgd.h5 --out results/main
 
 demo: install
 	$(BIN)/python -m fobsgd_mpi.demo

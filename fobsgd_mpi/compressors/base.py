@@ -14,7 +14,8 @@ from ..native import backend as kernel_backend
 
 @dataclass(frozen=True)
 class PayloadSpec:
-    """Fields (name, dtype, count) laid out back to back, each 8-byte aligned."""
+    """Fields (name, dtype, count) back to back, each aligned to its own item size; nbytes is
+    exactly what travels (the fields in use put wider items first, so nothing is padding)."""
 
     fields: tuple
 
@@ -22,14 +23,16 @@ class PayloadSpec:
     def offsets(self):
         out, pos = {}, 0
         for name, dtype, count in self.fields:
+            size = np.dtype(dtype).itemsize
+            pos = -(-pos // size) * size
             out[name] = pos
-            pos += -(-np.dtype(dtype).itemsize * count // 8) * 8
+            pos += size * count
         return out
 
     @property
     def nbytes(self):
         name, dtype, count = self.fields[-1]
-        return self.offsets[name] + -(-np.dtype(dtype).itemsize * count // 8) * 8
+        return self.offsets[name] + np.dtype(dtype).itemsize * count
 
     def empty(self):
         return Payload(self, np.zeros(self.nbytes, dtype=np.uint8))

@@ -1,0 +1,111 @@
+"""The parameter-server iteration every algorithm shares, with the hooks algorithms override.
+
+One iteration, on every rank:
+  1. workers encode their gradient (``encode_up``), the server gathers the payloads;
+  2. the server reduces them to one payload (``server``) and broadcasts it;
+  3. every rank decodes the broadcast into the update direction (``direction``).
+All ranks then apply the same optimizer step, so replicas stay identical unless the algorithm
+keeps per-worker state in the direction (LIEC-SGD).
+"""
+import numpy as np
+
+from .. import compressors
+
+SERVER_STREAM = 1 << 31  # dither stream of the server's re-quantization, distinct from any worker rank
+
+
+class PSAlgorithm:
+    up_compressor = "identity"
+    down_compressor = "identity"
+    replicas_identical = True
+    default_lr = 0.05
+
+    def __init__(self, ps, d, cfg):
+        self.ps = ps
+        self.d = d
+        self.cfg = cfg
+        self.up = compressors.get(self.up_compressor, **self.options(self.up_compressor, cfg))
+        self.down = compressors.get(self.down_compressor, **self.options(self.down_compressor, cfg))
+        self.up_buf = self.up.spec(d).empty()
+        self.down_buf = self.down.spec(d).empty()
+        self.dir_buf = np.zeros(d, dtype=np.float32)
+        self.weights = np.full(ps.n_workers, 1.0 / ps.n_workers, dtype=np.float32)
+        self.bytes_up = self.bytes_down = 0  # what this rank handed to / got from MPI this iteration
+        self.bytes_up_worker = self.bytes_down_worker = 0  # the same for one worker, known on every rank
+
+    @staticmethod
+    def options(name, cfg):
+        opts = {"block_size": cfg.block_size}
+        if name in ("fo1bit", "dithered-sign"):
+            opts.update(eta=cfg.eta, seed=cfg.seed, **({"lambda_rule": cfg.lambda_rule} if name == "fo1bit" else {}))
+        if name == "qsgd":
+            opts = {"levels": cfg.qsgd_levels, "seed": cfg.seed}
+        if name == "topk":
+            opts = {"ratio": cfg.topk_ratio}
+        return opts
+
+    # ---------------------------------------------------------------- hooks
+    def encode_up(self, grad, step):
+        return self.up.encode(grad, step, self.ps.rank, out=self.up_buf)
+
+    def server(self, rows, step):
+        raise NotImplementedError
+
+    def direction(self, down, step):
+        return self.down.decode(down, step, self.d, out=self.dir_buf)
+
+    def after_step(self, params, step):
+        """Called after the optimizer step on every rank (periodic averaging hooks in here)."""
+
+    # ---------------------------------------------------------------- shared pieces
+    def mean_up(self, rows, step):
+        """Mean of the decoded worker payloads (original domain, length d)."""
+        out = np.zeros(self.d, dtype=np.float32)
+        spec = self.up.spec(self.d)
+        for i, row in enumerate(rows):
+            self.up.decode(spec.view(row), step, self.d, out=out, weight=self.weights[i], accumulate=True)
+        return out
+
+    def exchange(self, grad, step, timer):
+        ps = self.ps
+        with timer("encode"):
+            payload = self.encode_up(grad, step) if ps.is_worker else None
+        with timer("comm"):
+            rows, self.bytes_up = ps.gather(payload, self.up.spec(self.d))
+        with timer("server"):
+            down = self.server(rows, step) if ps.is_server else self.down_buf
+        with timer("comm"):
+            self.bytes_down = ps.bcast(down, self.down.spec(self.d))
+        self.bytes_up_worker = ps.types(self.up.spec(self.d)).Get_size()
+        self.bytes_down_worker = ps.types(self.down.spec(self.d)).Get_size()
+        with timer("decode"):
+            return self.direction(down, step)
+
+    def state(self):
+        """Arrays that make up this rank's algorithm state (error memories), by name."""
+        return {}
+
+
+class ErrorFeedbackUplink:
+    """Worker side of error feedback: send C(g + e), keep e = g + e - C(g + e) (MEM-SGD)."""
+
+    def encode_up(self, grad, step):
+        if not hasattr(self, "error"):
+            self.error = np.zeros(self.d, dtype=np.float32)
+        corrected = grad + self.error
+        payload = self.up.encode(corrected, step, self.ps.rank, out=self.up_buf)
+        self.error = corrected - self.up.decode(payload, step, self.d)
+        return payload
+
+    def state(self):
+        return {"error": getattr(self, "error", np.zeros(self.d, np.float32))}
+
+
+def compress_with_server_error(alg, v, step):
+    """Server side of bidirectional error feedback: send C(v + e_s), keep the residual."""
+    if not hasattr(alg, "server_error"):
+        alg.server_error = np.zeros(alg.d, dtype=np.float32)
+    v = v + alg.server_error
+    down = alg.down.encode(v, step, SERVER_STREAM, out=alg.down_buf)
+    alg.server_error = v - alg.down.decode(down, step, alg.d)
+    return down

@@ -1,0 +1,14 @@
+"""DoubleSqueeze (Tang et al. 2019): scaled sign with error feedback on workers and server."""
+from .base import ErrorFeedbackUplink, PSAlgorithm, compress_with_server_error
+from .registry import register
+
+
+@register("doublesqueeze")
+class DoubleSqueeze(ErrorFeedbackUplink, PSAlgorithm):
+    up_compressor = down_compressor = "scaled-sign"
+
+    def server(self, rows, step):
+        return compress_with_server_error(self, self.up.aggregate(rows, self.weights, self.d)[: self.d], step)
+
+    def state(self):
+        return {**super().state(), "server_error": getattr(self, "server_error", self.dir_buf * 0)}

@@ -1,0 +1,323 @@
+"""Distributed training on a rank-0 parameter server with compressed exchanges.
+
+    mpirun -n 4 python -m fobsgd_mpi.train                      # FO-SGD, MLP on MNIST-1D
+    mpirun -n 8 python -m fobsgd_mpi.train --algorithm liec-sgd --model cnn1d --epochs 30
+    mpirun -n 4 python -m fobsgd_mpi.train --config run.toml --lr 0.02   # flags override the file
+
+Rank 0 is the server (it evaluates the model and writes results/*.h5); ranks 1..n-1 are workers
+(--server-also-works makes rank 0 compute a gradient too). Every rank applies the same optimizer
+step to the broadcast update, and a cross-rank checksum every --check-every steps stops the run
+if replicas that must be identical are not.
+"""
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+import tomllib
+import zlib
+from contextlib import contextmanager
+
+import numpy as np
+
+from . import algorithms, data, models
+from .layout import BlockLayout
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags become a ValueError, reported in one line with exit status 2."""
+
+    def error(self, message):
+        raise ValueError(f"{message} (see --help)")
+
+
+def build_parser():
+    p = OneLineParser(prog="python -m fobsgd_mpi.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--config", help="TOML file of options (keys as the long flags, with - or _); flags override it")
+    a("--algorithm", default="fo-sgd", choices=algorithms.names())
+    a("--dataset", default="mnist1d", choices=data.DATASETS)
+    a("--model", default="mlp", choices=models.MODELS)
+    a("--width", type=int, default=256, help="hidden width (wide-mlp: 2048 gives d of about 12.7M)")
+    a("--partition", default="iid", choices=("iid", "dirichlet"))
+    a("--alpha", type=float, default=0.5, help="Dirichlet concentration for --partition dirichlet")
+    a("--batch-size", type=int, default=32, help="per worker")
+    a("--lr", type=float, default=None, help="learning rate (default: the algorithm's own, e.g. 0.05 for sgd, "
+                                             "0.003 for fo-sgd whose one-bit directions are far noisier)")
+    a("--momentum", type=float, default=0.9)
+    a("--weight-decay", type=float, default=0.0)
+    a("--lr-schedule", default="cosine", choices=("constant", "cosine", "step"))
+    a("--epochs", type=float, default=10.0, help="passes over the training set (all workers together)")
+    a("--steps", type=int, default=None, help="iterations; overrides --epochs")
+    a("--eval-every", type=int, default=50)
+    a("--check-every", type=int, default=25, help="cross-rank parameter checksum period (0: never)")
+    a("--block-size", type=int, default=1 << 16, help="flattening / bucket block, a power of two")
+    a("--eta", type=float, default=1e-2, help="FO-SGD clipping probability bound in lambda")
+    a("--lambda-rule", default="norm", choices=("norm", "max"))
+    a("--liec-period", type=int, default=32, help="LIEC-SGD full-precision averaging period H")
+    a("--qsgd-levels", type=int, default=15)
+    a("--topk-ratio", type=float, default=0.01)
+    a("--warmup-steps", type=int, default=0, help="first K steps exchange fp32 (sgd)")
+    a("--server-also-works", action="store_true")
+    a("--seed", type=int, default=0)
+    a("--out", default=None, help="HDF5 file (default results/<algorithm>-<dataset>-<model>-n<N>-<time>.h5)")
+    a("--overwrite", action="store_true", help="replace an existing --out file")
+    a("--quiet", action="store_true")
+    return p
+
+
+def load_config_file(path):
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+    return {k.replace("-", "_"): v for k, v in raw.items()}
+
+
+def parse_config(argv):
+    """Flags over the TOML file over the defaults; raises ValueError with a one-line reason."""
+    parser = build_parser()
+    first = parser.parse_args(argv)
+    if first.config:
+        values = load_config_file(first.config)
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config file {first.config}: unknown option(s) {', '.join(unknown)}")
+        parser.set_defaults(**values)
+        first = parser.parse_args(argv)
+    validate(first)
+    if first.lr is None:
+        first.lr = algorithms.get(first.algorithm).default_lr
+    return first
+
+
+def validate(cfg):
+    if cfg.algorithm not in algorithms.names():
+        raise ValueError(f"unknown algorithm {cfg.algorithm!r}; choose one of {', '.join(algorithms.names())}")
+    checks = [
+        (cfg.block_size >= 64 and cfg.block_size & (cfg.block_size - 1) == 0,
+         f"--block-size must be a power of two >= 64, got {cfg.block_size}"),
+        (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
+        (cfg.lr is None or cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
+        (0 <= cfg.momentum < 1, f"--momentum must lie in [0, 1), got {cfg.momentum}"),
+        (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
+        (0 < cfg.eta < 1, f"--eta must lie in (0, 1), got {cfg.eta}"),
+        (cfg.eval_every >= 1, f"--eval-every must be >= 1, got {cfg.eval_every}"),
+        (cfg.liec_period >= 1, f"--liec-period must be >= 1, got {cfg.liec_period}"),
+        (cfg.steps is None or cfg.steps >= 1, f"--steps must be >= 1, got {cfg.steps}"),
+        (cfg.epochs > 0, f"--epochs must be positive, got {cfg.epochs}"),
+        (cfg.width >= 1, f"--width must be >= 1, got {cfg.width}"),
+        (cfg.alpha > 0, f"--alpha must be positive, got {cfg.alpha}"),
+        (0 < cfg.topk_ratio <= 1, f"--topk-ratio must lie in (0, 1], got {cfg.topk_ratio}"),
+        (cfg.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {cfg.warmup_steps}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+class PhaseTimer:
+    PHASES = ("compute", "encode", "comm", "server", "decode", "optimizer")
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+
+    @contextmanager
+    def __call__(self, phase):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - t0
+
+
+def learning_rate(cfg, step, total):
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + np.cos(np.pi * step / total))
+    if cfg.lr_schedule == "step":
+        return cfg.lr * (0.1 ** (step * 3 // total))
+    return cfg.lr
+
+
+class Optimizer:
+    """SGD with momentum and weight decay on the flat parameters, identical on every rank."""
+
+    def __init__(self, d, cfg):
+        self.momentum, self.weight_decay = np.float32(cfg.momentum), np.float32(cfg.weight_decay)
+        self.buf = np.zeros(d, dtype=np.float32)
+
+    def step(self, params, direction, lr):
+        u = direction + self.weight_decay * params if self.weight_decay else direction
+        self.buf *= self.momentum
+        self.buf += u
+        params -= np.float32(lr) * self.buf
+
+
+def default_out(cfg, n):
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return os.path.join("results", f"{cfg.algorithm}-{cfg.dataset}-{cfg.model}-n{n}-s{cfg.seed}-{stamp}.h5")
+
+
+def versions(MPI):
+    import h5py
+    import mpi4py
+    import torch
+
+    from . import native
+    return {"numpy": np.__version__, "torch": torch.__version__, "h5py": h5py.__version__,
+            "mpi4py": mpi4py.__version__, "mpi_library": MPI.Get_library_version().splitlines()[0].strip(),
+            "kernels": native.isa()}
+
+
+def run(cfg, comm):
+    """Train; returns the summary dict on rank 0 (None elsewhere)."""
+    from . import transport
+
+    ps = transport.ParameterServer(comm, cfg.server_also_works)
+    rank, n = ps.rank, ps.n_workers
+    ds = data.load(cfg.dataset, cfg.seed)
+    n_out = ds.n_classes or ds.y_train.shape[1]
+    model = models.FlatModel(models.build(cfg.model, ds.n_features, n_out, cfg.width, cfg.seed))
+    loss_fn = models.loss_for(ds.n_classes)
+    d = model.d
+    BlockLayout(d, cfg.block_size, min(256, cfg.block_size))
+
+    sampler = None
+    if ps.is_worker:
+        shard = ps.workers.index(rank)
+        idx = data.shard_indices(ds.y_train, n, shard, cfg.seed, cfg.partition, cfg.alpha)
+        sampler = data.BatchSampler(ds.x_train[idx], ds.y_train[idx], cfg.batch_size, seed=(cfg.seed, shard))
+    samples_per_step = n * cfg.batch_size
+    total = cfg.steps or max(1, int(round(cfg.epochs * len(ds.x_train) / samples_per_step)))
+
+    algo = algorithms.get(cfg.algorithm)(ps, d, cfg)
+    warmup = algorithms.get("sgd")(ps, d, cfg) if cfg.warmup_steps else None
+    opt = Optimizer(d, cfg)
+    timer = PhaseTimer()
+    writer = None
+    out = cfg.out or default_out(cfg, comm.Get_size())
+    if rank == 0:
+        from .results import RunWriter, git_commit
+        writer = RunWriter(out, {"algorithm": cfg.algorithm, "config": json.dumps(vars(cfg)), "seed": cfg.seed,
+                                 "n_workers": n, "n_ranks": comm.Get_size(), "d": d, "git_commit": git_commit(),
+                                 "versions": json.dumps(versions(ps.MPI)), "network_profile": "unshaped",
+                                 "bits_up_declared": algo.up.bits_up, "bits_down_declared": algo.down.bits_up},
+                           overwrite=cfg.overwrite)
+        print(f"# fobsgd_mpi: {cfg.algorithm} on {cfg.dataset}/{cfg.model}, d = {d:,}, {n} workers, "
+              f"{total} steps -> {out}", flush=True)
+        print("# config " + json.dumps(vars(cfg), sort_keys=True), flush=True)
+    bar = None
+    if rank == 0 and not cfg.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=total, unit="it", dynamic_ncols=True)
+
+    start = time.perf_counter()
+    totals = {"bytes_up": 0, "bytes_down": 0}
+    last_eval = {"test_loss": float("nan"), "test_accuracy": float("nan")}
+    try:
+        for step in range(total):
+            timer.reset()
+            loss = 0.0
+            if sampler is not None:
+                with timer("compute"):
+                    loss = model.gradient(*sampler.next(), loss_fn)
+            active = warmup if warmup is not None and step < cfg.warmup_steps else algo
+            direction = active.exchange(model.grads, step, timer)
+            with timer("optimizer"):
+                opt.step(model.params, direction, learning_rate(cfg, step, total))
+            active.after_step(model.params, step)
+            stats = np.array([timer.seconds[p] for p in timer.PHASES] + [loss if ps.is_worker else 0.0])
+            peak = np.empty_like(stats)
+            comm.Reduce(stats[:-1].copy(), peak[:-1], op=ps.MPI.MAX, root=0)
+            loss_sum = comm.reduce(stats[-1], op=ps.MPI.SUM, root=0)
+            if cfg.check_every and (step + 1) % cfg.check_every == 0 and active.replicas_identical:
+                check_replicas(comm, model.params, step)
+            if rank == 0:
+                totals["bytes_up"] += active.bytes_up_worker
+                totals["bytes_down"] += active.bytes_down_worker
+                row = {"step": step, "wall_s": time.perf_counter() - start, "train_loss": loss_sum / n,
+                       "bytes_up": active.bytes_up_worker, "bytes_down": active.bytes_down_worker,
+                       "replica_spread": getattr(active, "spread", 0.0)}
+                row.update({f"{p}_s": peak[i] for i, p in enumerate(timer.PHASES) if p != "server"})
+                row["server_s"] = timer.seconds["server"]
+                writer.append("iterations", row)
+                if (step + 1) % cfg.eval_every == 0 or step + 1 == total:
+                    tl, ta = model.evaluate(ds.x_test, ds.y_test, loss_fn, ds.n_classes)
+                    last_eval = {"test_loss": tl, "test_accuracy": ta}
+                    writer.append("evals", {"step": step, **last_eval, "bytes_up_total": totals["bytes_up"],
+                                            "wall_s": time.perf_counter() - start})
+                    writer.flush()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{last_eval['test_accuracy']:.3f}",
+                                    MB_up=f"{totals['bytes_up'] / 1e6:.1f}")
+                    bar.update(1)
+    finally:
+        if writer is not None:
+            writer.f.create_dataset("final_params", data=model.params)
+            writer.close(steps_done=step + 1 if total else 0)
+        if bar is not None:
+            bar.close()
+        ps.close()
+    if rank != 0:
+        return None
+    summary = {"algorithm": cfg.algorithm, "steps": total, "d": d, "n_workers": n,
+               "final_test_loss": last_eval["test_loss"], "final_test_accuracy": last_eval["test_accuracy"],
+               "bytes_up_per_worker": totals["bytes_up"], "bytes_down_per_worker": totals["bytes_down"],
+               "wall_s": time.perf_counter() - start, "out": out}
+    print("# summary " + json.dumps(summary), flush=True)
+    return summary
+
+
+def check_replicas(comm, params, step):
+    sums = comm.allgather(zlib.crc32(params.tobytes()))
+    if len(set(sums)) != 1:
+        raise RuntimeError(f"replicas diverged at step {step}: parameter checksums {sums}; "
+                           "this algorithm must keep every rank's model bit-identical")
+
+
+def rank_from_environment():
+    for key in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+def main(argv=None):
+    try:
+        cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        if rank_from_environment() == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not cfg.overwrite and cfg.out and os.path.exists(cfg.out):
+        if rank_from_environment() == 0:
+            print(f"error: {cfg.out} exists; pass --overwrite or choose another --out", file=sys.stderr)
+        return EXIT_USAGE
+    from .transport import mpi
+    MPI = mpi()
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() < 2:
+        print("error: the parameter server needs at least 2 ranks (a server and a worker); "
+              "start with `mpirun -n 4 python -m fobsgd_mpi.train`", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        run(cfg, comm)
+    except Exception as exc:  # one rank's failure ends the job with its message, never a hang
+        print(f"error on rank {comm.Get_rank()}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        comm.Abort(1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""MPI transport of payloads between the parameter server (rank 0) and the workers.
+
+Each payload layout becomes one committed derived datatype (a struct over its fields), built once
+and freed at exit; exchanges are buffer-based Gatherv / Bcast on preallocated arrays, never
+pickled. Byte counts are what each rank hands to MPI, checked against the datatype's size.
+"""
+import numpy as np
+
+SERVER = 0
+
+
+def mpi():
+    """mpi4py's MPI module, or a one-line error saying how to get a working MPI."""
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise SystemExit(f"error: mpi4py cannot load an MPI library ({exc}); run `make install` "
+                         "(it installs the mpich wheel) or build mpi4py against your cluster's MPI") from None
+    return MPI
+
+
+class PayloadTypes:
+    """Committed MPI datatypes per PayloadSpec, freed together."""
+
+    def __init__(self, MPI):
+        self.MPI = MPI
+        self._types = {}
+
+    def __call__(self, spec):
+        if spec not in self._types:
+            MPI = self.MPI
+            blocks = [count * np.dtype(dt).itemsize for _, dt, count in spec.fields]
+            t = MPI.BYTE.Create_struct(blocks, list(spec.offsets.values()), [MPI.BYTE] * len(blocks))
+            t = t.Create_resized(0, spec.nbytes)
+            t.Commit()
+            if t.Get_size() != sum(blocks) or t.Get_extent()[1] != spec.nbytes:
+                raise RuntimeError(f"MPI datatype for {spec} has size {t.Get_size()}, expected {sum(blocks)}")
+            self._types[spec] = t
+        return self._types[spec]
+
+    def free(self):
+        for t in self._types.values():
+            t.Free()
+        self._types.clear()
+
+
+class ParameterServer:
+    """Gather of worker payloads to the server, broadcast of the server's payload.
+
+    `workers` are the ranks that send (1..n-1, or all ranks with --server-also-works).
+    """
+
+    def __init__(self, comm, server_works=False):
+        self.MPI = mpi()
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.server_works = server_works
+        self.workers = list(range(0 if server_works else 1, self.size))
+        self.is_server = self.rank == SERVER
+        self.is_worker = self.rank in self.workers
+        self.types = PayloadTypes(self.MPI)
+        self._rows = {}
+
+    @property
+    def n_workers(self):
+        return len(self.workers)
+
+    def gather(self, payload, spec):
+        """Worker payloads to the server; returns (rows (n_workers, nbytes) uint8 on the server, bytes sent)."""
+        dtype = self.types(spec)
+        counts = [1 if r in self.workers else 0 for r in range(self.size)]
+        displs = np.cumsum([0] + counts[:-1]).tolist()
+        rows = None
+        if self.is_server:
+            rows = self._rows.get(spec)
+            if rows is None:
+                rows = self._rows[spec] = np.empty((self.n_workers, spec.nbytes), dtype=np.uint8)
+        send = [payload.buffer if self.is_worker else np.empty(0, np.uint8), counts[self.rank], dtype]
+        recv = [rows, counts, displs, dtype] if self.is_server else None
+        self.comm.Gatherv(send, recv, root=SERVER)
+        sent = dtype.Get_size() * counts[self.rank]
+        if self.is_worker and sent != payload.nbytes:
+            raise RuntimeError(f"sent {sent} bytes, payload holds {payload.nbytes}")
+        return rows, (sent if self.rank != SERVER else 0)
+
+    def bcast(self, payload, spec):
+        """The server's payload to every rank (in place); returns bytes received by this rank."""
+        dtype = self.types(spec)
+        self.comm.Bcast([payload.buffer, 1, dtype], root=SERVER)
+        return dtype.Get_size() if self.rank != SERVER else 0
+
+    def close(self):
+        self.types.free()

@@ -1,0 +1,153 @@
+"""The training harness under real mpirun jobs (n = 2..5, oversubscribed on 2 cores)."""
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from fobsgd_mpi import algorithms, compressors, data, models
+from fobsgd_mpi.results import EVAL_FIELDS, ITERATION_FIELDS
+
+from .mpi_helpers import ROOT, mpi_env, mpirun, train
+
+pytestmark = pytest.mark.mpi
+
+
+@pytest.mark.parametrize("algorithm", algorithms.names())
+def test_every_algorithm_runs_a_few_steps(algorithm, tmp_path):
+    out, summary = train(3, tmp_path, "--algorithm", algorithm, "--dataset", "synthetic-logreg", "--model", "mlp",
+                         "--width", "32", "--steps", "6", "--eval-every", "3", "--liec-period", "3",
+                         "--check-every", "3", "--batch-size", "16")
+    assert summary["steps"] == 6 and np.isfinite(summary["final_test_loss"])
+    with h5py.File(out) as f:
+        d = f.attrs["d"]
+        up = f["iterations/bytes_up"][:]
+        cfg = json.loads(f.attrs["config"])
+    alg = algorithms.get(algorithm)
+    spec_up = compressors.get(alg.up_compressor, **alg.options(alg.up_compressor, _ns(cfg))).spec(d)
+    extra = 4 * d if algorithm == "liec-sgd" else 0  # the periodic fp32 model average
+    assert set(up.tolist()) <= {spec_up.nbytes, spec_up.nbytes + extra}
+
+
+def _ns(cfg):
+    import argparse
+    return argparse.Namespace(**cfg)
+
+
+@pytest.mark.parametrize("model", ["logreg", "cnn1d"])
+def test_model_and_dataset_pairings(model, tmp_path):
+    for dataset in ("mnist1d", "digits") if model == "cnn1d" else ("digits", "synthetic-quadratic"):
+        train(3, tmp_path, "--algorithm", "fo-sgd", "--dataset", dataset, "--model", model, "--width", "16",
+              "--steps", "3", name=f"{model}-{dataset}.h5")
+
+
+def test_sgd_equals_single_process_sgd_on_the_union_batch(tmp_path):
+    steps, batch, lr = 5, 8, 0.1
+    out, _ = train(3, tmp_path, "--algorithm", "sgd", "--dataset", "synthetic-logreg", "--model", "mlp",
+                   "--width", "16", "--steps", steps, "--batch-size", batch, "--lr", lr, "--momentum", "0",
+                   "--lr-schedule", "constant", "--seed", "3")
+    with h5py.File(out) as f:
+        got = f["final_params"][:]
+    ds = data.load("synthetic-logreg", 3)
+    model = models.FlatModel(models.build("mlp", ds.n_features, 4, 16, 3))
+    samplers = []
+    for shard in range(2):
+        idx = data.shard_indices(ds.y_train, 2, shard, 3)
+        samplers.append(data.BatchSampler(ds.x_train[idx], ds.y_train[idx], batch, seed=(3, shard)))
+    for _ in range(steps):
+        xs, ys = zip(*(s.next() for s in samplers))
+        model.gradient(np.concatenate(xs), np.concatenate(ys), torch.nn.functional.cross_entropy)
+        model.params -= np.float32(lr) * model.grads
+    np.testing.assert_allclose(got, model.params, rtol=1e-5, atol=1e-6)
+
+
+def test_fo_sgd_reaches_the_least_squares_optimum(tmp_path):
+    out, summary = train(5, tmp_path, "--algorithm", "fo-sgd", "--dataset", "synthetic-quadratic", "--model",
+                         "logreg", "--steps", "2000", "--batch-size", "32", "--lr", "0.005", "--momentum", "0",
+                         "--eval-every", "500")
+    _, _, w_hat = data.quadratic_problem(0)
+    with h5py.File(out) as f:
+        w = f["final_params"][:64]
+    # the label noise has variance 0.01: that is the best test loss any model reaches
+    assert np.linalg.norm(w - w_hat) < 0.02 * np.linalg.norm(w_hat)
+    assert summary["final_test_loss"] < 0.02
+
+
+def test_fo_sgd_bytes_and_bit_identical_replicas(tmp_path):
+    """50 FO-SGD steps with a cross-rank checksum at 25 and 50: the run fails if replicas differ."""
+    out, summary = train(4, tmp_path, "--algorithm", "fo-sgd", "--steps", "50", "--check-every", "25")
+    with h5py.File(out) as f:
+        d = int(f.attrs["d"])
+        assert set(f["iterations/bytes_up"][:]) == {compressors.get("fo1bit").payload_nbytes(d)}
+        assert 8 * f["iterations/bytes_up"][0] / d <= 1.01
+        assert 8 * f["iterations/bytes_down"][0] / d <= 1.01
+
+
+def test_hdf5_layout_matches_the_summary(tmp_path):
+    out, summary = train(3, tmp_path, "--algorithm", "ef-sgd", "--steps", "20", "--eval-every", "10")
+    with h5py.File(out) as f:
+        for key in ("algorithm", "config", "seed", "n_workers", "d", "git_commit", "versions", "start_time",
+                    "end_time"):
+            assert key in f.attrs, key
+        assert set(f["iterations"]) == set(ITERATION_FIELDS) and set(f["evals"]) == set(EVAL_FIELDS)
+        assert all("units" in f["iterations"][k].attrs for k in ITERATION_FIELDS)
+        assert f["iterations/step"][:].tolist() == list(range(20))
+        assert f["evals/step"][:].tolist() == [9, 19]
+        assert f["evals/test_accuracy"][-1] == pytest.approx(summary["final_test_accuracy"])
+        assert int(f["iterations/bytes_up"][:].sum()) == summary["bytes_up_per_worker"]
+        assert f.attrs["algorithm"] == "ef-sgd" and f.attrs["n_workers"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--algorithm", "nope"], "invalid choice: 'nope'"),
+    (["--block-size", "1000"], "--block-size must be a power of two"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--eta", "2"], "--eta must lie in (0, 1)"),
+    (["--config", "/nonexistent.toml"], "does not exist"),
+    (["--batch-size", "100000", "--steps", "1"], "exceeds this worker's shard"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    done = mpirun(2, "fobsgd_mpi.train", "--quiet", "--out", tmp_path / "x.h5", *args)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert errors and message in errors[0], done.stderr[-2000:]
+    if "shard" not in message:
+        assert done.returncode == 2 and not (tmp_path / "x.h5").exists()
+
+
+def test_bad_toml_and_unknown_keys(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lr = [oops")
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text('algorithm = "sgd"\nnot_an_option = 1\n')
+    for cfg, message in ((bad, "not valid TOML"), (unknown, "unknown option(s) not_an_option")):
+        done = subprocess.run([sys.executable, "-m", "fobsgd_mpi.train", "--config", str(cfg)], capture_output=True,
+                              text=True, env=mpi_env(), cwd=ROOT, timeout=120)
+        assert done.returncode == 2 and message in done.stderr
+
+
+def test_config_file_with_flag_override(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('algorithm = "signsgd-mv"\ndataset = "digits"\nmodel = "logreg"\nsteps = 4\nlr = 0.5\n')
+    out, summary = train(3, tmp_path, "--config", cfg, "--lr", "0.01")
+    with h5py.File(out) as f:
+        stored = json.loads(f.attrs["config"])
+    assert stored["algorithm"] == "signsgd-mv" and stored["lr"] == 0.01 and summary["steps"] == 4
+
+
+def test_single_process_start_is_an_error_not_a_fallback():
+    done = subprocess.run([sys.executable, "-m", "fobsgd_mpi.train", "--steps", "1"], capture_output=True, text=True,
+                          env=mpi_env(), cwd=ROOT, timeout=120)
+    assert done.returncode == 2
+    assert "needs at least 2 ranks" in done.stderr
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    (tmp_path / "taken.h5").write_bytes(b"keep me")
+    done = mpirun(2, "fobsgd_mpi.train", "--out", tmp_path / "taken.h5", "--steps", "1")
+    assert done.returncode == 2 and "--overwrite" in done.stderr
+    assert (tmp_path / "taken.h5").read_bytes() == b"keep me"
