@@ -225,6 +225,7 @@ def run(cfg, comm):
     start = time.perf_counter()
     totals = {"bytes_up": 0, "bytes_down": 0}
     last_eval = {"test_loss": float("nan"), "test_accuracy": float("nan")}
+    step = -1
     try:
         for step in range(total):
             timer.reset()
@@ -265,7 +266,7 @@ def run(cfg, comm):
     finally:
         if writer is not None:
             writer.f.create_dataset("final_params", data=model.params)
-            writer.close(steps_done=step + 1 if total else 0)
+            writer.close(steps_done=step + 1)
         if bar is not None:
             bar.close()
         ps.close()
