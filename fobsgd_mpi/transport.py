@@ -67,7 +67,7 @@ class ParameterServer:
         return len(self.workers)
 
     def gather(self, payload, spec):
-        """Worker payloads to the server; returns (rows (n_workers, nbytes) uint8 on the server, bytes sent)."""
+        """Worker payloads to the server; returns rows (n_workers, nbytes) uint8 on the server, else None."""
         dtype = self.types(spec)
         counts = [1 if r in self.workers else 0 for r in range(self.size)]
         displs = np.cumsum([0] + counts[:-1]).tolist()
@@ -79,16 +79,13 @@ class ParameterServer:
         send = [payload.buffer if self.is_worker else np.empty(0, np.uint8), counts[self.rank], dtype]
         recv = [rows, counts, displs, dtype] if self.is_server else None
         self.comm.Gatherv(send, recv, root=SERVER)
-        sent = dtype.Get_size() * counts[self.rank]
-        if self.is_worker and sent != payload.nbytes:
-            raise RuntimeError(f"sent {sent} bytes, payload holds {payload.nbytes}")
-        return rows, (sent if self.rank != SERVER else 0)
+        if self.is_worker and dtype.Get_size() != payload.nbytes:
+            raise RuntimeError(f"MPI datatype sends {dtype.Get_size()} bytes, the payload holds {payload.nbytes}")
+        return rows
 
     def bcast(self, payload, spec):
-        """The server's payload to every rank (in place); returns bytes received by this rank."""
-        dtype = self.types(spec)
-        self.comm.Bcast([payload.buffer, 1, dtype], root=SERVER)
-        return dtype.Get_size() if self.rank != SERVER else 0
+        """The server's payload to every rank, in place."""
+        self.comm.Bcast([payload.buffer, 1, self.types(spec)], root=SERVER)
 
     def close(self):
         self.types.free()

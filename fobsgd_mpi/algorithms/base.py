@@ -23,15 +23,16 @@ class PSAlgorithm:
     def __init__(self, ps, d, cfg):
         self.ps = ps
         self.d = d
-        self.cfg = cfg
         self.up = compressors.get(self.up_compressor, **self.options(self.up_compressor, cfg))
         self.down = compressors.get(self.down_compressor, **self.options(self.down_compressor, cfg))
         self.up_buf = self.up.spec(d).empty()
         self.down_buf = self.down.spec(d).empty()
         self.dir_buf = np.zeros(d, dtype=np.float32)
         self.weights = np.full(ps.n_workers, 1.0 / ps.n_workers, dtype=np.float32)
-        self.bytes_up = self.bytes_down = 0  # what this rank handed to / got from MPI this iteration
-        self.bytes_up_worker = self.bytes_down_worker = 0  # the same for one worker, known on every rank
+        # bytes one worker hands to MPI per iteration each way: the committed datatypes' sizes
+        self.payload_bytes_up = ps.types(self.up.spec(d)).Get_size()
+        self.payload_bytes_down = ps.types(self.down.spec(d)).Get_size()
+        self.bytes_up_worker = self.bytes_down_worker = 0
 
     @staticmethod
     def options(name, cfg):
@@ -71,19 +72,14 @@ class PSAlgorithm:
         with timer("encode"):
             payload = self.encode_up(grad, step) if ps.is_worker else None
         with timer("comm"):
-            rows, self.bytes_up = ps.gather(payload, self.up.spec(self.d))
+            rows = ps.gather(payload, self.up.spec(self.d))
         with timer("server"):
             down = self.server(rows, step) if ps.is_server else self.down_buf
         with timer("comm"):
-            self.bytes_down = ps.bcast(down, self.down.spec(self.d))
-        self.bytes_up_worker = ps.types(self.up.spec(self.d)).Get_size()
-        self.bytes_down_worker = ps.types(self.down.spec(self.d)).Get_size()
+            ps.bcast(down, self.down.spec(self.d))
+        self.bytes_up_worker, self.bytes_down_worker = self.payload_bytes_up, self.payload_bytes_down
         with timer("decode"):
             return self.direction(down, step)
-
-    def state(self):
-        """Arrays that make up this rank's algorithm state (error memories), by name."""
-        return {}
 
 
 class ErrorFeedbackUplink:
@@ -96,9 +92,6 @@ class ErrorFeedbackUplink:
         payload = self.up.encode(corrected, step, self.ps.rank, out=self.up_buf)
         self.error = corrected - self.up.decode(payload, step, self.d)
         return payload
-
-    def state(self):
-        return {"error": getattr(self, "error", np.zeros(self.d, np.float32))}
 
 
 def compress_with_server_error(alg, v, step):

@@ -9,6 +9,3 @@ class DoubleSqueeze(ErrorFeedbackUplink, PSAlgorithm):
 
     def server(self, rows, step):
         return compress_with_server_error(self, self.up.aggregate(rows, self.weights, self.d)[: self.d], step)
-
-    def state(self):
-        return {**super().state(), "server_error": getattr(self, "server_error", self.dir_buf * 0)}

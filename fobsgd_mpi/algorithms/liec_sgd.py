@@ -52,5 +52,3 @@ class LIECSGD(PSAlgorithm):
         self.bytes_up_worker += params.nbytes
         self.bytes_down_worker += params.nbytes
 
-    def state(self):
-        return {"local_error": self.local_error, "server_error": getattr(self, "server_error", self.local_error * 0)}
