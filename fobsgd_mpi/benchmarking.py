@@ -24,6 +24,22 @@ def best_time(fn, repeats=30, setup=None):
     return best
 
 
+def best_times_interleaved(fns, repeats=30):
+    """Best seconds per named fn() with the calls interleaved round by round, so a noisy spell on
+    the machine hits every contender alike. Each timed call follows an untimed one of the same fn,
+    so every contender starts with its data in cache. fns: name -> (prepare or None, fn)."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, (prepare, fn) in fns.items():
+            if prepare:
+                prepare()
+            fn()
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
 def format_table(records, columns):
     """columns: (key, header with unit, format). Returns the table as text, '#' header first."""
     heads = [h for _, h, _ in columns]

@@ -65,10 +65,8 @@ def fwht_(x, normalize=True):
     Raises ValueError for another dtype, a non-contiguous array or a length not a power of two.
     """
     n = reference.check_fwht_input(x)
-    log_n = n.bit_length() - 1
-    scale = 1.0 / math.sqrt(n) if normalize else 1.0
-    kernel = _native.fwht_f32 if x.dtype == np.float32 else _native.fwht_f64
-    _check(kernel(x.reshape(-1), log_n, scale), "fwht_")
+    kernel = _native.fwht_f32 if x.dtype.char == "f" else _native.fwht_f64
+    _check(kernel(x, n.bit_length() - 1, 1.0 / math.sqrt(n) if normalize else 1.0), "fwht_")
     return x
 
 

@@ -18,9 +18,10 @@ LAMBDA_NORM, LAMBDA_MAX = 0, 1
 def check_fwht_input(x):
     if not isinstance(x, np.ndarray):
         raise ValueError(f"fwht_ needs a numpy array, got {type(x).__name__}")
-    if x.dtype not in (np.float32, np.float64):
+    if x.dtype.char not in "fd":
         raise ValueError(f"fwht_ needs float32 or float64, got {x.dtype}")
-    if not x.flags.c_contiguous or not x.flags.writeable:
+    flags = x.flags
+    if not (flags.c_contiguous and flags.writeable):
         raise ValueError("fwht_ works in place: pass a C-contiguous, writeable array (np.ascontiguousarray)")
     n = x.shape[-1] if x.ndim else 0
     if n < 1 or n & (n - 1) or n > 1 << 30:

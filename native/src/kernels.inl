@@ -114,8 +114,11 @@ template <class V, int W> struct LaneStages<V, W, W> {
 };
 
 // R stages across 2^R vectors v[k], v[k + 2^t], stride order low to high.
+// Fully unrolled, so v[] stays in registers (GCC's default heuristics keep it on the stack).
 template <class V, int R> inline void cross_stages(V *v) {
+#pragma GCC unroll 8
     for (int t = 0; t < R; ++t)
+#pragma GCC unroll 16
         for (int k = 0; k < (1 << R); ++k)
             if (!(k & (1 << t))) butterfly(v[k], v[k | (1 << t)]);
 }
@@ -155,10 +158,11 @@ template <class T, int R> void radix_pass(T *x, int64_t n, int64_t h, bool do_sc
 }
 
 // Stages [s_lo, s_hi) in passes of up to RADIX stages, split evenly (no lone radix-2 pass).
-// Past a 1 KiB stride, 16 streams would share too few L1 sets (12-way), so passes take 8.
+// Past a 2 KiB stride, 16 streams would crowd more than 8 of them into one set of a 12-way
+// L1 (measured: radix-16 at large strides ran 2x slower), so those passes take 8 streams.
 template <class T> void radix_stages(T *x, int64_t n, int s_lo, int s_hi, bool do_scale, T scale) {
     while (s_lo < s_hi) {
-        const int radix = ((int64_t)sizeof(T) << s_lo) >= 1024 && RADIX > 3 ? 3 : RADIX;
+        const int radix = ((int64_t)sizeof(T) << s_lo) <= 2048 ? RADIX : 3;
         const int left = s_hi - s_lo, passes = (left + radix - 1) / radix;
         const int r = (left + passes - 1) / passes;
         const bool last = do_scale && s_lo + r == s_hi;
@@ -187,7 +191,7 @@ template <class T> void fwht_small(T *x, int64_t n, T scale) {
 // and only the top stages stream over the whole row.
 template <class T> void fwht_row(T *x, int L, T scale) {
     constexpr int base_log = ilog2(Lanes<T>::W) + RADIX;
-    constexpr int l1_log = sizeof(T) == 4 ? 13 : 12;
+    constexpr int l1_log = RADIX == 4 ? base_log + RADIX : (sizeof(T) == 4 ? 13 : 12);
     constexpr int l2_log = sizeof(T) == 4 ? 17 : 16;
     const int64_t n = (int64_t)1 << L;
     if (L < base_log) return fwht_small(x, n, scale);
