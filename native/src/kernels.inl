@@ -391,20 +391,20 @@ int aggregate_1bit(const uint8_t *payloads, int64_t n, int64_t stride, int64_t s
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_threads > 1)
     for (int64_t b = 0; b < lay.n_blocks; ++b) {
         const Block k = block_at(lay, b);
-        for (int64_t j = 0; j < k.m; j += 64)
-            for (int l = 0; l < 64; l += WF) {
-                vf acc = {};
-                for (int64_t i = 0; i < n; ++i) {
-                    const uint8_t *p = payloads + i * stride;
-                    float s;
-                    __builtin_memcpy(&s, p + scales_offset + 4 * b, 4);
-                    uint64_t w;
-                    __builtin_memcpy(&w, p + 8 * ((k.off + j) / 64), 8);
-                    const vf c = (vf){} + weights[i] * s;
-                    acc += select_bits(w >> l, c, negate(c));
-                }
-                vstore(out + k.off + j + l, acc);
+        for (int64_t j = 0; j < k.m; j += 64) {
+            vf acc[64 / WF] = {};  // one word's 64 sums stay in registers while the payloads stream by
+            for (int64_t i = 0; i < n; ++i) {
+                const uint8_t *p = payloads + i * stride;
+                float s;
+                __builtin_memcpy(&s, p + scales_offset + 4 * b, 4);
+                uint64_t w;
+                __builtin_memcpy(&w, p + 8 * ((k.off + j) / 64), 8);
+                const vf c = (vf){} + weights[i] * s;
+#pragma GCC unroll 16
+                for (int q = 0; q < 64 / WF; ++q) acc[q] += select_bits(w >> (q * WF), c, negate(c));
             }
+            for (int q = 0; q < 64 / WF; ++q) vstore(out + k.off + j + q * WF, acc[q]);
+        }
     }
     return FOBSGD_OK;
 }
