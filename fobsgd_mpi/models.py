@@ -27,12 +27,17 @@ def build(name, n_features, n_outputs, width=256, seed=0):
 
 
 class FlatModel:
-    """A torch module whose parameters and gradients are views of two flat float32 arrays."""
+    """A torch module whose parameters and gradients are views of two flat float32 arrays.
 
-    def __init__(self, module):
+    Tensors with at least `min_compress_numel` elements come first; `d_compressed` counts them,
+    so params[:d_compressed] is what an algorithm compresses and the rest can travel fp32.
+    """
+
+    def __init__(self, module, min_compress_numel=0):
         self.module = module
-        params = list(module.parameters())
+        params = sorted(module.parameters(), key=lambda p: p.numel() < min_compress_numel)
         self.d = sum(p.numel() for p in params)
+        self.d_compressed = sum(p.numel() for p in params if p.numel() >= min_compress_numel)
         self.params = np.empty(self.d, dtype=np.float32)
         self.grads = np.zeros(self.d, dtype=np.float32)
         off = 0

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import reference
 from .errors import NonFiniteError
-from .reference import LAMBDA_MAX, LAMBDA_NORM  # noqa: F401  (re-exported for callers)
+from .reference import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM  # noqa: F401  (re-exported for callers)
 
 try:
     from . import _native

@@ -12,7 +12,7 @@ import numpy as np
 from . import rng
 from .errors import NonFiniteError
 
-LAMBDA_NORM, LAMBDA_MAX = 0, 1
+LAMBDA_NORM, LAMBDA_MAX, LAMBDA_MIN = 0, 1, 2
 
 
 def check_fwht_input(x):
@@ -74,10 +74,11 @@ def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, 
         if rotate:
             y = np.where(rng.rademacher_flips(seed, step, b, m), -y, y)
             fwht_(y)
-        if rule == LAMBDA_NORM:
-            lam = np.float32(math.sqrt(sumsq) * lambda_factor[b])
-        else:
+        lam = np.float32(math.sqrt(sumsq) * lambda_factor[b])
+        if rule == LAMBDA_MAX:
             lam = np.abs(y).max()
+        elif rule == LAMBDA_MIN:
+            lam = min(lam, np.abs(y).max())
         tau = lam * rng.centred_uniforms(seed, step, b, rank, m)
         _store_bits(bits, off, (y + tau) >= 0)
         scales[b] = lam

@@ -47,7 +47,7 @@ def build_parser():
     a("--alpha", type=float, default=0.5, help="Dirichlet concentration for --partition dirichlet")
     a("--batch-size", type=int, default=32, help="per worker")
     a("--lr", type=float, default=None, help="learning rate (default: the algorithm's own, e.g. 0.05 for sgd, "
-                                             "0.003 for fo-sgd whose one-bit directions are far noisier)")
+                                             "0.02 for fo-sgd whose one-bit directions are far noisier)")
     a("--momentum", type=float, default=0.9)
     a("--weight-decay", type=float, default=0.0)
     a("--lr-schedule", default="cosine", choices=("constant", "cosine", "step"))
@@ -57,11 +57,17 @@ def build_parser():
     a("--check-every", type=int, default=25, help="cross-rank parameter checksum period (0: never)")
     a("--block-size", type=int, default=1 << 16, help="flattening / bucket block, a power of two")
     a("--eta", type=float, default=1e-2, help="FO-SGD clipping probability bound in lambda")
-    a("--lambda-rule", default="norm", choices=("norm", "max"))
+    a("--lambda-rule", default="min", choices=("norm", "max", "min"),
+      help="FO-SGD scale: norm = ||x|| sqrt(2 ln(2m/eta)/m), max = max|y| (unbiased), min = the smaller")
     a("--liec-period", type=int, default=32, help="LIEC-SGD full-precision averaging period H")
     a("--qsgd-levels", type=int, default=15)
     a("--topk-ratio", type=float, default=0.01)
     a("--warmup-steps", type=int, default=0, help="first K steps exchange fp32 (sgd)")
+    a("--min-compress-numel", type=int, default=0,
+      help="tensors with fewer elements (biases, norms) travel fp32, counted in the bytes")
+    a("--downlink", default="flat", choices=("flat", "fresh-rotation"),
+      help="FO-SGD server: re-quantize the sum in the flattened domain, or decode it and re-flatten "
+           "with a fresh rotation")
     a("--server-also-works", action="store_true")
     a("--seed", type=int, default=0)
     a("--out", default=None, help="HDF5 file (default results/<algorithm>-<dataset>-<model>-n<N>-<time>.h5)")
@@ -118,6 +124,7 @@ def validate(cfg):
         (cfg.alpha > 0, f"--alpha must be positive, got {cfg.alpha}"),
         (0 < cfg.topk_ratio <= 1, f"--topk-ratio must lie in (0, 1], got {cfg.topk_ratio}"),
         (cfg.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {cfg.warmup_steps}"),
+        (cfg.min_compress_numel >= 0, f"--min-compress-numel must be >= 0, got {cfg.min_compress_numel}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -188,7 +195,8 @@ def run(cfg, comm):
     rank, n = ps.rank, ps.n_workers
     ds = data.load(cfg.dataset, cfg.seed)
     n_out = ds.n_classes or ds.y_train.shape[1]
-    model = models.FlatModel(models.build(cfg.model, ds.n_features, n_out, cfg.width, cfg.seed))
+    model = models.FlatModel(models.build(cfg.model, ds.n_features, n_out, cfg.width, cfg.seed),
+                             cfg.min_compress_numel)
     loss_fn = models.loss_for(ds.n_classes)
     d = model.d
     BlockLayout(d, cfg.block_size, min(256, cfg.block_size))
@@ -201,8 +209,8 @@ def run(cfg, comm):
     samples_per_step = n * cfg.batch_size
     total = cfg.steps or max(1, int(round(cfg.epochs * len(ds.x_train) / samples_per_step)))
 
-    algo = algorithms.get(cfg.algorithm)(ps, d, cfg)
-    warmup = algorithms.get("sgd")(ps, d, cfg) if cfg.warmup_steps else None
+    algo = build_algorithm(cfg.algorithm, ps, model, cfg)
+    warmup = build_algorithm("sgd", ps, model, cfg) if cfg.warmup_steps else None
     opt = Optimizer(d, cfg)
     timer = PhaseTimer()
     writer = None
@@ -242,7 +250,7 @@ def run(cfg, comm):
             peak = np.empty_like(stats)
             comm.Reduce(stats[:-1].copy(), peak[:-1], op=ps.MPI.MAX, root=0)
             loss_sum = comm.reduce(stats[-1], op=ps.MPI.SUM, root=0)
-            if cfg.check_every and (step + 1) % cfg.check_every == 0 and active.replicas_identical:
+            if cfg.check_every and (step + 1) % cfg.check_every == 0 and active.identical_after(step):
                 check_replicas(comm, model.params, step)
             if rank == 0:
                 totals["bytes_up"] += active.bytes_up_worker
@@ -278,6 +286,16 @@ def run(cfg, comm):
                "wall_s": time.perf_counter() - start, "out": out}
     print("# summary " + json.dumps(summary), flush=True)
     return summary
+
+
+def build_algorithm(name, ps, model, cfg):
+    """The algorithm on the whole flat vector, or on its large tensors with fp32 for the rest."""
+    cls = algorithms.get(name if model.d_compressed else "sgd")
+    if model.d_compressed in (0, model.d):
+        return cls(ps, model.d, cfg)
+    from .algorithms.split import SplitExchange
+    tail = algorithms.get("sgd")(ps, model.d - model.d_compressed, cfg)
+    return SplitExchange(cls(ps, model.d_compressed, cfg), tail, model.d_compressed)
 
 
 def check_replicas(comm, params, step):

@@ -44,8 +44,29 @@ class PayloadTypes:
         self._types.clear()
 
 
+class Exchange:
+    """One direction of one algorithm's traffic, on fixed buffers: a persistent MPI-4 collective
+    (Gatherv_init / Bcast_init) made once, started each iteration, or the blocking call on an
+    MPI without them. Made collectively: every rank builds its exchanges in the same order."""
+
+    def __init__(self, ps, persistent, blocking):
+        self.request = persistent() if ps.persistent else None
+        self.blocking = blocking
+
+    def run(self):
+        if self.request is None:
+            return self.blocking()
+        self.request.Start()
+        self.request.Wait()
+
+    def free(self):
+        if self.request is not None:
+            self.request.Free()
+            self.request = None
+
+
 class ParameterServer:
-    """Gather of worker payloads to the server, broadcast of the server's payload.
+    """Gather of worker payloads to the server and broadcast of the server's payload.
 
     `workers` are the ranks that send (1..n-1, or all ranks with --server-also-works).
     """
@@ -60,32 +81,39 @@ class ParameterServer:
         self.is_server = self.rank == SERVER
         self.is_worker = self.rank in self.workers
         self.types = PayloadTypes(self.MPI)
-        self._rows = {}
+        self.persistent = hasattr(comm, "Gatherv_init") and self.MPI.Get_version() >= (4, 0)
+        self.exchanges = []
 
     @property
     def n_workers(self):
         return len(self.workers)
 
-    def gather(self, payload, spec):
-        """Worker payloads to the server; returns rows (n_workers, nbytes) uint8 on the server, else None."""
+    def uplink(self, payload):
+        """Exchange gathering every worker's `payload` buffer into `rows` (n_workers, nbytes) on the
+        server (None elsewhere); run() it after encoding into that buffer."""
+        spec = payload.spec
         dtype = self.types(spec)
+        if dtype.Get_size() != payload.nbytes:
+            raise RuntimeError(f"MPI datatype sends {dtype.Get_size()} bytes, the payload holds {payload.nbytes}")
         counts = [1 if r in self.workers else 0 for r in range(self.size)]
         displs = np.cumsum([0] + counts[:-1]).tolist()
-        rows = None
-        if self.is_server:
-            rows = self._rows.get(spec)
-            if rows is None:
-                rows = self._rows[spec] = np.empty((self.n_workers, spec.nbytes), dtype=np.uint8)
+        rows = np.empty((self.n_workers, spec.nbytes), dtype=np.uint8) if self.is_server else None
         send = [payload.buffer if self.is_worker else np.empty(0, np.uint8), counts[self.rank], dtype]
         recv = [rows, counts, displs, dtype] if self.is_server else None
-        self.comm.Gatherv(send, recv, root=SERVER)
-        if self.is_worker and dtype.Get_size() != payload.nbytes:
-            raise RuntimeError(f"MPI datatype sends {dtype.Get_size()} bytes, the payload holds {payload.nbytes}")
-        return rows
+        ex = Exchange(self, lambda: self.comm.Gatherv_init(send, recv, root=SERVER),
+                      lambda: self.comm.Gatherv(send, recv, root=SERVER))
+        ex.rows = rows
+        self.exchanges.append(ex)
+        return ex
 
-    def bcast(self, payload, spec):
-        """The server's payload to every rank, in place."""
-        self.comm.Bcast([payload.buffer, 1, self.types(spec)], root=SERVER)
+    def downlink(self, payload):
+        """Exchange broadcasting the server's `payload` buffer into the same buffer everywhere."""
+        msg = [payload.buffer, 1, self.types(payload.spec)]
+        ex = Exchange(self, lambda: self.comm.Bcast_init(msg, root=SERVER), lambda: self.comm.Bcast(msg, root=SERVER))
+        self.exchanges.append(ex)
+        return ex
 
     def close(self):
+        for ex in self.exchanges:
+            ex.free()
         self.types.free()

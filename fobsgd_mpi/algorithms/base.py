@@ -17,7 +17,6 @@ SERVER_STREAM = 1 << 31  # dither stream of the server's re-quantization, distin
 class PSAlgorithm:
     up_compressor = "identity"
     down_compressor = "identity"
-    replicas_identical = True
     default_lr = 0.05
 
     def __init__(self, ps, d, cfg):
@@ -29,6 +28,8 @@ class PSAlgorithm:
         self.down_buf = self.down.spec(d).empty()
         self.dir_buf = np.zeros(d, dtype=np.float32)
         self.weights = np.full(ps.n_workers, 1.0 / ps.n_workers, dtype=np.float32)
+        self.uplink = ps.uplink(self.up_buf)
+        self.downlink = ps.downlink(self.down_buf)
         # bytes one worker hands to MPI per iteration each way: the committed datatypes' sizes
         self.payload_bytes_up = ps.types(self.up.spec(d)).Get_size()
         self.payload_bytes_down = ps.types(self.down.spec(d)).Get_size()
@@ -47,9 +48,11 @@ class PSAlgorithm:
 
     # ---------------------------------------------------------------- hooks
     def encode_up(self, grad, step):
-        return self.up.encode(grad, step, self.ps.rank, out=self.up_buf)
+        """Encode into self.up_buf (the buffer the uplink sends)."""
+        self.up.encode(grad, step, self.ps.rank, out=self.up_buf)
 
     def server(self, rows, step):
+        """Reduce the gathered rows into self.down_buf (the buffer the downlink sends)."""
         raise NotImplementedError
 
     def direction(self, down, step):
@@ -57,6 +60,10 @@ class PSAlgorithm:
 
     def after_step(self, params, step):
         """Called after the optimizer step on every rank (periodic averaging hooks in here)."""
+
+    def identical_after(self, step):
+        """Whether every rank's model must be bit-identical after this step's update."""
+        return True
 
     # ---------------------------------------------------------------- shared pieces
     def mean_up(self, rows, step):
@@ -70,16 +77,18 @@ class PSAlgorithm:
     def exchange(self, grad, step, timer):
         ps = self.ps
         with timer("encode"):
-            payload = self.encode_up(grad, step) if ps.is_worker else None
+            if ps.is_worker:
+                self.encode_up(grad, step)
         with timer("comm"):
-            rows = ps.gather(payload, self.up.spec(self.d))
+            self.uplink.run()
         with timer("server"):
-            down = self.server(rows, step) if ps.is_server else self.down_buf
+            if ps.is_server:
+                self.server(self.uplink.rows, step)
         with timer("comm"):
-            ps.bcast(down, self.down.spec(self.d))
+            self.downlink.run()
         self.bytes_up_worker, self.bytes_down_worker = self.payload_bytes_up, self.payload_bytes_down
         with timer("decode"):
-            return self.direction(down, step)
+            return self.direction(self.down_buf, step)
 
 
 class ErrorFeedbackUplink:
@@ -91,7 +100,6 @@ class ErrorFeedbackUplink:
         corrected = grad + self.error
         payload = self.up.encode(corrected, step, self.ps.rank, out=self.up_buf)
         self.error = corrected - self.up.decode(payload, step, self.d)
-        return payload
 
 
 def compress_with_server_error(alg, v, step):
@@ -101,4 +109,3 @@ def compress_with_server_error(alg, v, step):
     v = v + alg.server_error
     down = alg.down.encode(v, step, SERVER_STREAM, out=alg.down_buf)
     alg.server_error = v - alg.down.decode(down, step, alg.d)
-    return down

@@ -8,4 +8,4 @@ class DoubleSqueeze(ErrorFeedbackUplink, PSAlgorithm):
     up_compressor = down_compressor = "scaled-sign"
 
     def server(self, rows, step):
-        return compress_with_server_error(self, self.up.aggregate(rows, self.weights, self.d)[: self.d], step)
+        compress_with_server_error(self, self.up.aggregate(rows, self.weights, self.d)[: self.d], step)

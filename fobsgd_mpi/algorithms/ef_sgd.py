@@ -9,4 +9,3 @@ class EFSGD(ErrorFeedbackUplink, PSAlgorithm):
 
     def server(self, rows, step):
         self.down_buf.values[:] = self.up.aggregate(rows, self.weights, self.d)[: self.d]
-        return self.down_buf

@@ -14,7 +14,6 @@ from .registry import register
 @register("liec-sgd")
 class LIECSGD(PSAlgorithm):
     up_compressor = down_compressor = "scaled-sign"
-    replicas_identical = False
 
     def __init__(self, ps, d, cfg):
         super().__init__(ps, d, cfg)
@@ -25,10 +24,9 @@ class LIECSGD(PSAlgorithm):
     def encode_up(self, grad, step):
         payload = self.up.encode(grad, step, self.ps.rank, out=self.up_buf)
         self.local_error = grad - self.up.decode(payload, step, self.d)
-        return payload
 
     def server(self, rows, step):
-        return compress_with_server_error(self, self.up.aggregate(rows, self.weights, self.d)[: self.d], step)
+        compress_with_server_error(self, self.up.aggregate(rows, self.weights, self.d)[: self.d], step)
 
     def direction(self, down, step):
         out = self.down.decode(down, step, self.d, out=self.dir_buf)
@@ -36,14 +34,19 @@ class LIECSGD(PSAlgorithm):
             out += self.local_error
         return out
 
+    def identical_after(self, step):
+        return (step + 1) % self.period == 0
+
     def after_step(self, params, step):
-        """Every H steps: average the worker models in fp32 (server included) and reset e_s."""
-        if (step + 1) % self.period:
+        """Every H steps: average the worker models in fp32 and hand the average to every rank
+        (Reduce + Bcast, so all ranks get the same bits), then reset e_s."""
+        if not self.identical_after(step):
             return
         comm = self.ps.comm
         mine = params if self.ps.is_worker else np.zeros_like(params)
         total = np.empty_like(params)
-        comm.Allreduce(mine, total)
+        comm.Reduce(mine, total, op=self.ps.MPI.SUM, root=0)
+        comm.Bcast(total, root=0)
         before = params.copy()
         np.multiply(total, np.float32(1.0 / self.ps.n_workers), out=params)
         local = float(np.linalg.norm(before - params)) if self.ps.is_worker else 0.0

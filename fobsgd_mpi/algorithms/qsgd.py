@@ -8,4 +8,4 @@ class QSGDAlgorithm(PSAlgorithm):
     up_compressor = down_compressor = "qsgd"
 
     def server(self, rows, step):
-        return self.down.encode(self.mean_up(rows, step), step, SERVER_STREAM, out=self.down_buf)
+        self.down.encode(self.mean_up(rows, step), step, SERVER_STREAM, out=self.down_buf)

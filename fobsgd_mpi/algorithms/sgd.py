@@ -10,4 +10,3 @@ class SGD(PSAlgorithm):
     def server(self, rows, step):
         values = rows.view(np.float32)
         np.mean(values, axis=0, dtype=np.float32, out=self.down_buf.values)
-        return self.down_buf

@@ -8,4 +8,4 @@ class SignSGDMajorityVote(PSAlgorithm):
     up_compressor = down_compressor = "sign"
 
     def server(self, rows, step):
-        return self.up.majority_vote(rows, self.d, out=self.down_buf)
+        self.up.majority_vote(rows, self.d, out=self.down_buf)

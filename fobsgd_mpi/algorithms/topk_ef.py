@@ -9,4 +9,3 @@ class TopKEF(ErrorFeedbackUplink, PSAlgorithm):
 
     def server(self, rows, step):
         self.down_buf.values[:] = self.mean_up(rows, step)
-        return self.down_buf

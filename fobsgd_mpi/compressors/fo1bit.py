@@ -3,7 +3,9 @@
 FO-SGD (Stollenwerk & Jacques, arXiv 2405.11095), per block of m coordinates:
   1. y = H D x / sqrt(m), D = diag(+-1) from the stream of (seed, step, block), shared by all ranks;
   2. lambda = ||x||_2 sqrt(2 ln(2m / eta) / m)  ("norm", biased only by rare clipping)
-     or lambda = max|y|                        ("max", unbiased);
+     or lambda = max|y|                        ("max", unbiased),
+     or the smaller of the two                 ("min": never clips more than "norm", never has
+                                                more variance than either);
   3. bits b_j = [y_j + tau_j >= 0], tau_j ~ U(-lambda, lambda) from the stream of (seed, step,
      block, rank); decode q = lambda (2b - 1), x_hat = D H q / sqrt(m).
 Flattening spreads a sparse x over the block, so the variance per block is about
@@ -13,11 +15,12 @@ import math
 
 import numpy as np
 
-from ..native import LAMBDA_MAX, LAMBDA_NORM
+from .. import rng
+from ..native import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM
 from .onebit import OneBitCompressor
 from .registry import register
 
-LAMBDA_RULES = {"norm": LAMBDA_NORM, "max": LAMBDA_MAX}
+LAMBDA_RULES = {"norm": LAMBDA_NORM, "max": LAMBDA_MAX, "min": LAMBDA_MIN}
 
 
 @register("fo1bit")
@@ -52,6 +55,17 @@ class FlattenedOneBit(OneBitCompressor):
         payload = out if out is not None else self.spec(d).empty()
         self._quantize(v, self.layout(d).flat(), False, int(step), int(rank), payload)
         return payload
+
+    def unflatten(self, v, step, d):
+        """What a sum v in the encoded domain (padded length) is in the original one: D H v per
+        block, truncated to d."""
+        layout = self.layout(d)
+        out = np.array(v[: layout.padded], dtype=np.float32)
+        if self.rotate:
+            for b, off, m, _ in layout.blocks():
+                y = self.kernels.fwht_(out[off : off + m])
+                y[rng.rademacher_flips(self.seed, step, b, m)] *= -1
+        return out[:d]
 
     def _decode(self, payload, step, d, out, weight, accumulate):
         self.kernels.decode_1bit(payload.bits, payload.scales, self.layout(d), self.rotate, self.seed, step, out,

@@ -39,10 +39,11 @@ __global__ void flip_copy(const float *x, int64_t d, int64_t off, int64_t m, int
 __global__ void quantize(const float *y, int64_t off, int64_t m, int rule, double factor, const double *sumsq,
                          uint64_t dither_key, uint64_t *bits, float *scale_out) {
     float mx = 0;
-    if (rule == FOBSGD_LAMBDA_MAX)
+    if (rule != FOBSGD_LAMBDA_NORM)
         for (int64_t j = threadIdx.x; j < m; j += blockDim.x) mx = fmaxf(mx, fabsf(y[off + j]));
     mx = block_reduce(mx, [](float a, float b) { return fmaxf(a, b); });
-    const float lambda = rule == FOBSGD_LAMBDA_MAX ? mx : (float)(sqrt(*sumsq) * factor);
+    const float by_norm = (float)(sqrt(*sumsq) * factor);
+    const float lambda = rule == FOBSGD_LAMBDA_NORM ? by_norm : (rule == FOBSGD_LAMBDA_MAX || mx < by_norm ? mx : by_norm);
     if (threadIdx.x == 0) *scale_out = lambda;
     const int lane = threadIdx.x % 32;
     for (int64_t base = (threadIdx.x / 32) * 64; base < m; base += (blockDim.x / 32) * 64) {

@@ -24,7 +24,7 @@ enum {
     FOBSGD_EISA = -3        /* requested instruction set not supported by this CPU */
 };
 
-enum { FOBSGD_LAMBDA_NORM = 0, FOBSGD_LAMBDA_MAX = 1 };
+enum { FOBSGD_LAMBDA_NORM = 0, FOBSGD_LAMBDA_MAX = 1, FOBSGD_LAMBDA_MIN = 2 };
 
 typedef struct {
     const int64_t *offsets;
@@ -45,7 +45,7 @@ int fobsgd_fwht_f64(double *x, int64_t n_rows, int log_n, double scale);
 
 /* One-bit dithered encode (FO-SGD when rotate != 0, dithered sign when rotate == 0).
  * Per block: y = H D x / sqrt(m) (or y = x), lambda by rule (NORM: ||x||_2 * lambda_factor[b];
- * MAX: max|y|), bit_j = [y_j + tau_j >= 0] with tau_j ~ U(-lambda, lambda) from the stream of
+ * MAX: max|y|; MIN: the smaller of the two), bit_j = [y_j + tau_j >= 0] with tau_j ~ U(-lambda, lambda) from the stream of
  * (seed, step, block, rank). `work` holds n_threads * max block length floats. */
 int fobsgd_encode_1bit(const float *x, fobsgd_layout layout, int rotate, int rule,
                        const double *lambda_factor, uint64_t seed, uint64_t step, uint64_t rank,

@@ -320,17 +320,17 @@ int encode_1bit(const float *x, fobsgd_layout lay, int rotate, int rule, const d
             status = FOBSGD_ENONFINITE;
             continue;
         }
-        float lambda;
-        if (rule == FOBSGD_LAMBDA_NORM) {
-            lambda = (float)(__builtin_sqrt(sumsq) * lambda_factor[b]);
-        } else {
+        const float by_norm = (float)(__builtin_sqrt(sumsq) * lambda_factor[b]);
+        float lambda = by_norm;
+        if (rule != FOBSGD_LAMBDA_NORM) {
             vf mx = {};
             for (int64_t j = 0; j < k.m; j += WF) {
                 vf a = abs_v(vload<vf>(y + j));
                 mx = a > mx ? a : mx;
             }
-            lambda = 0;
-            for (int l = 0; l < WF; ++l) lambda = mx[l] > lambda ? mx[l] : lambda;
+            float by_max = 0;
+            for (int l = 0; l < WF; ++l) by_max = mx[l] > by_max ? mx[l] : by_max;
+            lambda = rule == FOBSGD_LAMBDA_MAX || by_max < by_norm ? by_max : by_norm;
         }
         scales[b] = lambda;
         const uint64_t dkey = stream_key(seed, step, (uint64_t)b, rank, kPurposeDither);

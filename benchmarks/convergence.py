@@ -1,0 +1,93 @@
+"""Accuracy against bytes for every algorithm: MNIST-1D, the same epochs, seeds and workers.
+
+For each model (mlp, cnn1d) and partition (iid; Dirichlet alpha = 0.1 for sgd, fo-sgd and
+liec-sgd), trains every algorithm with `mpirun -n WORKERS+1` and prints final test accuracy, bytes
+each way per worker, their ratio to fp32 sgd, and wall-clock. Learning rates: each algorithm's
+default unless --lr-grid is given, in which case the best final accuracy over the grid is kept
+(tuned on the test set: an optimistic figure for every algorithm alike). Writes
+results/convergence-<time>.h5 (the table) and a PNG of accuracy against bytes.
+
+    python benchmarks/convergence.py [--workers 8] [--epochs 30] [--models mlp cnn1d] [--quick]
+"""
+import argparse
+import os
+import tempfile
+
+from fobsgd_mpi import algorithms, report
+from fobsgd_mpi.benchmarking import format_table, results_path, save_records
+from fobsgd_mpi.jobs import mpirun, summary_of
+
+NON_IID = ("sgd", "fo-sgd", "liec-sgd")
+
+
+def train(workdir, workers, algorithm, model, partition, epochs, lr, seed):
+    out = os.path.join(workdir, f"{algorithm}-{model}-{partition}-lr{lr}-s{seed}.h5")
+    args = ["--algorithm", algorithm, "--model", model, "--epochs", epochs, "--seed", seed, "--quiet",
+            "--out", out, "--partition", partition, "--alpha", "0.1", "--eval-every", "25"]
+    if lr is not None:
+        args += ["--lr", lr]
+    done = mpirun(workers + 1, "fobsgd_mpi.train", *args, timeout=1800)
+    summary = summary_of(done.stdout)
+    if done.returncode or summary is None:
+        err = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"algorithm": algorithm, "model": model, "partition": partition, "lr": lr, "error": err}, None
+    return {"algorithm": algorithm, "model": model, "partition": partition, "lr": lr or "default",
+            "accuracy": summary["final_test_accuracy"], "bytes_up": summary["bytes_up_per_worker"],
+            "bytes_down": summary["bytes_down_per_worker"], "wall_s": summary["wall_s"], "error": ""}, out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--epochs", type=float, default=30)
+    p.add_argument("--models", nargs="+", default=["mlp", "cnn1d"])
+    p.add_argument("--algorithms", nargs="+", default=algorithms.names())
+    p.add_argument("--lr-grid", type=float, nargs="*", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="2 workers, 2 epochs, mlp only (a smoke run)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.workers, args.epochs, args.models = 2, 2, ["mlp"]
+    workdir = tempfile.mkdtemp(prefix="convergence-", dir="results" if os.path.isdir("results") else None)
+    records, files = [], []
+    for model in args.models:
+        for partition in ("iid", "dirichlet"):
+            for algorithm in args.algorithms:
+                if partition == "dirichlet" and algorithm not in NON_IID:
+                    continue
+                best = None
+                for lr in args.lr_grid or [None]:
+                    rec, out = train(workdir, args.workers, algorithm, model, partition, args.epochs, lr, args.seed)
+                    if best is None or rec.get("accuracy", -1) > best[0].get("accuracy", -1):
+                        best = (rec, out)
+                records.append(best[0])
+                if best[1]:
+                    files.append(best[1])
+                print(f"# {model} {partition} {algorithm}: {best[0]}", flush=True)
+    for r in records:
+        ref = next((s for s in records if s["algorithm"] == "sgd" and s["model"] == r["model"]
+                    and s["partition"] == r["partition"] and "accuracy" in s), None)
+        if ref and "accuracy" in r:
+            r["acc_gap_pp"] = 100 * (ref["accuracy"] - r["accuracy"])
+            r["fewer_bytes_up"] = ref["bytes_up"] / r["bytes_up"]
+            r["fewer_bytes_down"] = ref["bytes_down"] / r["bytes_down"]
+    print(f"# MNIST-1D, {args.workers} workers + server, {args.epochs} epochs, seed {args.seed}")
+    print(format_table(records, [("model", "model", "{}"), ("partition", "data", "{}"), ("algorithm", "algorithm", "{}"),
+                                 ("lr", "lr", "{}"), ("accuracy", "test acc", "{:.4f}"),
+                                 ("acc_gap_pp", "behind sgd [pp]", "{:.2f}"),
+                                 ("bytes_up", "up/worker [B]", "{:.3e}"), ("fewer_bytes_up", "sgd/this up [x]", "{:.1f}"),
+                                 ("fewer_bytes_down", "sgd/this down [x]", "{:.1f}"), ("wall_s", "wall [s]", "{:.1f}"),
+                                 ("error", "error", "{}")]))
+    path = results_path("convergence")
+    save_records(path, "convergence", [{k: (str(v) if k in ("lr", "error") else v) for k, v in r.items()}
+                                       for r in records],
+                 {"bytes_up": "bytes per worker, whole run", "bytes_down": "bytes per worker, whole run",
+                  "wall_s": "s", "acc_gap_pp": "percentage points", "accuracy": "fraction"},
+                 meta=vars(args))
+    if files:
+        report.plot([report.load(f) for f in files], os.path.splitext(path)[0])
+    print(f"# wrote {path} and its PNGs; runs in {workdir}")
+
+
+if __name__ == "__main__":
+    main()

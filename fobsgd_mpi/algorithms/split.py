@@ -1,0 +1,37 @@
+"""--min-compress-numel: the algorithm on the large tensors, fp32 for the small ones.
+
+The flat parameter vector puts tensors with at least that many elements first (models.FlatModel),
+so the compressed head and the fp32 tail are two contiguous slices; the tail takes its own
+fp32 gather / broadcast each iteration and its bytes are counted with the head's.
+"""
+import numpy as np
+
+
+class SplitExchange:
+    def __init__(self, head, tail, d_head):
+        self.head, self.tail, self.d_head = head, tail, d_head
+        self.direction = np.empty(d_head + tail.d, dtype=np.float32)
+        self.up, self.down = head.up, head.down
+
+    @property
+    def bytes_up_worker(self):
+        return self.head.bytes_up_worker + self.tail.bytes_up_worker
+
+    @property
+    def bytes_down_worker(self):
+        return self.head.bytes_down_worker + self.tail.bytes_down_worker
+
+    @property
+    def spread(self):
+        return getattr(self.head, "spread", 0.0)
+
+    def identical_after(self, step):
+        return self.head.identical_after(step)
+
+    def exchange(self, grad, step, timer):
+        self.direction[: self.d_head] = self.head.exchange(grad[: self.d_head], step, timer)
+        self.direction[self.d_head :] = self.tail.exchange(grad[self.d_head :], step, timer)
+        return self.direction
+
+    def after_step(self, params, step):
+        self.head.after_step(params[: self.d_head], step)

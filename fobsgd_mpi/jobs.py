@@ -1,0 +1,35 @@
+"""Starting training jobs under mpirun from Python (benchmarks and tests share this).
+
+The MPI launcher is the one beside the running interpreter (the venv's mpich wheel), or $MPIRUN.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def mpirun_path():
+    return os.environ.get("MPIRUN") or str(pathlib.Path(sys.executable).parent / "mpirun")
+
+
+def job_env():
+    """Environment for oversubscribed local jobs (also as root, for Open MPI), one thread a rank."""
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def mpirun(n, module, *args, timeout=600):
+    cmd = [mpirun_path(), "-n", str(n), sys.executable, "-m", module, *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=job_env(), cwd=ROOT)
+
+
+def summary_of(stdout):
+    """The '# summary {...}' line that rank 0 of fobsgd_mpi.train prints, parsed."""
+    for line in stdout.splitlines():
+        if line.startswith("# summary "):
+            return json.loads(line[len("# summary "):])
+    return None
