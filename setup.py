@@ -6,6 +6,7 @@ so one build runs on every node of a mixed cluster.
 """
 import os
 import platform
+import re
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
@@ -49,9 +50,10 @@ native = Pybind11Extension(
 )
 
 here = os.path.dirname(os.path.abspath(__file__))
+version = re.search(r'__version__ = "([^"]+)"', open(os.path.join(here, "fobsgd_mpi", "__init__.py")).read()).group(1)
 setup(
     name="fobsgd_mpi",
-    version="0.1.0",
+    version=version,
     description="MPI harness and benchmark for communication-compressed distributed SGD (FO-SGD, LIEC-SGD)",
     long_description=open(os.path.join(here, "README.md")).read() if os.path.exists(os.path.join(here, "README.md")) else "",
     long_description_content_type="text/markdown",

@@ -98,6 +98,14 @@ class BatchSampler:
         self.g = np.random.default_rng(seed)
         self.order, self.pos, self.epoch = self.g.permutation(len(x)), 0, 0
 
+    def state(self):
+        return {"pos": self.pos, "epoch": self.epoch, "rng": self.g.bit_generator.state}, {"order": self.order}
+
+    def load_state(self, meta, arrays):
+        self.pos, self.epoch = meta["pos"], meta["epoch"]
+        self.g.bit_generator.state = meta["rng"]
+        self.order = arrays["order"]
+
     def next(self):
         if self.pos + self.batch_size > len(self.order):
             self.order, self.pos, self.epoch = self.g.permutation(len(self.x)), 0, self.epoch + 1

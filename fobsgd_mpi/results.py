@@ -52,6 +52,24 @@ class RunWriter:
                        (("iterations", ITERATION_FIELDS), ("evals", EVAL_FIELDS))}
         self.pending = {"iterations": [], "evals": []}
 
+    @classmethod
+    def resume(cls, path, last_step):
+        """Reopen a run's file and drop the rows after `last_step` (written after the checkpoint)."""
+        self = cls.__new__(cls)
+        self.f = h5py.File(path, "a")
+        self.path = path
+        self.groups = {name: self.f[name] for name in ("iterations", "evals")}
+        self.pending = {"iterations": [], "evals": []}
+        for g in self.groups.values():
+            keep = int(np.searchsorted(g["step"][:], last_step, side="right"))
+            for key in g:
+                g[key].resize((keep,))
+        for key in ("final_params", ):
+            if key in self.f:
+                del self.f[key]
+        self.f.attrs["resumed_at_step"] = last_step
+        return self
+
     def _group(self, name, fields):
         g = self.f.create_group(name)
         for key, (dtype, units) in fields.items():

@@ -27,6 +27,11 @@ from .layout import BlockLayout
 EXIT_USAGE = 2
 
 
+class JobError(RuntimeError):
+    """A failure every rank detects at the same point (the ranks decided it together): the job ends
+    in order, rank 0 closing its results, instead of being aborted."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Bad flags become a ValueError, reported in one line with exit status 2."""
 
@@ -73,6 +78,12 @@ def build_parser():
     a("--out", default=None, help="HDF5 file (default results/<algorithm>-<dataset>-<model>-n<N>-<time>.h5)")
     a("--overwrite", action="store_true", help="replace an existing --out file")
     a("--quiet", action="store_true")
+    a("--checkpoint-every", type=int, default=0, help="write an atomic per-rank checkpoint every N steps")
+    a("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    a("--stop-at", type=int, default=None,
+      help="end cleanly after this step (to fit a job's time limit; continue later with --resume)")
+    a("--on-nonfinite", default="stop", choices=("stop", "skip"),
+      help="a NaN/Inf gradient on any rank stops the run, or skips that step on every rank")
     return p
 
 
@@ -124,6 +135,8 @@ def validate(cfg):
         (cfg.alpha > 0, f"--alpha must be positive, got {cfg.alpha}"),
         (0 < cfg.topk_ratio <= 1, f"--topk-ratio must lie in (0, 1], got {cfg.topk_ratio}"),
         (cfg.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {cfg.warmup_steps}"),
+        (cfg.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {cfg.checkpoint_every}"),
+        (not cfg.resume or cfg.out, "--resume needs the --out of the run to continue"),
         (cfg.min_compress_numel >= 0, f"--min-compress-numel must be >= 0, got {cfg.min_compress_numel}"),
     ]
     for ok, message in checks:
@@ -211,11 +224,19 @@ def run(cfg, comm):
 
     algo = build_algorithm(cfg.algorithm, ps, model, cfg)
     warmup = build_algorithm("sgd", ps, model, cfg) if cfg.warmup_steps else None
+    handshake(comm, cfg, algo)
     opt = Optimizer(d, cfg)
     timer = PhaseTimer()
     writer = None
     out = cfg.out or default_out(cfg, comm.Get_size())
-    if rank == 0:
+    first, totals = 0, {"bytes_up": 0, "bytes_down": 0, "skipped": 0}
+    last_eval = {"test_loss": float("nan"), "test_accuracy": float("nan")}
+    if cfg.resume:
+        first = resume(comm, out, rank, model, opt, (algo, warmup), sampler, totals, last_eval)
+    if rank == 0 and cfg.resume:
+        from .results import RunWriter
+        writer = RunWriter.resume(out, first - 1)
+    elif rank == 0:
         from .results import RunWriter, git_commit
         writer = RunWriter(out, {"algorithm": cfg.algorithm, "config": json.dumps(vars(cfg)), "seed": cfg.seed,
                                  "n_workers": n, "n_ranks": comm.Get_size(), "d": d, "git_commit": git_commit(),
@@ -231,16 +252,23 @@ def run(cfg, comm):
         bar = tqdm(total=total, unit="it", dynamic_ncols=True)
 
     start = time.perf_counter()
-    totals = {"bytes_up": 0, "bytes_down": 0}
-    last_eval = {"test_loss": float("nan"), "test_accuracy": float("nan")}
-    step = -1
+    last = min(total, cfg.stop_at + 1) if cfg.stop_at is not None else total
+    step = first - 1
     try:
-        for step in range(total):
+        for step in range(first, last):
             timer.reset()
             loss = 0.0
             if sampler is not None:
                 with timer("compute"):
                     loss = model.gradient(*sampler.next(), loss_fn)
+            bad = ps.is_worker and not (np.isfinite(loss) and np.isfinite(model.grads).all())
+            bad_ranks = [r for r, b in enumerate(comm.allgather(bad)) if b]
+            if bad_ranks:
+                if cfg.on_nonfinite == "stop":
+                    raise JobError(f"NaN or Inf gradient at step {step} on rank(s) {bad_ranks}; lower "
+                                             "--lr, or pass --on-nonfinite skip to drop such steps")
+                totals["skipped"] += 1
+                continue
             active = warmup if warmup is not None and step < cfg.warmup_steps else algo
             direction = active.exchange(model.grads, step, timer)
             with timer("optimizer"):
@@ -271,21 +299,72 @@ def run(cfg, comm):
                     bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{last_eval['test_accuracy']:.3f}",
                                     MB_up=f"{totals['bytes_up'] / 1e6:.1f}")
                     bar.update(1)
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                if writer is not None:
+                    writer.flush()
+                save_checkpoint(comm, out, rank, step, model, opt, (algo, warmup), sampler, totals, last_eval)
     finally:
         if writer is not None:
             writer.f.create_dataset("final_params", data=model.params)
-            writer.close(steps_done=step + 1)
+            writer.close(steps_done=step + 1, skipped_steps=totals["skipped"])
         if bar is not None:
             bar.close()
         ps.close()
     if rank != 0:
         return None
-    summary = {"algorithm": cfg.algorithm, "steps": total, "d": d, "n_workers": n,
+    summary = {"algorithm": cfg.algorithm, "steps": step + 1, "d": d, "n_workers": n,
                "final_test_loss": last_eval["test_loss"], "final_test_accuracy": last_eval["test_accuracy"],
                "bytes_up_per_worker": totals["bytes_up"], "bytes_down_per_worker": totals["bytes_down"],
                "wall_s": time.perf_counter() - start, "out": out}
     print("# summary " + json.dumps(summary), flush=True)
     return summary
+
+
+def handshake(comm, cfg, algo):
+    """Every rank must run the same config, package and payload layout, or the exchange is garbage."""
+    from . import __version__
+    mine = json.dumps({"config": {k: v for k, v in sorted(vars(cfg).items()) if k != "quiet"},
+                       "version": __version__, "wire": repr(algo.wire_specs())})
+    digest = zlib.crc32(mine.encode())
+    digests = comm.allgather(digest)
+    odd = [r for r, h in enumerate(digests) if h != digests[0]]
+    if odd:
+        raise JobError(f"rank(s) {odd} disagree with rank 0 on the config, package version or payload layout; "
+                           "start every rank with the same command and the same installed fobsgd_mpi")
+
+
+def save_checkpoint(comm, out, rank, step, model, opt, algos, sampler, totals, last_eval):
+    from . import checkpoint
+    arrays = {"params": model.params, "momentum": opt.buf}
+    for i, alg in enumerate(a for a in algos if a is not None):
+        arrays.update({f"algo{i}.{k}": v for k, v in alg.state_arrays().items()})
+    meta = {"step": step, "totals": totals, "last_eval": last_eval}
+    if sampler is not None:
+        sampler_meta, sampler_arrays = sampler.state()
+        meta["sampler"] = sampler_meta
+        arrays.update({f"sampler.{k}": v for k, v in sampler_arrays.items()})
+    checkpoint.save(out, rank, arrays, meta)
+    comm.Barrier()
+
+
+def resume(comm, out, rank, model, opt, algos, sampler, totals, last_eval):
+    """Load this rank's checkpoint in place; returns the first step to run."""
+    from . import checkpoint
+    arrays, meta = checkpoint.load(out, rank)
+    steps = comm.allgather(meta["step"])
+    if len(set(steps)) != 1:
+        raise JobError(f"checkpoints of different steps {steps} in {checkpoint.directory(out)}; "
+                           "a checkpoint write was interrupted - restart without --resume")
+    model.params[:] = arrays["params"]
+    opt.buf[:] = arrays["momentum"]
+    for i, alg in enumerate(a for a in algos if a is not None):
+        alg.load_state({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"algo{i}.")})
+    if sampler is not None:
+        sampler.load_state(meta["sampler"], {k.split(".", 1)[1]: v for k, v in arrays.items()
+                                             if k.startswith("sampler.")})
+    totals.update(meta["totals"])
+    last_eval.update(meta["last_eval"])
+    return meta["step"] + 1
 
 
 def build_algorithm(name, ps, model, cfg):
@@ -301,8 +380,24 @@ def build_algorithm(name, ps, model, cfg):
 def check_replicas(comm, params, step):
     sums = comm.allgather(zlib.crc32(params.tobytes()))
     if len(set(sums)) != 1:
-        raise RuntimeError(f"replicas diverged at step {step}: parameter checksums {sums}; "
+        raise JobError(f"replicas diverged at step {step}: parameter checksums {sums}; "
                            "this algorithm must keep every rank's model bit-identical")
+
+
+def output_problem(cfg):
+    """Why the results file cannot be written where asked, or None."""
+    if not cfg.out:
+        return None
+    if os.path.exists(cfg.out) and not (cfg.overwrite or cfg.resume):
+        return f"{cfg.out} exists; pass --overwrite or choose another --out"
+    folder = os.path.dirname(os.path.abspath(cfg.out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create the folder of --out {cfg.out} ({exc.strerror}); choose a writable path"
+    if not os.access(folder, os.W_OK):
+        return f"cannot write --out {cfg.out}: {folder} is not writable; choose a writable path"
+    return None
 
 
 def rank_from_environment():
@@ -319,9 +414,10 @@ def main(argv=None):
         if rank_from_environment() == 0:
             print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not cfg.overwrite and cfg.out and os.path.exists(cfg.out):
+    problem = output_problem(cfg)
+    if problem:
         if rank_from_environment() == 0:
-            print(f"error: {cfg.out} exists; pass --overwrite or choose another --out", file=sys.stderr)
+            print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     from .transport import mpi
     MPI = mpi()
@@ -332,6 +428,10 @@ def main(argv=None):
         return EXIT_USAGE
     try:
         run(cfg, comm)
+    except JobError as exc:
+        if comm.Get_rank() == 0:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     except Exception as exc:  # one rank's failure ends the job with its message, never a hang
         print(f"error on rank {comm.Get_rank()}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         comm.Abort(1)

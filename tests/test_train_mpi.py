@@ -109,13 +109,20 @@ def test_hdf5_layout_matches_the_summary(tmp_path):
     (["--eta", "2"], "--eta must lie in (0, 1)"),
     (["--config", "/nonexistent.toml"], "does not exist"),
     (["--batch-size", "100000", "--steps", "1"], "exceeds this worker's shard"),
+    (["--momentum", "1.5"], "--momentum must lie in [0, 1)"),
+    (["--liec-period", "0"], "--liec-period must be >= 1"),
+    (["--width", "0"], "--width must be >= 1"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
+    (["--partition", "weird"], "invalid choice: 'weird'"),
+    (["--topk-ratio", "0"], "--topk-ratio must lie in (0, 1]"),
+    (["--resume", "--steps", "2"], "no checkpoint"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     done = mpirun(2, "fobsgd_mpi.train", "--quiet", "--out", tmp_path / "x.h5", *args)
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
     assert errors and message in errors[0], done.stderr[-2000:]
-    if "shard" not in message:
+    if "shard" not in message and "checkpoint" not in message:
         assert done.returncode == 2 and not (tmp_path / "x.h5").exists()
 
 
@@ -144,6 +151,12 @@ def test_single_process_start_is_an_error_not_a_fallback():
                           env=job_env(), cwd=ROOT, timeout=120)
     assert done.returncode == 2
     assert "needs at least 2 ranks" in done.stderr
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path):
+    done = mpirun(2, "fobsgd_mpi.train", "--out", "/proc/no/such/run.h5", "--steps", "1")
+    assert done.returncode != 0
+    assert any(line.startswith("error") and "/proc/no/such" in line for line in done.stderr.splitlines())
 
 
 def test_existing_output_needs_overwrite(tmp_path):

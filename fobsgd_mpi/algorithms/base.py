@@ -18,6 +18,8 @@ class PSAlgorithm:
     up_compressor = "identity"
     down_compressor = "identity"
     default_lr = 0.05
+    state_names = ()  # attributes (float32 arrays) that carry over between iterations
+
 
     def __init__(self, ps, d, cfg):
         self.ps = ps
@@ -61,6 +63,18 @@ class PSAlgorithm:
     def after_step(self, params, step):
         """Called after the optimizer step on every rank (periodic averaging hooks in here)."""
 
+    def wire_specs(self):
+        """The payload layouts this algorithm sends (compared across ranks at start-up)."""
+        return (self.up_buf.spec, self.down_buf.spec)
+
+    def state_arrays(self):
+        return {name: getattr(self, name) for name in self.state_names if hasattr(self, name)}
+
+    def load_state(self, arrays):
+        for name in self.state_names:
+            if name in arrays:
+                setattr(self, name, np.array(arrays[name], dtype=np.float32))
+
     def identical_after(self, step):
         """Whether every rank's model must be bit-identical after this step's update."""
         return True
@@ -93,6 +107,8 @@ class PSAlgorithm:
 
 class ErrorFeedbackUplink:
     """Worker side of error feedback: send C(g + e), keep e = g + e - C(g + e) (MEM-SGD)."""
+
+    state_names = ("error",)
 
     def encode_up(self, grad, step):
         if not hasattr(self, "error"):

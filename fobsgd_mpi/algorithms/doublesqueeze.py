@@ -6,6 +6,7 @@ from .registry import register
 @register("doublesqueeze")
 class DoubleSqueeze(ErrorFeedbackUplink, PSAlgorithm):
     up_compressor = down_compressor = "scaled-sign"
+    state_names = ("error", "server_error")
 
     def server(self, rows, step):
         compress_with_server_error(self, self.up.aggregate(rows, self.weights, self.d)[: self.d], step)

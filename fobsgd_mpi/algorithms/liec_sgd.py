@@ -14,6 +14,7 @@ from .registry import register
 @register("liec-sgd")
 class LIECSGD(PSAlgorithm):
     up_compressor = down_compressor = "scaled-sign"
+    state_names = ("local_error", "server_error")
 
     def __init__(self, ps, d, cfg):
         super().__init__(ps, d, cfg)
@@ -40,6 +41,7 @@ class LIECSGD(PSAlgorithm):
     def after_step(self, params, step):
         """Every H steps: average the worker models in fp32 and hand the average to every rank
         (Reduce + Bcast, so all ranks get the same bits), then reset e_s."""
+        self.spread = 0.0
         if not self.identical_after(step):
             return
         comm = self.ps.comm

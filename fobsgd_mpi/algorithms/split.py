@@ -33,5 +33,14 @@ class SplitExchange:
         self.direction[self.d_head :] = self.tail.exchange(grad[self.d_head :], step, timer)
         return self.direction
 
+    def wire_specs(self):
+        return self.head.wire_specs() + self.tail.wire_specs()
+
+    def state_arrays(self):
+        return self.head.state_arrays()
+
+    def load_state(self, arrays):
+        self.head.load_state(arrays)
+
     def after_step(self, params, step):
         self.head.after_step(params[: self.d_head], step)
