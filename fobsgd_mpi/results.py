@@ -19,7 +19,9 @@ ITERATION_FIELDS = {  # name: (dtype, units)
     "optimizer_s": (np.float64, "s, max over ranks"),
     "bytes_up": (np.int64, "bytes one worker hands to MPI towards the server"),
     "bytes_down": (np.int64, "bytes one worker receives from the server"),
-    "train_loss": (np.float64, "mean minibatch loss over workers"),
+    "train_loss": (np.float64, "mean minibatch loss over this round's workers"),
+    "participants": (np.int64, "workers in this round (--participation)"),
+    "modelled_comm_s": (np.float64, "s, alpha-beta model of this iteration's exchange (NaN when unshaped)"),
     "replica_spread": (np.float64, "max L2 distance of a worker model from the average (LIEC), else 0"),
 }
 EVAL_FIELDS = {

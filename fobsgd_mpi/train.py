@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import algorithms, data, models
+from .netmodel import NetworkModel
 from .layout import BlockLayout
 
 EXIT_USAGE = 2
@@ -74,6 +75,9 @@ def build_parser():
       help="FO-SGD server: re-quantize the sum in the flattened domain, or decode it and re-flatten "
            "with a fresh rotation")
     a("--server-also-works", action="store_true")
+    a("--participation", type=float, default=1.0,
+      help="fraction of workers in each round (a seeded subset per step; the server averages those)")
+    a("--slow-ranks", default="", help="stragglers, e.g. 3:2.0,5:1.5 (rank:factor multiplies compute time)")
     a("--seed", type=int, default=0)
     a("--out", default=None, help="HDF5 file (default results/<algorithm>-<dataset>-<model>-n<N>-<time>.h5)")
     a("--overwrite", action="store_true", help="replace an existing --out file")
@@ -135,6 +139,7 @@ def validate(cfg):
         (cfg.alpha > 0, f"--alpha must be positive, got {cfg.alpha}"),
         (0 < cfg.topk_ratio <= 1, f"--topk-ratio must lie in (0, 1], got {cfg.topk_ratio}"),
         (cfg.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {cfg.warmup_steps}"),
+        (0 < cfg.participation <= 1, f"--participation must lie in (0, 1], got {cfg.participation}"),
         (cfg.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {cfg.checkpoint_every}"),
         (not cfg.resume or cfg.out, "--resume needs the --out of the run to continue"),
         (cfg.min_compress_numel >= 0, f"--min-compress-numel must be >= 0, got {cfg.min_compress_numel}"),
@@ -142,6 +147,30 @@ def validate(cfg):
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    slow_ranks(cfg.slow_ranks)
+
+
+def slow_ranks(spec):
+    """{rank: factor} from "3:2.0,5:1.5"; ValueError naming the bad entry."""
+    out = {}
+    for item in filter(None, spec.split(",")):
+        try:
+            rank, factor = item.split(":")
+            out[int(rank)] = float(factor)
+        except ValueError:
+            raise ValueError(f"--slow-ranks entry {item!r} is not rank:factor (e.g. 3:2.0)") from None
+        if out[int(rank)] < 1:
+            raise ValueError(f"--slow-ranks factor must be >= 1, got {item!r}")
+    return out
+
+
+def participants(cfg, step, workers):
+    """The workers of this round: all, or a subset drawn from (seed, step), the same on every rank."""
+    if cfg.participation >= 1:
+        return workers
+    k = max(1, int(round(cfg.participation * len(workers))))
+    chosen = np.random.default_rng((cfg.seed, step, 0x5EED)).choice(len(workers), k, replace=False)
+    return [workers[i] for i in sorted(chosen)]
 
 
 class PhaseTimer:
@@ -219,9 +248,15 @@ def run(cfg, comm):
         shard = ps.workers.index(rank)
         idx = data.shard_indices(ds.y_train, n, shard, cfg.seed, cfg.partition, cfg.alpha)
         sampler = data.BatchSampler(ds.x_train[idx], ds.y_train[idx], cfg.batch_size, seed=(cfg.seed, shard))
-    samples_per_step = n * cfg.batch_size
+    slow = slow_ranks(cfg.slow_ranks)
+    unknown = sorted(set(slow) - set(ps.workers))
+    if unknown:
+        raise JobError(f"--slow-ranks names rank(s) {unknown}, which are not workers (workers: "
+                       f"{ps.workers[0]}..{ps.workers[-1]})")
+    samples_per_step = max(1, round(cfg.participation * n)) * cfg.batch_size
     total = cfg.steps or max(1, int(round(cfg.epochs * len(ds.x_train) / samples_per_step)))
 
+    network = NetworkModel.from_environment()
     algo = build_algorithm(cfg.algorithm, ps, model, cfg)
     warmup = build_algorithm("sgd", ps, model, cfg) if cfg.warmup_steps else None
     handshake(comm, cfg, algo)
@@ -240,7 +275,8 @@ def run(cfg, comm):
         from .results import RunWriter, git_commit
         writer = RunWriter(out, {"algorithm": cfg.algorithm, "config": json.dumps(vars(cfg)), "seed": cfg.seed,
                                  "n_workers": n, "n_ranks": comm.Get_size(), "d": d, "git_commit": git_commit(),
-                                 "versions": json.dumps(versions(ps.MPI)), "network_profile": "unshaped",
+                                 "versions": json.dumps(versions(ps.MPI)),
+                                 "network_profile": json.dumps(network.profile) if network else "unshaped",
                                  "bits_up_declared": algo.up.bits_up, "bits_down_declared": algo.down.bits_up},
                            overwrite=cfg.overwrite)
         print(f"# fobsgd_mpi: {cfg.algorithm} on {cfg.dataset}/{cfg.model}, d = {d:,}, {n} workers, "
@@ -258,10 +294,15 @@ def run(cfg, comm):
         for step in range(first, last):
             timer.reset()
             loss = 0.0
-            if sampler is not None:
+            active_workers = participants(cfg, step, ps.workers)
+            works = sampler is not None and rank in active_workers
+            if works:
                 with timer("compute"):
+                    t0 = time.perf_counter()
                     loss = model.gradient(*sampler.next(), loss_fn)
-            bad = ps.is_worker and not (np.isfinite(loss) and np.isfinite(model.grads).all())
+                    if rank in slow:  # a straggler: its compute takes `factor` times as long
+                        time.sleep((slow[rank] - 1) * (time.perf_counter() - t0))
+            bad = works and not (np.isfinite(loss) and np.isfinite(model.grads).all())
             bad_ranks = [r for r, b in enumerate(comm.allgather(bad)) if b]
             if bad_ranks:
                 if cfg.on_nonfinite == "stop":
@@ -270,11 +311,11 @@ def run(cfg, comm):
                 totals["skipped"] += 1
                 continue
             active = warmup if warmup is not None and step < cfg.warmup_steps else algo
-            direction = active.exchange(model.grads, step, timer)
+            direction = active.exchange(model.grads, step, timer, active_workers)
             with timer("optimizer"):
                 opt.step(model.params, direction, learning_rate(cfg, step, total))
             active.after_step(model.params, step)
-            stats = np.array([timer.seconds[p] for p in timer.PHASES] + [loss if ps.is_worker else 0.0])
+            stats = np.array([timer.seconds[p] for p in timer.PHASES] + [loss if works else 0.0])
             peak = np.empty_like(stats)
             comm.Reduce(stats[:-1].copy(), peak[:-1], op=ps.MPI.MAX, root=0)
             loss_sum = comm.reduce(stats[-1], op=ps.MPI.SUM, root=0)
@@ -283,7 +324,11 @@ def run(cfg, comm):
             if rank == 0:
                 totals["bytes_up"] += active.bytes_up_worker
                 totals["bytes_down"] += active.bytes_down_worker
-                row = {"step": step, "wall_s": time.perf_counter() - start, "train_loss": loss_sum / n,
+                row = {"step": step, "wall_s": time.perf_counter() - start,
+                       "train_loss": loss_sum / len(active_workers), "participants": len(active_workers),
+                       "modelled_comm_s": network.exchange_seconds(active.bytes_up_worker, active.bytes_down_worker,
+                                                                   len(active_workers), comm.Get_size())
+                       if network else float("nan"),
                        "bytes_up": active.bytes_up_worker, "bytes_down": active.bytes_down_worker,
                        "replica_spread": getattr(active, "spread", 0.0)}
                 row.update({f"{p}_s": peak[i] for i, p in enumerate(timer.PHASES) if p != "server"})
@@ -296,7 +341,7 @@ def run(cfg, comm):
                                             "wall_s": time.perf_counter() - start})
                     writer.flush()
                 if bar is not None:
-                    bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{last_eval['test_accuracy']:.3f}",
+                    bar.set_postfix(loss=f"{loss_sum / len(active_workers):.3f}", acc=f"{last_eval['test_accuracy']:.3f}",
                                     MB_up=f"{totals['bytes_up'] / 1e6:.1f}")
                     bar.update(1)
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:

@@ -52,17 +52,52 @@ class Exchange:
     def __init__(self, ps, persistent, blocking):
         self.request = persistent() if ps.persistent else None
         self.blocking = blocking
+        self.rows = None
 
     def run(self):
+        """Returns the gathered rows on the server of an uplink (None elsewhere)."""
         if self.request is None:
-            return self.blocking()
-        self.request.Start()
-        self.request.Wait()
+            self.blocking()
+        else:
+            self.request.Start()
+            self.request.Wait()
+        return self.rows
 
     def free(self):
         if self.request is not None:
             self.request.Free()
             self.request = None
+
+
+class Uplink(Exchange):
+    """Gatherv of worker payloads; a round with a subset of workers uses a one-off Gatherv whose
+    counts leave the others out (they send nothing), its rows packed first in rank order."""
+
+    def __init__(self, ps, payload):
+        spec = payload.spec
+        self.ps, self.dtype = ps, ps.types(spec)
+        if self.dtype.Get_size() != payload.nbytes:
+            raise RuntimeError(f"MPI datatype sends {self.dtype.Get_size()} bytes, the payload holds {payload.nbytes}")
+        self.all_rows = np.empty((ps.n_workers, spec.nbytes), dtype=np.uint8) if ps.is_server else None
+        self.send_buf = payload.buffer if ps.is_worker else np.empty(0, np.uint8)
+        send, recv = self.message(ps.workers)
+        super().__init__(ps, lambda: ps.comm.Gatherv_init(send, recv, root=SERVER),
+                         lambda: ps.comm.Gatherv(send, recv, root=SERVER))
+        self.rows = self.all_rows
+
+    def message(self, senders):
+        counts = [1 if r in senders else 0 for r in range(self.ps.size)]
+        displs = np.cumsum([0] + counts[:-1]).tolist()
+        send = [self.send_buf if self.ps.rank in senders else self.send_buf[:0], counts[self.ps.rank], self.dtype]
+        recv = [self.all_rows, counts, displs, self.dtype] if self.ps.is_server else None
+        return send, recv
+
+    def run(self, senders=None):
+        if senders is None:
+            return super().run()
+        send, recv = self.message(senders)
+        self.ps.comm.Gatherv(send, recv, root=SERVER)
+        return self.all_rows[: len(senders)] if self.ps.is_server else None
 
 
 class ParameterServer:
@@ -89,20 +124,9 @@ class ParameterServer:
         return len(self.workers)
 
     def uplink(self, payload):
-        """Exchange gathering every worker's `payload` buffer into `rows` (n_workers, nbytes) on the
-        server (None elsewhere); run() it after encoding into that buffer."""
-        spec = payload.spec
-        dtype = self.types(spec)
-        if dtype.Get_size() != payload.nbytes:
-            raise RuntimeError(f"MPI datatype sends {dtype.Get_size()} bytes, the payload holds {payload.nbytes}")
-        counts = [1 if r in self.workers else 0 for r in range(self.size)]
-        displs = np.cumsum([0] + counts[:-1]).tolist()
-        rows = np.empty((self.n_workers, spec.nbytes), dtype=np.uint8) if self.is_server else None
-        send = [payload.buffer if self.is_worker else np.empty(0, np.uint8), counts[self.rank], dtype]
-        recv = [rows, counts, displs, dtype] if self.is_server else None
-        ex = Exchange(self, lambda: self.comm.Gatherv_init(send, recv, root=SERVER),
-                      lambda: self.comm.Gatherv(send, recv, root=SERVER))
-        ex.rows = rows
+        """Uplink gathering the workers' `payload` buffers into rows (n, nbytes) on the server;
+        run() it after encoding into that buffer."""
+        ex = Uplink(self, payload)
         self.exchanges.append(ex)
         return ex
 

@@ -88,16 +88,24 @@ class PSAlgorithm:
             self.up.decode(spec.view(row), step, self.d, out=out, weight=self.weights[i], accumulate=True)
         return out
 
-    def exchange(self, grad, step, timer):
+    def idle_worker(self, step):
+        """Called instead of encode_up on a worker left out of this round (--participation)."""
+
+    def exchange(self, grad, step, timer, participants=None):
+        """One iteration; `participants` (default: all workers) are the ranks that send this round."""
         ps = self.ps
+        everyone = participants is None or len(participants) == ps.n_workers
         with timer("encode"):
-            if ps.is_worker:
+            if ps.is_worker and (everyone or ps.rank in participants):
                 self.encode_up(grad, step)
+            elif ps.is_worker:
+                self.idle_worker(step)
         with timer("comm"):
-            self.uplink.run()
+            rows = self.uplink.run(None if everyone else participants)
         with timer("server"):
             if ps.is_server:
-                self.server(self.uplink.rows, step)
+                self.weights = np.full(len(rows), 1.0 / len(rows), dtype=np.float32)
+                self.server(rows, step)
         with timer("comm"):
             self.downlink.run()
         self.bytes_up_worker, self.bytes_down_worker = self.payload_bytes_up, self.payload_bytes_down

@@ -26,6 +26,9 @@ class LIECSGD(PSAlgorithm):
         payload = self.up.encode(grad, step, self.ps.rank, out=self.up_buf)
         self.local_error = grad - self.up.decode(payload, step, self.d)
 
+    def idle_worker(self, step):
+        self.local_error[:] = 0  # no gradient this round, so no error of its own to add
+
     def server(self, rows, step):
         compress_with_server_error(self, self.up.aggregate(rows, self.weights, self.d)[: self.d], step)
 

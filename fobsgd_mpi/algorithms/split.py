@@ -28,9 +28,9 @@ class SplitExchange:
     def identical_after(self, step):
         return self.head.identical_after(step)
 
-    def exchange(self, grad, step, timer):
-        self.direction[: self.d_head] = self.head.exchange(grad[: self.d_head], step, timer)
-        self.direction[self.d_head :] = self.tail.exchange(grad[self.d_head :], step, timer)
+    def exchange(self, grad, step, timer, participants=None):
+        self.direction[: self.d_head] = self.head.exchange(grad[: self.d_head], step, timer, participants)
+        self.direction[self.d_head :] = self.tail.exchange(grad[self.d_head :], step, timer, participants)
         return self.direction
 
     def wire_specs(self):

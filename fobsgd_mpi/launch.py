@@ -1,0 +1,216 @@
+"""Run an MPI job over real, traffic-shaped links (SPEC §3).
+
+    python -m fobsgd_mpi.launch --bandwidth 100mbit -n 8 -- --algorithm fo-sgd --epochs 5
+    python -m fobsgd_mpi.launch --bandwidth 1gbit --topology shared -n 4 -- python -m mpi4py.bench pingpong
+
+per-node (default): every rank in its own network namespace with a veth pair to a bridge in a
+"switch" namespace, MTU 9000, a token-bucket qdisc on both ends of each veth: a full-duplex NIC
+per node behind a non-blocking switch. shared: all ranks in one namespace whose loopback is
+shaped, so every byte of every rank crosses one link. Addresses come from 198.18.0.0/15 (reserved
+for network benchmarks) and exist only inside the namespaces this tool makes; everything is
+removed afterwards, also on Ctrl-C and failure, and leftovers of a crashed earlier run are removed
+first. Needs root (CAP_NET_ADMIN) and iproute2. Arguments after `--` that start with `-` are
+fobsgd_mpi.train flags; anything else is a command run on every rank.
+
+netem is not in this kernel, so there is no added propagation delay: --latency is the token
+bucket's queueing bound (tc tbf latency), not a delay.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+from .jobs import job_env, mpirun_path
+
+PREFIX = "fobsgd"
+UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12}
+
+
+def parse_rate(text):
+    """'100mbit' -> 1e8 bits/s (tc's units)."""
+    m = re.fullmatch(r"([0-9.]+)\s*(bit|kbit|mbit|gbit|tbit)", text.strip().lower())
+    if not m:
+        raise ValueError(f"bandwidth {text!r} is not like 100mbit or 1gbit")
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def parse_time(text):
+    m = re.fullmatch(r"([0-9.]+)\s*(s|ms|us)", text.strip().lower())
+    if not m:
+        raise ValueError(f"time {text!r} is not like 50ms")
+    return float(m.group(1)) * {"s": 1, "ms": 1e-3, "us": 1e-6}[m.group(2)]
+
+
+def sh(*cmd, ns=None):
+    full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
+    done = subprocess.run(full, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"`{' '.join(full)}` failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def rank_address(rank):
+    return f"198.18.{rank // 250}.{rank % 250 + 1}"
+
+
+class Network:
+    """The namespaces, links and qdiscs of one run; a context manager that always tears down."""
+
+    def __init__(self, n, rate_bps, latency_s, topology):
+        self.n, self.rate, self.latency, self.topology = n, rate_bps, latency_s, topology
+        self.tag = f"{PREFIX}{os.getpid()}"
+        self.namespaces = []
+
+    def ns(self, rank):
+        return f"{self.tag}-shared" if self.topology == "shared" else f"{self.tag}-r{rank}"
+
+    @property
+    def interface(self):
+        return "lo" if self.topology == "shared" else "eth0"
+
+    def shape(self, dev, ns):
+        if self.rate is None:
+            return
+        burst = max(64 * 9000, int(self.rate / 8 / 100))  # far above the MTU: a smaller one drops every packet
+        sh("tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{int(self.rate)}bit", "burst", str(burst),
+           "latency", f"{max(self.latency, 1e-3) * 1e3:.3f}ms", ns=ns)
+
+    def add_ns(self, name):
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "link", "set", "lo", "up", ns=name)
+
+    def __enter__(self):
+        remove_leftovers()
+        try:
+            if self.topology == "shared":
+                self.add_ns(self.ns(0))
+                self.shape("lo", self.ns(0))
+                return self
+            switch = f"{self.tag}-sw"
+            self.add_ns(switch)
+            sh("ip", "link", "add", "br0", "type", "bridge", ns=switch)
+            sh("ip", "link", "set", "br0", "up", ns=switch)
+            for r in range(self.n):
+                ns, port = self.ns(r), f"p{r}"
+                self.add_ns(ns)
+                sh("ip", "link", "add", "eth0", "netns", ns, "mtu", "9000", "type", "veth", "peer", "name", port,
+                   "netns", switch, "mtu", "9000")
+                sh("ip", "addr", "add", f"{rank_address(r)}/15", "dev", "eth0", ns=ns)
+                sh("ip", "link", "set", "eth0", "up", ns=ns)
+                sh("ip", "link", "set", port, "master", "br0", ns=switch)
+                sh("ip", "link", "set", port, "up", ns=switch)
+                self.shape("eth0", ns)  # the node's uplink
+                self.shape(port, switch)  # its downlink, the switch port's egress
+            return self
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc):
+        for name in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        self.namespaces.clear()
+
+    def counters(self):
+        """{rank: (tx_bytes, rx_bytes)} of each rank's interface (one entry for shared)."""
+        ranks = [0] if self.topology == "shared" else range(self.n)
+        out = {}
+        for r in ranks:
+            stats = json.loads(sh("ip", "-s", "-j", "link", "show", "dev", self.interface, ns=self.ns(r)))[0]["stats64"]
+            out[r] = (stats["tx"]["bytes"], stats["rx"]["bytes"])
+        return out
+
+    def wrapper(self, folder):
+        """A script that runs its arguments in the namespace of the rank MPI gave it."""
+        path = os.path.join(folder, "in-rank-namespace")
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\n")
+            if self.topology == "shared":
+                f.write(f'exec ip netns exec {self.ns(0)} "$@"\n')
+            else:
+                f.write(f'exec ip netns exec "{self.tag}-r${{PMI_RANK:?needs an MPICH launcher}}" "$@"\n')
+        os.chmod(path, 0o755)
+        return path
+
+    def env(self):
+        """MPICH over TCP on the shaped interface, shared memory off so every byte crosses a link."""
+        profile = {"topology": self.topology, "rate_bps": self.rate, "latency_s": self.latency, "ranks": self.n}
+        return {"FI_PROVIDER": "tcp", "FI_TCP_IFACE": self.interface, "MPIR_CVAR_NOLOCAL": "1",
+                "MPIR_CVAR_CH4_NETMOD": "ofi", "FOBSGD_NETWORK": json.dumps(profile)}
+
+
+def remove_leftovers():
+    """Namespaces of earlier runs of this tool whose process is gone."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = re.fullmatch(rf"{PREFIX}(\d+)-.*", name)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def can_shape():
+    if os.geteuid() != 0:
+        return "network shaping needs root (CAP_NET_ADMIN)"
+    if not (shutil.which("ip") and shutil.which("tc")):
+        return "network shaping needs iproute2's ip and tc"
+    return None
+
+
+def command_for(rest):
+    if not rest or rest[0].startswith("-"):
+        return [sys.executable, "-m", "fobsgd_mpi.train", *rest]
+    return rest
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    ours, rest = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(prog="python -m fobsgd_mpi.launch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", type=int, required=True, help="MPI ranks (workers + 1 for training)")
+    p.add_argument("--bandwidth", default=None, help="link rate, e.g. 10mbit, 100mbit, 1gbit; omit for unshaped")
+    p.add_argument("--latency", default="50ms", help="tbf queueing bound (no delay is added: no netem here)")
+    p.add_argument("--topology", choices=("per-node", "shared"), default="per-node")
+    p.add_argument("--model-network", action="store_true",
+                   help="no shaping: run plainly and record the alpha-beta model for --bandwidth beside it")
+    args = p.parse_args(ours)
+    try:
+        rate = parse_rate(args.bandwidth) if args.bandwidth else None
+        latency = parse_time(args.latency)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.n < 1:
+        print(f"error: -n must be >= 1, got {args.n}", file=sys.stderr)
+        return 2
+    cmd = command_for(rest)
+    env = job_env()
+    if args.model_network:
+        env["FOBSGD_NETWORK"] = json.dumps({"topology": args.topology, "rate_bps": rate, "latency_s": latency,
+                                            "ranks": args.n, "modelled_only": True})
+        return subprocess.run([mpirun_path(), "-n", str(args.n), *cmd], env=env).returncode
+    problem = can_shape()
+    if problem:
+        print(f"error: {problem}; run as root, or pass --model-network for the alpha-beta model only",
+              file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with tempfile.TemporaryDirectory(prefix="fobsgd-launch-") as tmp, Network(args.n, rate, latency, args.topology) as net:
+        env.update(net.env())
+        before = net.counters()
+        done = subprocess.run([mpirun_path(), "-n", str(args.n), net.wrapper(tmp), *cmd], env=env)
+        after = net.counters()
+        moved = {r: (after[r][0] - before[r][0], after[r][1] - before[r][1]) for r in after}
+        print("# link bytes " + json.dumps({"topology": args.topology, "tx_rx_per_rank": moved}), flush=True)
+        return done.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

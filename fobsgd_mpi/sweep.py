@@ -1,0 +1,111 @@
+"""Expand a grid of training runs into a SLURM or PBS job array and a results index.
+
+    python -m fobsgd_mpi.sweep grid.toml [--scheduler slurm|pbs] [--out-dir results/sweep-NAME]
+
+grid.toml: `name`, `ranks` (workers + 1), `time`; a [grid] table of lists (every combination is
+one array task) and a [fixed] table of single values, both keyed by fobsgd_mpi.train's long flags.
+Writes OUT_DIR/jobs.txt (one task's flags per line), OUT_DIR/index.csv (task, grid values, result
+file) and OUT_DIR/sweep.sbatch or sweep.pbs; submit that with sbatch or qsub. Every task is
+checked against the training CLI first, so a typo fails here and not an hour into the queue.
+"""
+import argparse
+import csv
+import itertools
+import os
+import shlex
+import sys
+import tomllib
+
+from . import train
+
+TEMPLATES = {"slurm": "slurm_sweep.sbatch.in", "pbs": "pbs_sweep.pbs.in"}
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def flag(key, value):
+    name = "--" + key.replace("_", "-")
+    if value is True:
+        return [name]
+    if value is False:
+        return []
+    return [name, str(value)]
+
+
+def expand(grid_file, out_dir):
+    """Tasks as (grid values, train argv) after checking each against the training CLI."""
+    with open(grid_file, "rb") as f:
+        spec = tomllib.load(f)
+    grid, fixed = spec.get("grid", {}), spec.get("fixed", {})
+    bad = [k for k, v in grid.items() if not isinstance(v, list) or not v]
+    if bad:
+        raise ValueError(f"[grid] values must be non-empty lists: {', '.join(bad)}")
+    if "out" in grid or "out" in fixed:
+        raise ValueError("leave out `out`: each task gets its own file under the sweep folder")
+    keys = list(grid)
+    tasks = []
+    for i, values in enumerate(itertools.product(*(grid[k] for k in keys))):
+        point = dict(zip(keys, values))
+        tag = "-".join(f"{k}{v}" if k != "algorithm" else str(v) for k, v in point.items())
+        out = os.path.join(out_dir, f"task{i:04d}-{tag}.h5".replace("/", "_"))
+        argv = [a for k, v in {**fixed, **point}.items() for a in flag(k, v)] + ["--out", out, "--quiet"]
+        try:
+            train.parse_config(argv)
+        except ValueError as exc:
+            raise ValueError(f"task {i} ({point}): {exc}") from None
+        tasks.append((point, argv, out))
+    return spec, keys, tasks
+
+
+def render(template, values):
+    with open(os.path.join(HERE, "..", "job_scripts", template)) as f:
+        text = f.read()
+    for k, v in values.items():
+        text = text.replace(f"@{k}@", str(v))
+    return text
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fobsgd_mpi.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("grid")
+    p.add_argument("--scheduler", choices=sorted(TEMPLATES), default="slurm")
+    p.add_argument("--out-dir", default=None)
+    args = p.parse_args(argv)
+    try:
+        with open(args.grid, "rb") as f:
+            name = tomllib.load(f).get("name", "sweep")
+        out_dir = os.path.abspath(args.out_dir or os.path.join("results", f"sweep-{name}"))
+        spec, keys, tasks = expand(args.grid, out_dir)
+        ranks = int(spec.get("ranks", 9))
+        if ranks < 2:
+            raise ValueError(f"ranks must be >= 2 (a server and a worker), got {ranks}")
+    except FileNotFoundError:
+        print(f"error: no grid file {args.grid}", file=sys.stderr)
+        return 2
+    except tomllib.TOMLDecodeError as exc:
+        print(f"error: {args.grid} is not valid TOML: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {args.grid}: {exc}", file=sys.stderr)
+        return 2
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "jobs.txt"), "w") as f:
+        f.writelines(shlex.join(a) + "\n" for _, a, _ in tasks)
+    with open(os.path.join(out_dir, "index.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["task", *keys, "result"])
+        w.writerows([i, *(point[k] for k in keys), out] for i, (point, _, out) in enumerate(tasks))
+    script = os.path.join(out_dir, "sweep." + ("sbatch" if args.scheduler == "slurm" else "pbs"))
+    with open(script, "w") as f:
+        f.write(render(TEMPLATES[args.scheduler], {
+            "NAME": name, "N_TASKS": len(tasks), "LAST_TASK": len(tasks) - 1, "RANKS": ranks,
+            "TIME": spec.get("time", "01:00:00"), "OUT_DIR": out_dir, "WORKDIR": os.getcwd(),
+            "PYTHON": sys.executable}))
+    os.chmod(script, 0o755)
+    submit = "sbatch" if args.scheduler == "slurm" else "qsub"
+    print(f"# {len(tasks)} tasks -> {out_dir}/jobs.txt, index.csv; submit with: {submit} {script}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

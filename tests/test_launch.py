@@ -1,0 +1,111 @@
+"""Real traffic shaping in network namespaces (needs root and iproute2; skipped otherwise)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import pytest
+
+from fobsgd_mpi import launch
+from fobsgd_mpi.jobs import ROOT, job_env
+
+ROOTED = os.geteuid() == 0 and shutil.which("ip") and shutil.which("tc")
+needs_root = pytest.mark.skipif(not ROOTED, reason="network namespaces need root and iproute2")
+pytestmark = pytest.mark.mpi
+
+PINGPONG = """
+import time
+import numpy as np
+from mpi4py import MPI
+c = MPI.COMM_WORLD
+a = np.zeros(8_000_000, np.uint8)
+c.Send(a[:1000], dest=1) if c.rank == 0 else c.Recv(a[:1000], source=0)   # connect first
+c.Barrier()
+t = time.perf_counter()
+c.Send(a, dest=1) if c.rank == 0 else c.Recv(a, source=0)
+c.Barrier()
+if c.rank == 1:
+    print("MBps", a.nbytes / (time.perf_counter() - t) / 1e6, flush=True)
+"""
+
+
+def run_launch(args, tmp_path, env=None):
+    done = subprocess.run([sys.executable, "-m", "fobsgd_mpi.launch", *args], capture_output=True, text=True,
+                          timeout=300, env=dict(job_env(), **(env or {})), cwd=ROOT)
+    links = next((json.loads(l[len("# link bytes "):]) for l in done.stdout.splitlines()
+                  if l.startswith("# link bytes ")), None)
+    return done, links
+
+
+def namespaces():
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@needs_root
+@pytest.mark.parametrize("topology", ["per-node", "shared"])
+def test_shaped_rate_is_the_configured_one(topology, tmp_path):
+    script = tmp_path / "pp.py"
+    script.write_text(PINGPONG)
+    done, links = run_launch(["--bandwidth", "50mbit", "--topology", topology, "-n", "2", "--",
+                              sys.executable, str(script)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rate = float(next(l.split()[1] for l in done.stdout.splitlines() if l.startswith("MBps")))
+    assert rate == pytest.approx(50e6 / 8 / 1e6, rel=0.10)
+    assert launch.PREFIX + str(os.getpid()) not in namespaces()
+    assert "fobsgd" not in namespaces()  # everything removed
+
+
+@needs_root
+def test_harness_bytes_match_interface_counters(tmp_path):
+    out = tmp_path / "run.h5"
+    done, links = run_launch(["--bandwidth", "1gbit", "-n", "3", "--", "--algorithm", "sgd", "--steps", "10",
+                              "--quiet", "--out", str(out), "--eval-every", "10"], tmp_path,
+                             env={"MPIR_CVAR_BCAST_INTRA_ALGORITHM": "binomial"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    with h5py.File(out) as f:
+        up = int(f["iterations/bytes_up"][:].sum())
+        down = int(f["iterations/bytes_down"][:].sum())
+        assert json.loads(f.attrs["network_profile"])["rate_bps"] == 1e9
+        assert (f["iterations/modelled_comm_s"][:] > 0).all()
+    for rank in ("1", "2"):
+        tx, rx = links["tx_rx_per_rank"][rank]
+        # the counters hold the payloads plus TCP/IP and MPI headers and the small control messages
+        assert up <= tx <= 1.05 * up + 200_000, (rank, tx, up)
+        assert down <= rx <= 1.05 * down + 200_000, (rank, rx, down)
+
+
+def test_without_root_or_with_bad_flags_one_line_errors(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "fobsgd_mpi.launch", "--bandwidth", "fast", "-n", "2"],
+                          capture_output=True, text=True, env=job_env(), cwd=ROOT, timeout=60)
+    assert done.returncode == 2 and "is not like 100mbit" in done.stderr
+    if os.geteuid() != 0:
+        done = subprocess.run([sys.executable, "-m", "fobsgd_mpi.launch", "--bandwidth", "1gbit", "-n", "2"],
+                              capture_output=True, text=True, env=job_env(), cwd=ROOT, timeout=60)
+        assert done.returncode == 2 and "needs root" in done.stderr and "--model-network" in done.stderr
+
+
+@needs_root
+def test_leftovers_of_a_crashed_run_are_removed(tmp_path):
+    stale = f"{launch.PREFIX}999999-r0"  # no such process
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        launch.remove_leftovers()
+        assert stale not in namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], capture_output=True)
+
+
+def test_model_network_runs_unshaped_and_records_the_model(tmp_path):
+    out = tmp_path / "m.h5"
+    done, _ = run_launch(["--model-network", "--bandwidth", "100mbit", "-n", "3", "--", "--algorithm", "fo-sgd",
+                          "--steps", "4", "--quiet", "--out", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with h5py.File(out) as f:
+        assert json.loads(f.attrs["network_profile"])["modelled_only"]
+        modelled = f["iterations/modelled_comm_s"][:]
+        d = int(f.attrs["d"])
+    # fo-sgd at 100 Mbit, 2 workers, 3 ranks: two payloads of about d/8 bytes into the server, and a
+    # broadcast of one that costs two payload times either way: 4 * (d/8) * 8 bits / 1e8 bit/s
+    assert modelled[0] == pytest.approx(4 * d / 1e8, rel=0.1)
