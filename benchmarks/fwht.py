@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from fobsgd_mpi import native, reference
-from fobsgd_mpi.benchmarking import best_time, best_times_interleaved, format_table, results_path, save_records
+from fobsgd_mpi.benchmarking import best_time, best_times_interleaved, format_table, line_plot, results_path, save_records
 
 
 def contenders():
@@ -80,24 +80,9 @@ def run(min_log, max_log, repeats):
 
 
 def plot(records, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     logs = [r["log_n"] for r in records]
-    for key in records[0]:
-        if key.endswith("_s"):
-            ax.plot(logs, [r[key] * 1e3 for r in records], marker="o", label=key[:-2])
-    ax.set_yscale("log")
-    ax.set_xlabel("log2 length (float32)")
-    ax.set_ylabel("time per transform [ms], best of N")
-    ax.set_title("In-place FWHT, one thread")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    line_plot({k[:-2]: (logs, [r[k] * 1e3 for r in records]) for k in records[0] if k.endswith("_s")}, path,
+              "log2 length (float32)", "time per transform [ms], best of N", "In-place FWHT, one thread")
 
 
 def main(argv=None):

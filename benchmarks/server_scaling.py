@@ -16,7 +16,7 @@ import tempfile
 import h5py
 import numpy as np
 
-from fobsgd_mpi.benchmarking import format_table, results_path, save_records
+from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records
 from fobsgd_mpi.jobs import mpirun
 
 
@@ -54,22 +54,12 @@ def main(argv=None):
     path = results_path("server_scaling")
     save_records(path, "server_scaling", records, {"server_ms": "ms", "server_us_per_payload": "us",
                                                    "iteration_ms": "ms", "server_share": "fraction"}, meta=vars(args))
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    series = {}
     for a in args.algorithms:
         for d in sorted({r["d"] for r in records}):
             pts = [r for r in records if r["algorithm"] == a and r["d"] == d]
-            ax.plot([r["workers"] for r in pts], [r["server_ms"] for r in pts], marker="o", label=f"{a}, d={d:,}")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("workers")
-    ax.set_ylabel("server time per iteration [ms]")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.splitext(path)[0] + ".png", dpi=110)
+            series[f"{a}, d={d:,}"] = ([r["workers"] for r in pts], [r["server_ms"] for r in pts])
+    line_plot(series, os.path.splitext(path)[0] + ".png", "workers", "server time per iteration [ms]", logx=True)
     print(f"# wrote {path} and .png")
 
 
