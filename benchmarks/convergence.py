@@ -1,7 +1,8 @@
 """Accuracy against bytes for every algorithm: MNIST-1D, the same epochs, seeds and workers.
 
-For each model (mlp, cnn1d) and partition (iid; Dirichlet alpha = 0.1 for sgd, fo-sgd and
-liec-sgd), trains every algorithm with `mpirun -n WORKERS+1` and prints final test accuracy, bytes
+For each model (mlp, cnn1d) and setting (iid data for every algorithm; for sgd, fo-sgd and
+liec-sgd also Dirichlet alpha = 0.1 data, and half the workers per round with rank 1 a 2x
+straggler), trains every algorithm with `mpirun -n WORKERS+1` and prints final test accuracy, bytes
 each way per worker, their ratio to fp32 sgd, and wall-clock. Learning rates: each algorithm's
 default unless --lr-grid is given, in which case the best final accuracy over the grid is kept
 (tuned on the test set: an optimistic figure for every algorithm alike). Writes
@@ -17,13 +18,18 @@ from fobsgd_mpi import algorithms, report
 from fobsgd_mpi.benchmarking import format_table, results_path, save_records
 from fobsgd_mpi.jobs import mpirun, summary_of
 
-NON_IID = ("sgd", "fo-sgd", "liec-sgd")
+HETEROGENEOUS = ("sgd", "fo-sgd", "liec-sgd")
+SETTINGS = {  # name: (train flags, algorithms or None for all)
+    "iid": ([], None),
+    "dirichlet": (["--partition", "dirichlet", "--alpha", "0.1"], HETEROGENEOUS),
+    "half+straggler": (["--participation", "0.5", "--slow-ranks", "1:2.0"], HETEROGENEOUS),
+}
 
 
 def train(workdir, workers, algorithm, model, partition, epochs, lr, seed):
     out = os.path.join(workdir, f"{algorithm}-{model}-{partition}-lr{lr}-s{seed}.h5")
     args = ["--algorithm", algorithm, "--model", model, "--epochs", epochs, "--seed", seed, "--quiet",
-            "--out", out, "--partition", partition, "--alpha", "0.1", "--eval-every", "25"]
+            "--out", out, "--eval-every", "25", *SETTINGS[partition][0]]
     if lr is not None:
         args += ["--lr", lr]
     done = mpirun(workers + 1, "fobsgd_mpi.train", *args, timeout=1800)
@@ -42,6 +48,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=float, default=30)
     p.add_argument("--models", nargs="+", default=["mlp", "cnn1d"])
     p.add_argument("--algorithms", nargs="+", default=algorithms.names())
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--lr-grid", type=float, nargs="*", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="2 workers, 2 epochs, mlp only (a smoke run)")
@@ -51,9 +58,10 @@ def main(argv=None):
     workdir = tempfile.mkdtemp(prefix="convergence-", dir="results" if os.path.isdir("results") else None)
     records, files = [], []
     for model in args.models:
-        for partition in ("iid", "dirichlet"):
+        for partition in args.settings:
+            only = SETTINGS[partition][1]
             for algorithm in args.algorithms:
-                if partition == "dirichlet" and algorithm not in NON_IID:
+                if only and algorithm not in only:
                     continue
                 best = None
                 for lr in args.lr_grid or [None]:
