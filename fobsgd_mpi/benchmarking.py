@@ -59,7 +59,7 @@ def save_records(path, name, records, units, meta=None):
         f.attrs["machine"] = f"{platform.node()} {platform.machine()} {platform.processor()}"
         f.attrs["meta"] = json.dumps(meta or {})
         g = f.create_group(name)
-        for key in records[0]:
+        for key in dict.fromkeys(k for r in records for k in r):
             values = [r.get(key) for r in records]
             if all(isinstance(v, str) for v in values):
                 ds = g.create_dataset(key, data=np.array(values, dtype="S"))

@@ -76,7 +76,10 @@ class Network:
     def shape(self, dev, ns):
         if self.rate is None:
             return
-        burst = max(64 * 9000, int(self.rate / 8 / 100))  # far above the MTU: a smaller one drops every packet
+        # The bucket must hold a whole (GSO) packet, or tbf drops it, and one timer tick of traffic;
+        # anything more lets a short exchange pass above the rate (576 kB did: a 417 kB fp32 payload
+        # per step crossed a 100 Mbit link faster than 100 Mbit allows).
+        burst = max(1 << 17, int(self.rate / 8 / 1000))
         sh("tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{int(self.rate)}bit", "burst", str(burst),
            "latency", f"{max(self.latency, 1e-3) * 1e3:.3f}ms", ns=ns)
 

@@ -24,6 +24,7 @@ class BlockLayout:
     min_block: int = DEFAULT_MIN_BLOCK
     offsets: np.ndarray = field(init=False, repr=False, compare=False)
     log_sizes: np.ndarray = field(init=False, repr=False, compare=False)
+    block_ids: np.ndarray = field(init=False, repr=False, compare=False)  # keys of the blocks' random streams
 
     def __post_init__(self):
         if not isinstance(self.d, (int, np.integer)) or self.d < 1:
@@ -47,6 +48,7 @@ class BlockLayout:
         sizes = np.array(sizes, dtype=np.int64)
         object.__setattr__(self, "offsets", np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
         object.__setattr__(self, "log_sizes", np.log2(sizes).astype(np.int32))
+        object.__setattr__(self, "block_ids", np.arange(len(sizes), dtype=np.int64))
 
     @property
     def n_blocks(self):
@@ -72,11 +74,27 @@ class BlockLayout:
     def flat(self):
         """The same blocks with every coordinate real: the encoded domain of a rotated vector,
         where padding has been mixed into the whole block."""
-        flat = object.__new__(BlockLayout)
-        for name in ("max_block", "min_block", "offsets", "log_sizes"):
-            object.__setattr__(flat, name, getattr(self, name))
-        object.__setattr__(flat, "d", self.padded)
-        return flat
+        return self._with(self.offsets, self.log_sizes, self.block_ids)
+
+    def subset(self, blocks):
+        """The given blocks (indices into this layout) packed back to back, flat like flat(), each
+        keeping its block id, so a kernel draws the same random streams for it as on the whole
+        vector: the layout of one server's shard (SPEC §1.1)."""
+        blocks = np.asarray(blocks, dtype=np.int64)
+        if blocks.size == 0:
+            raise ValueError("a layout subset needs at least one block")
+        log_sizes = self.log_sizes[blocks]
+        sizes = np.left_shift(1, log_sizes.astype(np.int64))
+        return self._with(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64), log_sizes,
+                          self.block_ids[blocks])
+
+    def _with(self, offsets, log_sizes, block_ids):
+        out = object.__new__(BlockLayout)
+        for name, value in (("max_block", self.max_block), ("min_block", self.min_block), ("offsets", offsets),
+                            ("log_sizes", log_sizes), ("block_ids", block_ids)):
+            object.__setattr__(out, name, value)
+        object.__setattr__(out, "d", int(offsets[-1] + (1 << int(log_sizes[-1]))))
+        return out
 
     def blocks(self):
         """(index, offset, size, valid) for each block."""

@@ -75,13 +75,15 @@ def _work(layout, n_threads):
 
 
 def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, scales, n_threads=1):
-    _check(_native.encode_1bit(x, layout.offsets, layout.log_sizes, layout.d, int(rotate), rule, lambda_factor,
-                               seed, step, rank, _work(layout, n_threads), bits, scales, n_threads), "encode_1bit")
+    _check(_native.encode_1bit(x, layout.offsets, layout.log_sizes, layout.d, layout.block_ids, int(rotate), rule,
+                               lambda_factor, seed, step, rank, _work(layout, n_threads), bits, scales, n_threads),
+           "encode_1bit")
 
 
 def decode_1bit(bits, scales, layout, rotate, seed, step, out, weight=1.0, accumulate=False, n_threads=1):
-    _check(_native.decode_1bit(bits, scales, layout.offsets, layout.log_sizes, layout.d, int(rotate), seed, step,
-                               weight, accumulate, _work(layout, n_threads), out, n_threads), "decode_1bit")
+    _check(_native.decode_1bit(bits, scales, layout.offsets, layout.log_sizes, layout.d, layout.block_ids,
+                               int(rotate), seed, step, weight, accumulate, _work(layout, n_threads), out, n_threads),
+           "decode_1bit")
 
 
 def aggregate_1bit(payloads, scales_offset, weights, layout, out, n_threads=1):

@@ -5,7 +5,9 @@ full-duplex NIC behind a non-blocking switch): the gather funnels n payloads int
 link, n (alpha + 8 B_up / rate) at worst serialised there; the broadcast costs the cheaper of a
 binomial tree, ceil(log2 P) (alpha + 8 B_down / rate), and MPICH's scatter + ring allgather,
 about 2 * 8 B_down / rate + (log2 P + P - 1) alpha. A shared medium carries every byte of every
-rank: 8 (n B_up + (P - 1) B_down) / rate plus the same alpha terms. alpha defaults to 50 us
+rank: 8 (n B_up + (P - 1) B_down) / rate plus the same alpha terms. With the server split over
+k ranks (--servers k, Alltoallw) the busiest per-node link carries max(B_up, n B_up / k) in and
+max(B_down, P B_down / k) out, one message per peer. alpha defaults to 50 us
 (override with "alpha_s" in the profile); the launcher passes the profile in $FOBSGD_NETWORK.
 """
 import json
@@ -31,8 +33,11 @@ class NetworkModel:
             return None
         return cls(profile["topology"], float(profile["rate_bps"]), float(profile.get("alpha_s", 50e-6)), profile)
 
-    def exchange_seconds(self, bytes_up, bytes_down, n_senders, n_ranks):
+    def exchange_seconds(self, bytes_up, bytes_down, n_senders, n_ranks, servers=1):
         a, bit = self.alpha_s, 8.0 / self.rate_bps
+        if servers > 1 and self.topology != "shared":
+            return (max(bytes_up, n_senders * bytes_up / servers) + max(bytes_down, n_ranks * bytes_down / servers)) \
+                * bit + (n_senders + n_ranks) * a
         steps = max(1, math.ceil(math.log2(max(n_ranks, 2))))
         bcast = min(steps * (a + bytes_down * bit), 2 * bytes_down * bit + (steps + n_ranks - 1) * a)
         if self.topology == "shared":

@@ -69,17 +69,18 @@ def _finite_sumsq(xb, what):
 def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, scales, n_threads=1):
     xp = _padded(x, layout)
     for b, off, m, _ in layout.blocks():
+        key = int(layout.block_ids[b])
         y = xp[off : off + m]
         sumsq = _finite_sumsq(y, "vector to encode")
         if rotate:
-            y = np.where(rng.rademacher_flips(seed, step, b, m), -y, y)
+            y = np.where(rng.rademacher_flips(seed, step, key, m), -y, y)
             fwht_(y)
         lam = np.float32(math.sqrt(sumsq) * lambda_factor[b])
         if rule == LAMBDA_MAX:
             lam = np.abs(y).max()
         elif rule == LAMBDA_MIN:
             lam = min(lam, np.abs(y).max())
-        tau = lam * rng.centred_uniforms(seed, step, b, rank, m)
+        tau = lam * rng.centred_uniforms(seed, step, key, rank, m)
         _store_bits(bits, off, (y + tau) >= 0)
         scales[b] = lam
 
@@ -89,7 +90,7 @@ def decode_1bit(bits, scales, layout, rotate, seed, step, out, weight=1.0, accum
         q = np.where(_bits_of(bits, off, m), scales[b], -scales[b]).astype(np.float32)
         if rotate:
             fwht_(q)
-            q = np.where(rng.rademacher_flips(seed, step, b, m), -q, q)
+            q = np.where(rng.rademacher_flips(seed, step, int(layout.block_ids[b]), m), -q, q)
         xb = np.float32(weight) * q[:valid]
         if accumulate:
             out[off : off + valid] += xb

@@ -75,6 +75,9 @@ def build_parser():
       help="FO-SGD server: re-quantize the sum in the flattened domain, or decode it and re-flatten "
            "with a fresh rotation")
     a("--server-also-works", action="store_true")
+    a("--servers", default="1",
+      help="server ranks: 1 = the classic parameter server on rank 0; k or all = blocks dealt round-robin "
+           "to ranks 0..k-1, exchanged with Alltoallw (fo-sgd, dithered-sign)")
     a("--participation", type=float, default=1.0,
       help="fraction of workers in each round (a seeded subset per step; the server averages those)")
     a("--slow-ranks", default="", help="stragglers, e.g. 3:2.0,5:1.5 (rank:factor multiplies compute time)")
@@ -142,6 +145,12 @@ def validate(cfg):
         (0 < cfg.participation <= 1, f"--participation must lie in (0, 1], got {cfg.participation}"),
         (cfg.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {cfg.checkpoint_every}"),
         (not cfg.resume or cfg.out, "--resume needs the --out of the run to continue"),
+        (cfg.servers == "all" or cfg.servers.isdigit() and int(cfg.servers) >= 1,
+         f"--servers must be a number of ranks >= 1 or all, got {cfg.servers}"),
+        (cfg.servers == "1" or cfg.participation == 1, "--participation below 1 needs --servers 1"),
+        (cfg.servers == "1" or algorithms.get(cfg.algorithm).shardable,
+         f"--servers {cfg.servers} splits the server by blocks, which {cfg.algorithm} cannot; use --servers 1 "
+         f"(shardable: {', '.join(n for n in algorithms.names() if algorithms.get(n).shardable)})"),
         (cfg.min_compress_numel >= 0, f"--min-compress-numel must be >= 0, got {cfg.min_compress_numel}"),
     ]
     for ok, message in checks:
@@ -235,7 +244,7 @@ def run(cfg, comm):
 
     ps = transport.ParameterServer(comm, cfg.server_also_works)
     rank, n = ps.rank, ps.n_workers
-    ds = data.load(cfg.dataset, cfg.seed)
+    ds, n_train = data.distribute(comm, cfg.dataset, cfg.seed, ps.workers, cfg.partition, cfg.alpha)
     n_out = ds.n_classes or ds.y_train.shape[1]
     model = models.FlatModel(models.build(cfg.model, ds.n_features, n_out, cfg.width, cfg.seed),
                              cfg.min_compress_numel)
@@ -245,16 +254,14 @@ def run(cfg, comm):
 
     sampler = None
     if ps.is_worker:
-        shard = ps.workers.index(rank)
-        idx = data.shard_indices(ds.y_train, n, shard, cfg.seed, cfg.partition, cfg.alpha)
-        sampler = data.BatchSampler(ds.x_train[idx], ds.y_train[idx], cfg.batch_size, seed=(cfg.seed, shard))
+        sampler = data.BatchSampler(ds.x_train, ds.y_train, cfg.batch_size, seed=(cfg.seed, ps.workers.index(rank)))
     slow = slow_ranks(cfg.slow_ranks)
     unknown = sorted(set(slow) - set(ps.workers))
     if unknown:
         raise JobError(f"--slow-ranks names rank(s) {unknown}, which are not workers (workers: "
                        f"{ps.workers[0]}..{ps.workers[-1]})")
     samples_per_step = max(1, round(cfg.participation * n)) * cfg.batch_size
-    total = cfg.steps or max(1, int(round(cfg.epochs * len(ds.x_train) / samples_per_step)))
+    total = cfg.steps or max(1, int(round(cfg.epochs * n_train / samples_per_step)))
 
     network = NetworkModel.from_environment()
     algo = build_algorithm(cfg.algorithm, ps, model, cfg)
@@ -327,7 +334,8 @@ def run(cfg, comm):
                 row = {"step": step, "wall_s": time.perf_counter() - start,
                        "train_loss": loss_sum / len(active_workers), "participants": len(active_workers),
                        "modelled_comm_s": network.exchange_seconds(active.bytes_up_worker, active.bytes_down_worker,
-                                                                   len(active_workers), comm.Get_size())
+                                                                   len(active_workers), comm.Get_size(),
+                                                                   getattr(active, "servers", 1))
                        if network else float("nan"),
                        "bytes_up": active.bytes_up_worker, "bytes_down": active.bytes_down_worker,
                        "replica_spread": getattr(active, "spread", 0.0)}
@@ -413,13 +421,20 @@ def resume(comm, out, rank, model, opt, algos, sampler, totals, last_eval):
 
 
 def build_algorithm(name, ps, model, cfg):
-    """The algorithm on the whole flat vector, or on its large tensors with fp32 for the rest."""
-    cls = algorithms.get(name if model.d_compressed else "sgd")
-    if model.d_compressed in (0, model.d):
-        return cls(ps, model.d, cfg)
-    from .algorithms.split import SplitExchange
-    tail = algorithms.get("sgd")(ps, model.d - model.d_compressed, cfg)
-    return SplitExchange(cls(ps, model.d_compressed, cfg), tail, model.d_compressed)
+    """The algorithm on the whole flat vector, or on its large tensors with fp32 for the rest (the
+    fp32 parts - small tensors, warm-up steps - always go through the classic server on rank 0)."""
+    fp32_cfg = argparse.Namespace(**{**vars(cfg), "servers": "1"})
+    try:
+        if name == "sgd" or not model.d_compressed:
+            return algorithms.get("sgd")(ps, model.d, fp32_cfg)
+        cls = algorithms.get(name)
+        if model.d_compressed == model.d:
+            return cls(ps, model.d, cfg)
+        from .algorithms.split import SplitExchange
+        tail = algorithms.get("sgd")(ps, model.d - model.d_compressed, fp32_cfg)
+        return SplitExchange(cls(ps, model.d_compressed, cfg), tail, model.d_compressed)
+    except ValueError as exc:  # a setting every rank rejects alike
+        raise JobError(str(exc)) from None
 
 
 def check_replicas(comm, params, step):

@@ -38,6 +38,16 @@ class PayloadTypes:
             self._types[spec] = t
         return self._types[spec]
 
+    def selection(self, spec, ranges):
+        """A committed datatype picking the byte `ranges` ((offset, length), in this order) out of
+        a payload of `spec`: one server's blocks, sent straight from the whole payload."""
+        key = (spec, tuple(ranges))
+        if key not in self._types:
+            t = self.MPI.BYTE.Create_hindexed([n for _, n in ranges], [off for off, _ in ranges])
+            t.Commit()
+            self._types[key] = t
+        return self._types[key]
+
     def free(self):
         for t in self._types.values():
             t.Free()
@@ -100,6 +110,58 @@ class Uplink(Exchange):
         return self.all_rows[: len(senders)] if self.ps.is_server else None
 
 
+class ShardedServer:
+    """The server role split over ranks 0..k-1 (SPEC §1.1): block b of a one-bit payload belongs
+    to server b % k. Uplink: one Alltoallw in which every worker sends each server its blocks
+    straight out of its whole payload (a selection datatype per server, no packing copy), and
+    server s receives them packed as its shard's payload (`layout`, `spec`). Downlink: one
+    Alltoallw in which every server sends its re-quantized shard (`out`) to every rank, landing
+    in that rank's whole payload through the same selection datatypes. Per rank and iteration a
+    worker moves one payload each way and server s one shard per worker each way, so with k = n
+    a node's traffic does not grow with n."""
+
+    def __init__(self, ps, k, layout, spec_of, up, down):
+        if up.spec != down.spec:
+            raise ValueError("a sharded server needs the same payload layout both ways")
+        if k > layout.n_blocks:
+            raise ValueError(f"--servers {k} exceeds the payload's {layout.n_blocks} blocks; lower --servers or "
+                             "--block-size")
+        MPI, size, rank = ps.MPI, ps.size, ps.rank
+        blocks = [np.arange(s, layout.n_blocks, k) for s in range(k)]
+        scales_at = up.spec.offsets["scales"]
+        shard_bytes, selections = [], []
+        for mine in blocks:
+            ranges = [(8 * int(layout.offsets[b] // 64), int(layout.sizes[b] // 8)) for b in mine]
+            ranges += [(scales_at + 4 * int(b), 4) for b in mine]
+            selections.append(ps.types.selection(up.spec, ranges))
+            shard_bytes.append(sum(n for _, n in ranges))
+        self.serves = rank < k
+        self.layout = layout.subset(blocks[rank]) if self.serves else None
+        self.spec = spec_of(self.layout) if self.serves else None
+        if self.serves and self.spec.nbytes != shard_bytes[rank]:
+            raise RuntimeError(f"shard payload holds {self.spec.nbytes} bytes, its selection {shard_bytes[rank]}")
+        self.out = self.spec.empty() if self.serves else None
+        self.bytes_sent = (up.nbytes if ps.is_worker else 0) + (shard_bytes[rank] * size if self.serves else 0)
+        self.bytes_received = down.nbytes + (shard_bytes[rank] * ps.n_workers if self.serves else 0)
+
+        zeros, nothing = [0] * size, np.empty(0, np.uint8)
+        servers = [r < k for r in range(size)]
+        up_send = [up.buffer if ps.is_worker else nothing, [int(ps.is_worker and s) for s in servers], zeros,
+                   [selections[r] if r < k else MPI.BYTE for r in range(size)]]
+        rows = np.empty((ps.n_workers, shard_bytes[rank]), np.uint8) if self.serves else None
+        mine = shard_bytes[rank] if self.serves else 0
+        up_recv = [rows if self.serves else nothing, [mine if r in ps.workers else 0 for r in range(size)],
+                   [mine * ps.workers.index(r) if r in ps.workers else 0 for r in range(size)], [MPI.BYTE] * size]
+        down_send = [self.out.buffer if self.serves else nothing, [mine] * size, zeros, [MPI.BYTE] * size]
+        down_recv = [down.buffer, [int(s) for s in servers], zeros, [selections[r] if r < k else MPI.BYTE
+                                                                       for r in range(size)]]
+        self.uplink = ps.track(Exchange(ps, lambda: ps.comm.Alltoallw_init(up_send, up_recv),
+                                        lambda: ps.comm.Alltoallw(up_send, up_recv)))
+        self.uplink.rows = rows
+        self.downlink = ps.track(Exchange(ps, lambda: ps.comm.Alltoallw_init(down_send, down_recv),
+                                          lambda: ps.comm.Alltoallw(down_send, down_recv)))
+
+
 class ParameterServer:
     """Gather of worker payloads to the server and broadcast of the server's payload.
 
@@ -123,19 +185,24 @@ class ParameterServer:
     def n_workers(self):
         return len(self.workers)
 
+    def track(self, exchange):
+        self.exchanges.append(exchange)
+        return exchange
+
     def uplink(self, payload):
         """Uplink gathering the workers' `payload` buffers into rows (n, nbytes) on the server;
         run() it after encoding into that buffer."""
-        ex = Uplink(self, payload)
-        self.exchanges.append(ex)
-        return ex
+        return self.track(Uplink(self, payload))
 
     def downlink(self, payload):
         """Exchange broadcasting the server's `payload` buffer into the same buffer everywhere."""
         msg = [payload.buffer, 1, self.types(payload.spec)]
-        ex = Exchange(self, lambda: self.comm.Bcast_init(msg, root=SERVER), lambda: self.comm.Bcast(msg, root=SERVER))
-        self.exchanges.append(ex)
-        return ex
+        return self.track(Exchange(self, lambda: self.comm.Bcast_init(msg, root=SERVER),
+                                   lambda: self.comm.Bcast(msg, root=SERVER)))
+
+    def sharded(self, k, layout, spec_of, up, down):
+        """The server role spread over ranks 0..k-1 (ShardedServer)."""
+        return ShardedServer(self, k, layout, spec_of, up, down)
 
     def close(self):
         for ex in self.exchanges:

@@ -157,3 +157,28 @@ def test_openmp_threads_give_the_same_bits(gen):
 def test_forcing_an_unknown_isa_is_an_error():
     with pytest.raises(ValueError, match="unknown instruction set"):
         native.set_isa("sse9")
+
+
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+@pytest.mark.parametrize("k", [2, 3, 7])
+def test_server_shards_reproduce_the_whole_server(backend, k, gen):
+    """Blocks dealt round-robin to k servers, each aggregating and re-quantizing its shard (a
+    layout subset), give exactly the bits and scales of one server doing every block."""
+    from fobsgd_mpi import compressors
+
+    d, n = 70_001, 3
+    c = compressors.get("fo1bit", block_size=1 << 12, backend=backend)
+    lay = c.layout(d)
+    rows = np.stack([c.encode(gen.standard_normal(d).astype(np.float32), 5, r + 1).buffer for r in range(n)])
+    weights = np.full(n, 1 / n)
+    whole = c.encode_flat(c.aggregate(rows, weights, d), 5, 99, d)
+    spec = c.spec(d)
+    for s in range(k):
+        blocks = np.arange(s, lay.n_blocks, k)
+        shard = lay.subset(blocks)
+        assert shard.block_ids.tolist() == blocks.tolist() and shard.padded == int(lay.sizes[blocks].sum())
+        words = np.concatenate([np.arange(lay.offsets[b] // 64, (lay.offsets[b] + lay.sizes[b]) // 64) for b in blocks])
+        shard_rows = np.stack([np.concatenate([spec.view(r).bits[words].view(np.uint8),
+                                               spec.view(r).scales[blocks].view(np.uint8)]) for r in rows])
+        out = c.encode_flat(c.aggregate(shard_rows, weights, shard), 5, 99, shard)
+        assert np.array_equal(out.bits, whole.bits[words]) and np.array_equal(out.scales, whole.scales[blocks])

@@ -202,3 +202,26 @@ def test_dithered_sign_is_worse_than_fo_sgd_on_sparse_gradients(tmp_path):
     _, fo = train(3, tmp_path, "--algorithm", "fo-sgd", "--lambda-rule", "min", *common, name="fo.h5")
     _, ds = train(3, tmp_path, "--algorithm", "dithered-sign", *common, name="ds.h5")
     assert ds["final_test_loss"] > 2 * fo["final_test_loss"], (fo["final_test_loss"], ds["final_test_loss"])
+
+
+def test_sharded_server_gives_the_same_model_as_one_server(tmp_path):
+    """--servers 2 / all (Alltoallw of block shards) update the model bit for bit as rank 0 alone
+    does, with or without rank 0 computing a gradient too; each worker still sends one payload."""
+    common = ["--algorithm", "fo-sgd", "--dataset", "synthetic-logreg", "--model", "mlp", "--width", "32",
+              "--steps", "8", "--block-size", "256", "--eval-every", "4", "--check-every", "4"]
+    for extra in ([], ["--server-also-works"]):
+        runs = {k: train(5, tmp_path, *common, *extra, "--servers", k, name=f"{k}{len(extra)}.h5")
+                for k in ("1", "2", "all")}
+        params = {}
+        for k, (out, summary) in runs.items():
+            with h5py.File(out) as f:
+                params[k] = f["final_params"][:]
+            assert summary["bytes_up_per_worker"] == runs["1"][1]["bytes_up_per_worker"]
+        assert np.array_equal(params["2"], params["1"]) and np.array_equal(params["all"], params["1"])
+
+
+def test_servers_flag_is_checked(tmp_path):
+    for bad, why in ((["--algorithm", "sgd", "--servers", "2"], "cannot"), (["--servers", "0"], "--servers"),
+                     (["--servers", "all", "--participation", "0.5"], "participation")):
+        done = mpirun(3, "fobsgd_mpi.train", "--out", tmp_path / "x.h5", *bad, timeout=120)
+        assert done.returncode == 2 and why in done.stderr and len(done.stderr.strip().splitlines()) == 1

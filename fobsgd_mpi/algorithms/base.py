@@ -19,7 +19,7 @@ class PSAlgorithm:
     down_compressor = "identity"
     default_lr = 0.05
     state_names = ()  # attributes (float32 arrays) that carry over between iterations
-
+    shardable = False  # whether the server role can be split by blocks over --servers ranks
 
     def __init__(self, ps, d, cfg):
         self.ps = ps
@@ -30,8 +30,16 @@ class PSAlgorithm:
         self.down_buf = self.down.spec(d).empty()
         self.dir_buf = np.zeros(d, dtype=np.float32)
         self.weights = np.full(ps.n_workers, 1.0 / ps.n_workers, dtype=np.float32)
-        self.uplink = ps.uplink(self.up_buf)
-        self.downlink = ps.downlink(self.down_buf)
+        self.servers = server_count(cfg.servers, ps.size)
+        if self.servers == 1:
+            self.uplink, self.downlink = ps.uplink(self.up_buf), ps.downlink(self.down_buf)
+            self.server_layout, self.server_out = self.up.layout(d).flat(), self.down_buf
+        else:
+            if not self.shardable:
+                raise ValueError(f"--servers {cfg.servers} is not available for {cfg.algorithm}; use --servers 1")
+            shard = ps.sharded(self.servers, self.up.layout(d), self.up.spec_of, self.up_buf, self.down_buf)
+            self.uplink, self.downlink = shard.uplink, shard.downlink
+            self.server_layout, self.server_out = shard.layout, shard.out
         # bytes one worker hands to MPI per iteration each way: the committed datatypes' sizes
         self.payload_bytes_up = ps.types(self.up.spec(d)).Get_size()
         self.payload_bytes_down = ps.types(self.down.spec(d)).Get_size()
@@ -101,9 +109,9 @@ class PSAlgorithm:
             elif ps.is_worker:
                 self.idle_worker(step)
         with timer("comm"):
-            rows = self.uplink.run(None if everyone else participants)
+            rows = self.uplink.run() if everyone else self.uplink.run(participants)
         with timer("server"):
-            if ps.is_server:
+            if rows is not None:  # this rank serves (all blocks, or its shard of them)
                 self.weights = np.full(len(rows), 1.0 / len(rows), dtype=np.float32)
                 self.server(rows, step)
         with timer("comm"):
@@ -111,6 +119,14 @@ class PSAlgorithm:
         self.bytes_up_worker, self.bytes_down_worker = self.payload_bytes_up, self.payload_bytes_down
         with timer("decode"):
             return self.direction(self.down_buf, step)
+
+
+def server_count(servers, size):
+    """--servers as a number of server ranks: "all" is every rank, else 1..size."""
+    k = size if str(servers) == "all" else int(servers)
+    if not 1 <= k <= size:
+        raise ValueError(f"--servers must be 1..{size} (the number of ranks) or all, got {servers}")
+    return k
 
 
 class ErrorFeedbackUplink:

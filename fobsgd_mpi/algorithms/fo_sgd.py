@@ -15,21 +15,24 @@ from .registry import register
 class FOSGD(PSAlgorithm):
     up_compressor = down_compressor = "fo1bit"
     default_lr = 0.02
+    shardable = True  # every block is aggregated and re-quantized on its own
 
     def __init__(self, ps, d, cfg):
-        super().__init__(ps, d, cfg)
         self.fresh_rotation = cfg.downlink == "fresh-rotation"
+        if self.fresh_rotation and str(cfg.servers) != "1":
+            raise ValueError("--downlink fresh-rotation decodes the whole sum on one server; use --servers 1")
+        super().__init__(ps, d, cfg)
 
     def downlink_step(self, step):
         return step | (1 << 62) if self.fresh_rotation else step
 
     def server(self, rows, step):
-        v = self.up.aggregate(rows, self.weights, self.d)
+        v = self.up.aggregate(rows, self.weights, self.server_layout)
         if self.fresh_rotation:
             mean = self.up.unflatten(v, step, self.d)
             self.down.encode(mean, self.downlink_step(step), SERVER_STREAM, out=self.down_buf)
         else:
-            self.up.encode_flat(v, step, SERVER_STREAM, self.d, out=self.down_buf)
+            self.up.encode_flat(v, step, SERVER_STREAM, self.server_layout, out=self.server_out)
 
     def direction(self, down, step):
         return self.down.decode(down, self.downlink_step(step), self.d, out=self.dir_buf)

@@ -51,9 +51,11 @@ class FlattenedOneBit(OneBitCompressor):
 
     def encode_flat(self, v, step, rank, d, out=None):
         """Re-quantize a server sum v (padded length, already in the encoded domain) without
-        transforming it: the payload decodes like any worker's."""
-        payload = out if out is not None else self.spec(d).empty()
-        self._quantize(v, self.layout(d).flat(), False, int(step), int(rank), payload)
+        transforming it: the payload decodes like any worker's. `d` is the vector length, or the
+        flat BlockLayout of v (a server's shard, BlockLayout.subset)."""
+        layout = self.layout(d).flat() if isinstance(d, (int, np.integer)) else d
+        payload = out if out is not None else self.spec_of(layout).empty()
+        self._quantize(v, layout, False, int(step), int(rank), payload)
         return payload
 
     def unflatten(self, v, step, d):

@@ -8,16 +8,19 @@ class OneBitCompressor(Compressor):
     """bits (uint64, one bit per padded coordinate) + scales (float32, one per block)."""
 
     def spec(self, d):
-        lay = self.layout(d)
-        return PayloadSpec((("bits", np.uint64, lay.n_words), ("scales", np.float32, lay.n_blocks)))
+        return self.spec_of(self.layout(d))
+
+    @staticmethod
+    def spec_of(layout):
+        return PayloadSpec((("bits", np.uint64, layout.n_words), ("scales", np.float32, layout.n_blocks)))
 
     def aggregate(self, rows, weights, d, out=None):
         """sum_i weights[i] * scale_i * (2 b_i - 1) over the padded length, from gathered payload
-        rows (n, nbytes) uint8, without unpacking them to bytes."""
-        lay = self.layout(d)
+        rows (n, nbytes) uint8, without unpacking them to bytes. `d` is the vector length, or the
+        BlockLayout of the rows (a server's shard)."""
+        lay = self.layout(d) if isinstance(d, (int, np.integer)) else d
         if out is None:
             out = np.empty(lay.padded, dtype=np.float32)
         weights = np.ascontiguousarray(weights, dtype=np.float32)
-        scales_offset = self.spec(d).offsets["scales"]
-        self.kernels.aggregate_1bit(rows, scales_offset, weights, lay, out, self.n_threads)
+        self.kernels.aggregate_1bit(rows, self.spec_of(lay).offsets["scales"], weights, lay, out, self.n_threads)
         return out

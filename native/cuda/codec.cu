@@ -102,6 +102,7 @@ inline BlockGeom geom(const fobsgd_layout &lay, int64_t b) {
     g.valid = lay.d - g.off < g.m ? (lay.d > g.off ? lay.d - g.off : 0) : g.m;
     return g;
 }
+inline uint64_t block_id(const fobsgd_layout &lay, int64_t b) { return (uint64_t)(lay.block_ids ? lay.block_ids[b] : b); }
 inline unsigned grid_for(int64_t m) { return (unsigned)((m + kThreads - 1) / kThreads < 1024 ? (m + kThreads - 1) / kThreads : 1024); }
 
 }  // namespace fobsgd_cuda
@@ -113,14 +114,14 @@ extern "C" int fobsgd_cuda_encode_1bit(const float *x, fobsgd_layout lay, int ro
                                        float *work, double *sumsq, uint64_t *bits, float *scales, cudaStream_t stream) {
     for (int64_t b = 0; b < lay.n_blocks; ++b) {
         const BlockGeom g = geom(lay, b);
-        const uint64_t sign_key = stream_key(seed, step, (uint64_t)b, kSharedRank, kPurposeSign);
+        const uint64_t sign_key = stream_key(seed, step, block_id(lay, b), kSharedRank, kPurposeSign);
         flip_copy<<<1, kThreads, 0, stream>>>(x, lay.d, g.off, g.m, rotate, sign_key, work, sumsq + b);
         if (rotate) {
             const int rc = fwht_rows(work + g.off, 1, g.log_m, (float)(1.0 / sqrt((double)g.m)), stream);
             if (rc) return rc;
         }
         quantize<<<1, kThreads, 0, stream>>>(work, g.off, g.m, rule, lambda_factor_host[b], sumsq + b,
-                                            stream_key(seed, step, (uint64_t)b, rank, kPurposeDither), bits, scales + b);
+                                            stream_key(seed, step, block_id(lay, b), rank, kPurposeDither), bits, scales + b);
     }
     return (int)cudaGetLastError();
 }
@@ -141,7 +142,7 @@ extern "C" int fobsgd_cuda_decode_1bit(const uint64_t *bits, const float *scales
             if (rc) return rc;
         }
         flip_store<<<grid_for(g.valid), kThreads, 0, stream>>>(work, g.off, g.valid, rotate,
-                                                                stream_key(seed, step, (uint64_t)b, kSharedRank, kPurposeSign),
+                                                                stream_key(seed, step, block_id(lay, b), kSharedRank, kPurposeSign),
                                                                 accumulate, out);
     }
     return (int)cudaGetLastError();

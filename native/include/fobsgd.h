@@ -6,7 +6,9 @@
  * Block layout (all block-wise kernels): block b covers coordinates [offsets[b], offsets[b] +
  * 2^log_sizes[b]) of a zero-padded vector; coordinates at or past `d` are padding. Blocks are
  * contiguous, in order, and each is a multiple of 64 coordinates, so block b's packed bits start
- * at word offsets[b] / 64. Bits are little-endian within a uint64 word.
+ * at word offsets[b] / 64. Bits are little-endian within a uint64 word. Random streams are keyed
+ * by (seed, step, block id, rank), so a subset of a layout's blocks, packed back to back, encodes
+ * and decodes each block exactly as the whole layout does.
  */
 #ifndef FOBSGD_H
 #define FOBSGD_H
@@ -30,7 +32,8 @@ typedef struct {
     const int64_t *offsets;
     const int32_t *log_sizes;
     int64_t n_blocks;
-    int64_t d; /* real (unpadded) length */
+    int64_t d;                /* real (unpadded) length */
+    const int64_t *block_ids; /* key of block b's random streams; NULL: b (a shard names its blocks) */
 } fobsgd_layout;
 
 /* Instruction set: "avx512", "avx2" or "generic". fobsgd_set_isa(NULL) picks the best the CPU has. */

@@ -21,7 +21,13 @@ template <class T> T *data_of(arr<T> &a, const char *name, int64_t min_size) {
 
 static fobsgd_layout layout_of(arr<int64_t> &offsets, arr<int32_t> &log_sizes, int64_t d) {
     if (offsets.size() != log_sizes.size()) throw std::invalid_argument("offsets and log_sizes differ in length");
-    return fobsgd_layout{offsets.data(), log_sizes.data(), (int64_t)offsets.size(), d};
+    return fobsgd_layout{offsets.data(), log_sizes.data(), (int64_t)offsets.size(), d, nullptr};
+}
+
+static fobsgd_layout layout_of(arr<int64_t> &offsets, arr<int32_t> &log_sizes, int64_t d, arr<int64_t> &block_ids) {
+    fobsgd_layout lay = layout_of(offsets, log_sizes, d);
+    lay.block_ids = data_of(block_ids, "block_ids", lay.n_blocks);
+    return lay;
 }
 
 static int64_t padded_length(const fobsgd_layout &lay) {
@@ -49,10 +55,11 @@ PYBIND11_MODULE(_native, m) {
     m.def("fwht_f32", &fwht<float>, py::arg("x").noconvert(), py::arg("log_n"), py::arg("scale"));
     m.def("fwht_f64", &fwht<double>, py::arg("x").noconvert(), py::arg("log_n"), py::arg("scale"));
 
-    m.def("encode_1bit", [](arr<float> x, arr<int64_t> offsets, arr<int32_t> log_sizes, int64_t d, int rotate,
-                            int rule, arr<double> factors, uint64_t seed, uint64_t step, uint64_t rank,
-                            arr<float> work, arr<uint64_t> bits, arr<float> scales, int n_threads) {
-        fobsgd_layout lay = layout_of(offsets, log_sizes, d);
+    m.def("encode_1bit", [](arr<float> x, arr<int64_t> offsets, arr<int32_t> log_sizes, int64_t d,
+                            arr<int64_t> block_ids, int rotate, int rule, arr<double> factors, uint64_t seed,
+                            uint64_t step, uint64_t rank, arr<float> work, arr<uint64_t> bits, arr<float> scales,
+                            int n_threads) {
+        fobsgd_layout lay = layout_of(offsets, log_sizes, d, block_ids);
         const float *px = data_of(x, "x", d);
         const double *pf = data_of(factors, "lambda_factor", lay.n_blocks);
         float *pw = data_of(work, "work", 0);
@@ -61,14 +68,14 @@ PYBIND11_MODULE(_native, m) {
         py::gil_scoped_release nogil;
         return fobsgd_encode_1bit(px, lay, rotate, rule, pf, seed, step, rank, pw, pb, ps, n_threads);
     }, py::arg("x").noconvert(), py::arg("offsets").noconvert(), py::arg("log_sizes").noconvert(), py::arg("d"),
-       py::arg("rotate"), py::arg("rule"), py::arg("lambda_factor").noconvert(), py::arg("seed"), py::arg("step"),
+       py::arg("block_ids").noconvert(), py::arg("rotate"), py::arg("rule"), py::arg("lambda_factor").noconvert(), py::arg("seed"), py::arg("step"),
        py::arg("rank"), py::arg("work").noconvert(), py::arg("bits").noconvert(), py::arg("scales").noconvert(),
        py::arg("n_threads"));
 
     m.def("decode_1bit", [](arr<uint64_t> bits, arr<float> scales, arr<int64_t> offsets, arr<int32_t> log_sizes,
-                            int64_t d, int rotate, uint64_t seed, uint64_t step, float weight, bool accumulate,
-                            arr<float> work, arr<float> out, int n_threads) {
-        fobsgd_layout lay = layout_of(offsets, log_sizes, d);
+                            int64_t d, arr<int64_t> block_ids, int rotate, uint64_t seed, uint64_t step, float weight,
+                            bool accumulate, arr<float> work, arr<float> out, int n_threads) {
+        fobsgd_layout lay = layout_of(offsets, log_sizes, d, block_ids);
         const uint64_t *pb = data_of(bits, "bits", padded_length(lay) / 64);
         const float *ps = data_of(scales, "scales", lay.n_blocks);
         float *pw = data_of(work, "work", 0);
@@ -76,7 +83,8 @@ PYBIND11_MODULE(_native, m) {
         py::gil_scoped_release nogil;
         return fobsgd_decode_1bit(pb, ps, lay, rotate, seed, step, weight, accumulate, pw, po, n_threads);
     }, py::arg("bits").noconvert(), py::arg("scales").noconvert(), py::arg("offsets").noconvert(),
-       py::arg("log_sizes").noconvert(), py::arg("d"), py::arg("rotate"), py::arg("seed"), py::arg("step"),
+       py::arg("log_sizes").noconvert(), py::arg("d"), py::arg("block_ids").noconvert(), py::arg("rotate"),
+       py::arg("seed"), py::arg("step"),
        py::arg("weight"), py::arg("accumulate"), py::arg("work").noconvert(), py::arg("out").noconvert(),
        py::arg("n_threads"));
 

@@ -228,6 +228,8 @@ inline Block block_at(const fobsgd_layout &lay, int64_t b) {
     k.valid = lay.d - k.off < k.m ? (lay.d - k.off > 0 ? lay.d - k.off : 0) : k.m;
     return k;
 }
+inline uint64_t block_id(const fobsgd_layout &lay, int64_t b) { return (uint64_t)(lay.block_ids ? lay.block_ids[b] : b); }
+
 inline int64_t max_block(const fobsgd_layout &lay) {
     int64_t m = 0;
     for (int64_t b = 0; b < lay.n_blocks; ++b) m = m < ((int64_t)1 << lay.log_sizes[b]) ? (int64_t)1 << lay.log_sizes[b] : m;
@@ -297,7 +299,7 @@ int encode_1bit(const float *x, fobsgd_layout lay, int rotate, int rule, const d
         const float *xb = x + k.off;
         vd acc_sq = {};
         if (rotate) {
-            const uint64_t key = stream_key(seed, step, (uint64_t)b, kSharedRank, kPurposeSign);
+            const uint64_t key = stream_key(seed, step, block_id(lay, b), kSharedRank, kPurposeSign);
             for (int64_t j = 0; j < k.m; j += 64) {
                 const uint64_t s = stream_word(key, (uint64_t)(j / 64));
                 for (int l = 0; l < 64; l += WF) {
@@ -333,7 +335,7 @@ int encode_1bit(const float *x, fobsgd_layout lay, int rotate, int rule, const d
             lambda = rule == FOBSGD_LAMBDA_MAX || by_max < by_norm ? by_max : by_norm;
         }
         scales[b] = lambda;
-        const uint64_t dkey = stream_key(seed, step, (uint64_t)b, rank, kPurposeDither);
+        const uint64_t dkey = stream_key(seed, step, block_id(lay, b), rank, kPurposeDither);
         uint64_t *wb = bits + k.off / 64;
         const vf zero = {};
         for (int64_t j = 0; j < k.m; j += 64) {
@@ -363,7 +365,7 @@ int decode_1bit(const uint64_t *bits, const float *scales, fobsgd_layout lay, in
                 for (int l = 0; l < 64; l += WF)
                     vstore(y + j + l, select_bits(wb[j / 64] >> l, ones, negate(ones)));
             fwht_row(y, k.log_m, (float)((double)weight * scales[b] / __builtin_sqrt((double)k.m)));
-            sign_key = stream_key(seed, step, (uint64_t)b, kSharedRank, kPurposeSign);
+            sign_key = stream_key(seed, step, block_id(lay, b), kSharedRank, kPurposeSign);
         } else {
             const vf av = zero + weight * scales[b];
             for (int64_t j = 0; j < k.m; j += 64)

@@ -1,0 +1,140 @@
+"""Throughput against link speed: algorithms x bandwidths x model sizes x ranks x server counts.
+
+Every point is a short training job (synthetic-logreg data, a wide MLP whose --width sets d) run
+through `python -m fobsgd_mpi.launch`, over real tbf-shaped per-node links (root needed), or
+unshaped (bandwidth "none"), or with --model-network only the alpha-beta model beside an
+unshaped run. From each run's HDF5 file: iterations per second (median step), the median time
+of each phase, bytes each way per worker, and the modelled exchange time. Prints one table and
+writes results/bandwidth_sweep-*.h5 with three PNGs: throughput against bandwidth (one line per
+algorithm), speed-up over fp32 sgd, and time per iteration against n.
+
+    python benchmarks/bandwidth_sweep.py --quick                      # CI-sized: 2 algorithms, 100mbit + none
+    python benchmarks/bandwidth_sweep.py --bandwidths 10mbit 100mbit 1gbit 10gbit none \\
+        --widths 256 1024 2048 --ranks 3 5 9 17 --servers 1 all        # the full sweep (hours)
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import h5py
+import numpy as np
+
+from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records
+from fobsgd_mpi.jobs import ROOT, job_env
+from fobsgd_mpi.launch import parse_rate
+
+PHASES = ("compute", "encode", "comm", "server", "decode")
+
+
+def run_point(workdir, algorithm, bandwidth, width, ranks, servers, steps, model_network):
+    out = os.path.join(workdir, f"{algorithm}-{bandwidth}-w{width}-n{ranks}-s{servers}.h5")
+    train = ["--algorithm", algorithm, "--dataset", "synthetic-logreg", "--model", "wide-mlp", "--width", width,
+             "--steps", steps, "--batch-size", "8", "--eval-every", steps, "--check-every", "0", "--quiet",
+             "--servers", servers, "--block-size", "16384", "--out", out]
+    launch = ["-n", ranks] + (["--bandwidth", bandwidth] if bandwidth != "none" else [])
+    if model_network and bandwidth != "none":
+        launch.append("--model-network")
+    cmd = [sys.executable, "-m", "fobsgd_mpi.launch", *map(str, launch), "--", *map(str, train)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=job_env(), cwd=ROOT, timeout=3600)
+    point = {"algorithm": algorithm, "bandwidth": bandwidth, "servers": str(servers), "ranks": ranks}
+    if done.returncode:
+        return {**point, "error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    with h5py.File(out) as f:
+        it = f["iterations"]
+        skip = min(2, steps - 1)  # the first steps carry start-up costs
+        step_s = float(np.median(np.diff(it["wall_s"][skip - 1:])))
+        rec = {**point, "d": int(f.attrs["d"]), "it_per_s": 1.0 / step_s, "step_ms": 1e3 * step_s,
+               "bytes_up": int(it["bytes_up"][-1]), "bytes_down": int(it["bytes_down"][-1]),
+               "modelled_comm_ms": 1e3 * float(np.median(it["modelled_comm_s"][skip:])), "error": ""}
+        rec.update({f"{p}_ms": 1e3 * float(np.median(it[f"{p}_s"][skip:])) for p in PHASES})
+    return rec
+
+
+def rate_of(bandwidth):
+    return float("inf") if bandwidth == "none" else parse_rate(bandwidth)
+
+
+def plots(records, stem):
+    ok = [r for r in records if not r["error"]]
+    if not ok:
+        return
+    last = lambda key: max(r[key] for r in ok)  # noqa: E731  (the largest model / most ranks swept)
+    d, n = last("d"), last("ranks")
+    shaped = sorted({r["bandwidth"] for r in ok if r["bandwidth"] != "none"}, key=rate_of)
+    by_bw, speedup = {}, {}
+    for r in ok:
+        if r["d"] == d and r["ranks"] == n and r["bandwidth"] in shaped:
+            by_bw.setdefault(f"{r['algorithm']} servers={r['servers']}", {})[r["bandwidth"]] = r["it_per_s"]
+    fp32 = next((v for k, v in by_bw.items() if k.startswith("sgd ")), None)
+    series = {k: ([rate_of(b) / 1e6 for b in shaped if b in v], [v[b] for b in shaped if b in v])
+              for k, v in by_bw.items()}
+    if series:
+        line_plot(series, f"{stem}-throughput.png", "link bandwidth [Mbit/s]", "iterations per second",
+                  title=f"d = {d:,}, {n} ranks, per-node links", logx=True)
+    if fp32:
+        speedup = {k: ([rate_of(b) / 1e6 for b in shaped if b in v and b in fp32], [v[b] / fp32[b] for b in shaped
+                                                                                 if b in v and b in fp32])
+                   for k, v in by_bw.items()}
+        line_plot(speedup, f"{stem}-speedup.png", "link bandwidth [Mbit/s]", "speed-up over fp32 sgd",
+                  title=f"d = {d:,}, {n} ranks", logx=True)
+    by_n = {}
+    for r in ok:
+        if r["d"] == d:
+            by_n.setdefault(f"{r['algorithm']} servers={r['servers']} {r['bandwidth']}", []).append((r["ranks"],
+                                                                                                  r["step_ms"]))
+    line_plot({k: tuple(zip(*sorted(v))) for k, v in by_n.items()}, f"{stem}-scaling.png", "ranks",
+              "time per iteration [ms]", title=f"d = {d:,}", logx=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algorithms", nargs="+", default=["fo-sgd", "sgd", "signsgd-mv", "liec-sgd", "qsgd"])
+    p.add_argument("--bandwidths", nargs="+", default=["10mbit", "100mbit", "1gbit", "10gbit", "none"])
+    p.add_argument("--widths", type=int, nargs="+", default=[180, 1024],
+                   help="wide-mlp widths: 180 gives d of about 100k, 1024 about 3.2M, 2048 about 12.7M")
+    p.add_argument("--ranks", type=int, nargs="+", default=[3, 5, 9])
+    p.add_argument("--servers", nargs="+", default=["1", "all"])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--model-network", action="store_true", help="no shaping: the alpha-beta model beside unshaped runs")
+    p.add_argument("--quick", action="store_true", help="fo-sgd and sgd, 100mbit and none, d of about 100k, 3 ranks")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.algorithms, args.bandwidths, args.widths, args.ranks, args.servers, args.steps = (
+            ["fo-sgd", "sgd"], ["100mbit", "none"], [180], [3], ["1", "all"], 5)
+    for b in args.bandwidths:
+        if b != "none":
+            parse_rate(b)
+    workdir = tempfile.mkdtemp(prefix="bandwidth-sweep-")
+    records = []
+    for width in args.widths:
+        for ranks in args.ranks:
+            for bandwidth in args.bandwidths:
+                for algorithm in args.algorithms:
+                    for servers in args.servers:
+                        if servers != "1" and algorithm not in ("fo-sgd", "dithered-sign"):
+                            continue
+                        rec = run_point(workdir, algorithm, bandwidth, width, ranks, servers, args.steps,
+                                        args.model_network)
+                        records.append(rec)
+                        print(f"# {rec}", flush=True)
+    print(f"# per-node links{' (alpha-beta model only)' if args.model_network else ''}; median over steps "
+          f"{min(2, args.steps - 1)}..{args.steps - 1}; bytes per worker per step")
+    print(format_table(records, [("algorithm", "algorithm", "{}"), ("servers", "servers", "{}"),
+                                 ("bandwidth", "link", "{}"), ("ranks", "ranks", "{}"), ("d", "d", "{:,}"),
+                                 ("it_per_s", "throughput [it/s]", "{:.2f}"), ("step_ms", "step [ms]", "{:.1f}"),
+                                 *[(f"{ph}_ms", f"{ph} [ms]", "{:.1f}") for ph in PHASES],
+                                 ("modelled_comm_ms", "modelled comm [ms]", "{:.1f}"),
+                                 ("bytes_up", "up [B]", "{:,}"), ("bytes_down", "down [B]", "{:,}"),
+                                 ("error", "error", "{}")]))
+    path = results_path("bandwidth_sweep")
+    units = {"it_per_s": "iterations/s", "step_ms": "ms", "modelled_comm_ms": "ms", "bytes_up": "bytes per worker per step",
+             "bytes_down": "bytes per worker per step", **{f"{ph}_ms": "ms" for ph in PHASES}}
+    save_records(path, "bandwidth_sweep", records, units, meta=vars(args))
+    plots(records, os.path.splitext(path)[0])
+    print(f"# wrote {path} and its PNGs; runs in {workdir}")
+
+
+if __name__ == "__main__":
+    main()
