@@ -23,7 +23,7 @@ import numpy as np
 
 from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records
 from fobsgd_mpi.jobs import ROOT, job_env
-from fobsgd_mpi.launch import parse_rate
+from fobsgd_mpi.launch import link_bytes, parse_rate
 
 PHASES = ("compute", "encode", "comm", "server", "decode")
 
@@ -41,6 +41,10 @@ def run_point(workdir, algorithm, bandwidth, width, ranks, servers, steps, model
     point = {"algorithm": algorithm, "bandwidth": bandwidth, "servers": str(servers), "ranks": ranks}
     if done.returncode:
         return {**point, "error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    links = link_bytes(done.stdout)
+    if links:  # the interfaces' counters over the whole run (start-up and evaluation included)
+        point["node_tx_per_step"] = max(tx for tx, _ in links.values()) / steps
+        point["node_rx_per_step"] = max(rx for _, rx in links.values()) / steps
     with h5py.File(out) as f:
         it = f["iterations"]
         skip = min(2, steps - 1)  # the first steps carry start-up costs
@@ -72,13 +76,13 @@ def plots(records, stem):
               for k, v in by_bw.items()}
     if series:
         line_plot(series, f"{stem}-throughput.png", "link bandwidth [Mbit/s]", "iterations per second",
-                  title=f"d = {d:,}, {n} ranks, per-node links", logx=True)
+                  title=f"d = {d:,}, {n} ranks, per-node links", logx=True, base=10)
     if fp32:
         speedup = {k: ([rate_of(b) / 1e6 for b in shaped if b in v and b in fp32], [v[b] / fp32[b] for b in shaped
                                                                                  if b in v and b in fp32])
                    for k, v in by_bw.items()}
         line_plot(speedup, f"{stem}-speedup.png", "link bandwidth [Mbit/s]", "speed-up over fp32 sgd",
-                  title=f"d = {d:,}, {n} ranks", logx=True)
+                  title=f"d = {d:,}, {n} ranks", logx=True, base=10)
     by_n = {}
     for r in ok:
         if r["d"] == d:
@@ -127,10 +131,14 @@ def main(argv=None):
                                  *[(f"{ph}_ms", f"{ph} [ms]", "{:.1f}") for ph in PHASES],
                                  ("modelled_comm_ms", "modelled comm [ms]", "{:.1f}"),
                                  ("bytes_up", "up [B]", "{:,}"), ("bytes_down", "down [B]", "{:,}"),
+                                 ("node_tx_per_step", "busiest tx/step [B]", "{:,.0f}"),
+                                 ("node_rx_per_step", "busiest rx/step [B]", "{:,.0f}"),
                                  ("error", "error", "{}")]))
     path = results_path("bandwidth_sweep")
     units = {"it_per_s": "iterations/s", "step_ms": "ms", "modelled_comm_ms": "ms", "bytes_up": "bytes per worker per step",
-             "bytes_down": "bytes per worker per step", **{f"{ph}_ms": "ms" for ph in PHASES}}
+             "bytes_down": "bytes per worker per step", **{f"{ph}_ms": "ms" for ph in PHASES},
+             "node_tx_per_step": "bytes per step sent by the busiest rank's interface (counters / steps)",
+             "node_rx_per_step": "bytes per step received by the busiest rank's interface (counters / steps)"}
     save_records(path, "bandwidth_sweep", records, units, meta=vars(args))
     plots(records, os.path.splitext(path)[0])
     print(f"# wrote {path} and its PNGs; runs in {workdir}")

@@ -70,7 +70,7 @@ def save_records(path, name, records, units, meta=None):
     return path
 
 
-def line_plot(series, path, xlabel, ylabel, title=None, logx=False, logy=True):
+def line_plot(series, path, xlabel, ylabel, title=None, logx=False, logy=True, base=2):
     """One PNG of named lines: series is {label: (xs, ys)}."""
     import matplotlib
 
@@ -81,7 +81,7 @@ def line_plot(series, path, xlabel, ylabel, title=None, logx=False, logy=True):
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", label=label)
     if logx:
-        ax.set_xscale("log", base=2)
+        ax.set_xscale("log", base=base)
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)

@@ -28,6 +28,7 @@ import tempfile
 from .jobs import job_env, mpirun_path
 
 PREFIX = "fobsgd"
+LINK_BYTES = "# link bytes "
 UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12}
 
 
@@ -142,10 +143,21 @@ class Network:
         return path
 
     def env(self):
-        """MPICH over TCP on the shaped interface, shared memory off so every byte crosses a link."""
+        """MPICH over TCP on the shaped interface, shared memory off so every byte crosses a link;
+        torch.distributed (gloo) on the same interface, meeting at rank 0's address."""
         profile = {"topology": self.topology, "rate_bps": self.rate, "latency_s": self.latency, "ranks": self.n}
         return {"FI_PROVIDER": "tcp", "FI_TCP_IFACE": self.interface, "MPIR_CVAR_NOLOCAL": "1",
-                "MPIR_CVAR_CH4_NETMOD": "ofi", "FOBSGD_NETWORK": json.dumps(profile)}
+                "MPIR_CVAR_CH4_NETMOD": "ofi", "FOBSGD_NETWORK": json.dumps(profile),
+                "GLOO_SOCKET_IFNAME": self.interface,
+                "MASTER_ADDR": "127.0.0.1" if self.topology == "shared" else rank_address(0)}
+
+
+def link_bytes(stdout):
+    """{rank: (tx, rx)} from the '# link bytes' line the launcher prints, or None."""
+    for line in stdout.splitlines():
+        if line.startswith(LINK_BYTES):
+            return {int(r): tuple(v) for r, v in json.loads(line[len(LINK_BYTES):])["tx_rx_per_rank"].items()}
+    return None
 
 
 def remove_leftovers():
@@ -211,7 +223,7 @@ def main(argv=None):
         done = subprocess.run([mpirun_path(), "-n", str(args.n), net.wrapper(tmp), *cmd], env=env)
         after = net.counters()
         moved = {r: (after[r][0] - before[r][0], after[r][1] - before[r][1]) for r in after}
-        print("# link bytes " + json.dumps({"topology": args.topology, "tx_rx_per_rank": moved}), flush=True)
+        print(LINK_BYTES + json.dumps({"topology": args.topology, "tx_rx_per_rank": moved}), flush=True)
         return done.returncode
 
 

@@ -55,12 +55,17 @@ class FlatModel:
         loss.backward()
         return float(loss.detach())
 
-    @torch.no_grad()
     def evaluate(self, x, y, loss_fn, classes):
-        out = self.module(torch.from_numpy(x))
-        loss = float(loss_fn(out, torch.from_numpy(y)))
-        acc = float((out.argmax(1).numpy() == y).mean()) if classes else float("nan")
-        return loss, acc
+        return evaluate(self.module, x, y, loss_fn, classes)
+
+
+@torch.no_grad()
+def evaluate(module, x, y, loss_fn, classes):
+    """(loss, accuracy) of `module` on (x, y); accuracy is NaN for regression (classes = 0)."""
+    out = module(torch.from_numpy(x))
+    loss = float(loss_fn(out, torch.from_numpy(y)))
+    acc = float((out.argmax(1).numpy() == y).mean()) if classes else float("nan")
+    return loss, acc
 
 
 def loss_for(n_classes):

@@ -87,6 +87,8 @@ def build_parser():
     a("--quiet", action="store_true")
     a("--checkpoint-every", type=int, default=0, help="write an atomic per-rank checkpoint every N steps")
     a("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    a("--target-accuracy", type=float, default=None,
+      help="end the run at the first evaluation whose test accuracy reaches this (time-to-accuracy runs)")
     a("--stop-at", type=int, default=None,
       help="end cleanly after this step (to fit a job's time limit; continue later with --resume)")
     a("--on-nonfinite", default="stop", choices=("stop", "skip"),
@@ -151,6 +153,8 @@ def validate(cfg):
         (cfg.servers == "1" or algorithms.get(cfg.algorithm).shardable,
          f"--servers {cfg.servers} splits the server by blocks, which {cfg.algorithm} cannot; use --servers 1 "
          f"(shardable: {', '.join(n for n in algorithms.names() if algorithms.get(n).shardable)})"),
+        (cfg.target_accuracy is None or 0 < cfg.target_accuracy <= 1,
+         f"--target-accuracy must lie in (0, 1], got {cfg.target_accuracy}"),
         (cfg.min_compress_numel >= 0, f"--min-compress-numel must be >= 0, got {cfg.min_compress_numel}"),
     ]
     for ok, message in checks:
@@ -342,8 +346,11 @@ def run(cfg, comm):
                 row.update({f"{p}_s": peak[i] for i, p in enumerate(timer.PHASES) if p != "server"})
                 row["server_s"] = timer.seconds["server"]
                 writer.append("iterations", row)
-                if (step + 1) % cfg.eval_every == 0 or step + 1 == total:
-                    tl, ta = model.evaluate(ds.x_test, ds.y_test, loss_fn, ds.n_classes)
+            evaluated = active.evaluated_params(model.params, step) if (step + 1) % cfg.eval_every == 0 or \
+                step + 1 == total else None
+            if rank == 0:
+                if evaluated is not None:
+                    tl, ta = evaluate_at(model, evaluated, ds, loss_fn)
                     last_eval = {"test_loss": tl, "test_accuracy": ta}
                     writer.append("evals", {"step": step, **last_eval, "bytes_up_total": totals["bytes_up"],
                                             "wall_s": time.perf_counter() - start})
@@ -356,6 +363,14 @@ def run(cfg, comm):
                 if writer is not None:
                     writer.flush()
                 save_checkpoint(comm, out, rank, step, model, opt, (algo, warmup), sampler, totals, last_eval)
+            if cfg.target_accuracy is not None and (step + 1) % cfg.eval_every == 0 and \
+                    comm.bcast(last_eval["test_accuracy"] >= cfg.target_accuracy, root=0):
+                total = step + 1
+                break
+        if step + 1 == total:  # the end of the run, not a --stop-at pause
+            up, down = algo.finish(model.params, step)
+            totals["bytes_up"] += up
+            totals["bytes_down"] += down
     finally:
         if writer is not None:
             writer.f.create_dataset("final_params", data=model.params)
@@ -371,6 +386,18 @@ def run(cfg, comm):
                "wall_s": time.perf_counter() - start, "out": out}
     print("# summary " + json.dumps(summary), flush=True)
     return summary
+
+
+def evaluate_at(model, params, ds, loss_fn):
+    """Test loss and accuracy of the model at `params` (the model's own parameters are restored)."""
+    if params is model.params:
+        return model.evaluate(ds.x_test, ds.y_test, loss_fn, ds.n_classes)
+    own = model.params.copy()
+    model.params[:] = params
+    try:
+        return model.evaluate(ds.x_test, ds.y_test, loss_fn, ds.n_classes)
+    finally:
+        model.params[:] = own
 
 
 def handshake(comm, cfg, algo):

@@ -225,3 +225,20 @@ def test_servers_flag_is_checked(tmp_path):
                      (["--servers", "all", "--participation", "0.5"], "participation")):
         done = mpirun(3, "fobsgd_mpi.train", "--out", tmp_path / "x.h5", *bad, timeout=120)
         assert done.returncode == 2 and why in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_liec_evaluates_and_ends_on_the_average_model(tmp_path):
+    """A run of 20 steps with H = 8 ends between averages: the last evaluation is of the worker
+    average (a measurement, not counted), and the run ends with one more average that is counted
+    (4 d bytes each way) and leaves that average as the final model."""
+    out, summary = train(4, tmp_path, "--algorithm", "liec-sgd", "--dataset", "synthetic-logreg", "--model", "mlp",
+                         "--width", "32", "--steps", "20", "--liec-period", "8", "--eval-every", "5", "--seed", "2")
+    with h5py.File(out) as f:
+        d, rows, params = int(f.attrs["d"]), f["iterations/bytes_up"][:].sum(), f["final_params"][:]
+        acc = f["evals/test_accuracy"][-1]
+    assert summary["bytes_up_per_worker"] == rows + 4 * d and summary["bytes_down_per_worker"] == rows + 4 * d
+    ds = data.load("synthetic-logreg", 2)
+    model = models.FlatModel(models.build("mlp", ds.n_features, 4, 32, 2))
+    model.params[:] = params
+    _, final_acc = model.evaluate(ds.x_test, ds.y_test, torch.nn.functional.cross_entropy, 4)
+    assert final_acc == acc  # the last evaluation saw exactly the model the run hands over

@@ -87,6 +87,15 @@ class PSAlgorithm:
         """Whether every rank's model must be bit-identical after this step's update."""
         return True
 
+    def evaluated_params(self, params, step):
+        """The parameters the server evaluates after this step (collective: every rank calls it)."""
+        return params
+
+    def finish(self, params, step):
+        """Called on every rank when the run ends after `step`; returns the (up, down) bytes per
+        worker of any last exchange it made (e.g. a final model average)."""
+        return 0, 0
+
     # ---------------------------------------------------------------- shared pieces
     def mean_up(self, rows, step):
         """Mean of the decoded worker payloads (original domain, length d)."""

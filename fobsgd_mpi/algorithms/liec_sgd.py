@@ -3,7 +3,9 @@
 Worker i sends C(g_i) and keeps e_i = g_i - C(g_i) (fresh, not accumulated); the server
 broadcasts C(v) with v = mean_i C(g_i) + e_s and keeps e_s = v - C(v); worker i steps along
 C(v) + e_i, its own error applied at once. Replicas therefore drift apart; every H iterations
-(--liec-period) the models are averaged in full precision and e_s is reset.
+(--liec-period) and at the end of the run the models are averaged in full precision (counted in
+the bytes) and e_s is reset. Evaluations between averages use the average of the worker models,
+reduced to the server for the measurement only (not counted: training never needs it).
 """
 import numpy as np
 
@@ -41,22 +43,36 @@ class LIECSGD(PSAlgorithm):
     def identical_after(self, step):
         return (step + 1) % self.period == 0
 
-    def after_step(self, params, step):
-        """Every H steps: average the worker models in fp32 and hand the average to every rank
-        (Reduce + Bcast, so all ranks get the same bits), then reset e_s."""
-        self.spread = 0.0
-        if not self.identical_after(step):
-            return
-        comm = self.ps.comm
+    def worker_average(self, params, everywhere):
+        """Mean of the worker models (fp32 Reduce; + Bcast when `everywhere`, so all ranks get the
+        same bits); None on ranks that receive nothing."""
+        comm, root = self.ps.comm, 0
         mine = params if self.ps.is_worker else np.zeros_like(params)
-        total = np.empty_like(params)
-        comm.Reduce(mine, total, op=self.ps.MPI.SUM, root=0)
-        comm.Bcast(total, root=0)
-        before = params.copy()
-        np.multiply(total, np.float32(1.0 / self.ps.n_workers), out=params)
-        local = float(np.linalg.norm(before - params)) if self.ps.is_worker else 0.0
-        self.spread = comm.allreduce(local, op=self.ps.MPI.MAX)
+        total = np.empty_like(params) if everywhere or self.ps.rank == root else None
+        comm.Reduce(mine, total, op=self.ps.MPI.SUM, root=root)
+        if everywhere:
+            comm.Bcast(total, root=root)
+        return None if total is None else np.multiply(total, np.float32(1.0 / self.ps.n_workers), out=total)
+
+    def average_models(self, params):
+        """Replace every rank's model by the workers' average, reset e_s; record the spread."""
+        average = self.worker_average(params, everywhere=True)
+        local = float(np.linalg.norm(params - average)) if self.ps.is_worker else 0.0
+        params[:] = average
+        self.spread = self.ps.comm.allreduce(local, op=self.ps.MPI.MAX)
         self.server_error = np.zeros(self.d, dtype=np.float32)
-        self.bytes_up_worker += params.nbytes
-        self.bytes_down_worker += params.nbytes
+        return params.nbytes, params.nbytes
+
+    def after_step(self, params, step):
+        self.spread = 0.0
+        if self.identical_after(step):
+            up, down = self.average_models(params)
+            self.bytes_up_worker += up
+            self.bytes_down_worker += down
+
+    def evaluated_params(self, params, step):
+        return params if self.identical_after(step) else self.worker_average(params, everywhere=False)
+
+    def finish(self, params, step):
+        return (0, 0) if self.identical_after(step) else self.average_models(params)
 

@@ -44,3 +44,12 @@ class SplitExchange:
 
     def after_step(self, params, step):
         self.head.after_step(params[: self.d_head], step)
+
+    def evaluated_params(self, params, step):
+        head = self.head.evaluated_params(params[: self.d_head], step)
+        if head is None or np.shares_memory(head, params):
+            return None if head is None else params
+        return np.concatenate([head, params[self.d_head :]])
+
+    def finish(self, params, step):
+        return self.head.finish(params[: self.d_head], step)

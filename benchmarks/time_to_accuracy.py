@@ -1,0 +1,109 @@
+"""Wall-clock to a target test accuracy over shaped per-node links, the harness against real peers.
+
+MNIST-1D, an MLP of --width 1000 (d = 1.05M), R ranks that all compute (the harness with
+--server-also-works, so its global batch is DDP's), the same shards, batch, seed, learning-rate
+schedule and epochs. Harness algorithms run through `python -m fobsgd_mpi.launch -- <train
+flags>` (fo-sgd@all: with --servers all), the peers are `python -m fobsgd_mpi.ddp` (torch DDP on gloo: no hook, the fp16 hook,
+PowerSGD of rank 1 and 4). Every run stops at its first evaluation reaching --target. Prints a
+table per bandwidth (time to target, steps, final accuracy, bytes each rank's interface sent),
+writes results/time_to_accuracy-*.h5 and, per bandwidth, accuracy against wall-clock (PNG).
+
+    python benchmarks/time_to_accuracy.py --quick          # 2 ranks, 100mbit, a few algorithms (CI-sized)
+    python benchmarks/time_to_accuracy.py                  # 8 ranks, 100mbit and 1gbit, everything
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import h5py
+import numpy as np
+
+from fobsgd_mpi import report
+from fobsgd_mpi.benchmarking import format_table, results_path, save_records
+from fobsgd_mpi.jobs import ROOT, job_env
+from fobsgd_mpi.launch import link_bytes
+
+PEERS = {"ddp-fp32": ["--hook", "none"], "ddp-fp16": ["--hook", "fp16"],
+         "ddp-powersgd-r1": ["--hook", "powersgd", "--powersgd-rank", "1"],
+         "ddp-powersgd-r4": ["--hook", "powersgd", "--powersgd-rank", "4"]}
+
+
+def run(workdir, name, bandwidth, args):
+    out = os.path.join(workdir, f"{name}-{bandwidth}.h5")
+    common = ["--dataset", "mnist1d", "--model", "mlp", "--width", args.width, "--epochs", args.epochs,
+              "--eval-every", args.eval_every, "--target-accuracy", args.target, "--seed", args.seed, "--quiet",
+              "--out", out]
+    if name in PEERS:
+        job = [sys.executable, "-m", "fobsgd_mpi.ddp", *PEERS[name], "--lr", args.peer_lr, *common]
+    else:
+        algorithm, _, servers = name.partition("@")
+        job = ["--algorithm", algorithm, "--servers", servers or "1", "--server-also-works", "--check-every", "0",
+               *common]
+    cmd = [sys.executable, "-m", "fobsgd_mpi.launch", "-n", str(args.ranks), "--bandwidth", bandwidth, "--",
+           *map(str, job)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=job_env(), cwd=ROOT, timeout=args.timeout)
+    rec = {"name": name, "bandwidth": bandwidth, "ranks": args.ranks, "target": args.target}
+    links = link_bytes(done.stdout)
+    if done.returncode or not os.path.exists(out):
+        return {**rec, "error": (done.stderr.strip().splitlines() or ["no output"])[-1]}, None
+    with h5py.File(out) as f:
+        acc, wall, steps = f["evals/test_accuracy"][:], f["evals/wall_s"][:], f["evals/step"][:]
+        hit = np.flatnonzero(acc >= args.target)
+        rec.update({"d": int(f.attrs["d"]), "time_to_target_s": float(wall[hit[0]]) if hit.size else None,
+                    "steps_to_target": int(steps[hit[0]]) + 1 if hit.size else None,
+                    "final_accuracy": float(acc[-1]), "wall_s": float(wall[-1]),
+                    "step_ms": 1e3 * float(np.median(np.diff(f["iterations/wall_s"][1:]))), "error": ""})
+    if links:
+        rec["max_tx_mb"] = max(tx for tx, _ in links.values()) / 1e6
+    return rec, out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bandwidths", nargs="+", default=["100mbit", "1gbit"])
+    p.add_argument("--algorithms", nargs="*", default=["fo-sgd", "fo-sgd@all", "liec-sgd", "sgd", "signsgd-mv", "ef-sgd"],
+                   help="harness algorithms; NAME@K runs NAME with --servers K")
+    p.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS))
+    p.add_argument("--ranks", type=int, default=8)
+    p.add_argument("--width", type=int, default=1000, help="mlp width: 1000 gives d = 1.05M")
+    p.add_argument("--epochs", type=float, default=20)
+    p.add_argument("--target", type=float, default=0.5, help="test accuracy to reach")
+    p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--peer-lr", type=float, default=0.05, help="DDP's learning rate (the harness's sgd default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=int, default=3600, help="seconds per run")
+    p.add_argument("--quick", action="store_true", help="2 ranks, 100mbit, width 256, fo-sgd, sgd and ddp-fp32")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.bandwidths, args.algorithms, args.peers, args.ranks, args.width, args.epochs, args.target = (
+            ["100mbit"], ["fo-sgd", "sgd"], ["ddp-fp32"], 2, 256, 2, 0.3)
+    workdir = tempfile.mkdtemp(prefix="time-to-accuracy-")
+    records, files = [], {}
+    for bandwidth in args.bandwidths:
+        for name in [*args.algorithms, *args.peers]:
+            rec, out = run(workdir, name, bandwidth, args)
+            records.append(rec)
+            if out:
+                files.setdefault(bandwidth, []).append((name, out))
+            print(f"# {rec}", flush=True)
+    print(f"# MNIST-1D mlp width {args.width}, {args.ranks} ranks all computing, per-node links, target test "
+          f"accuracy {args.target}, at most {args.epochs} epochs; '-' = target not reached")
+    print(format_table(records, [("bandwidth", "link", "{}"), ("name", "method", "{}"), ("d", "d", "{:,}"),
+                                 ("time_to_target_s", "time to target [s]", "{:.1f}"),
+                                 ("steps_to_target", "steps", "{}"), ("step_ms", "step [ms]", "{:.1f}"),
+                                 ("final_accuracy", "last acc", "{:.3f}"), ("max_tx_mb", "max tx/rank [MB]", "{:.1f}"),
+                                 ("error", "error", "{}")]))
+    path = results_path("time_to_accuracy")
+    save_records(path, "time_to_accuracy", records, {"time_to_target_s": "s", "wall_s": "s", "step_ms": "ms",
+                                                      "max_tx_mb": "MB sent by the busiest rank's interface",
+                                                      "final_accuracy": "fraction"}, meta=vars(args))
+    for bandwidth, runs in files.items():
+        report.plot([dict(report.load(out), algorithm=name) for name, out in runs],
+                    f"{os.path.splitext(path)[0]}-{bandwidth}")
+    print(f"# wrote {path} and its PNGs; runs in {workdir}")
+
+
+if __name__ == "__main__":
+    main()

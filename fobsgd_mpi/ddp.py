@@ -1,0 +1,192 @@
+"""The real peer: torch.distributed DDP (gloo ring all-reduce) on the same model, data, batch and seed.
+
+    mpirun -n 8 python -m fobsgd_mpi.ddp --hook none --width 1000 --epochs 10
+    python -m fobsgd_mpi.launch --bandwidth 100mbit -n 8 -- python -m fobsgd_mpi.ddp --hook fp16 --width 1000
+
+Every rank is a worker (no server): rank r trains on shard r of the same shards the harness deals
+its workers, with the same SGD (momentum, weight decay, schedule), and DDP averages the
+gradients with gloo's all-reduce, plain (--hook none), compressed to fp16 (--hook fp16) or by
+PowerSGD (--hook powersgd, --powersgd-rank). Rank and world size come from the MPI launcher's
+environment (PMI_RANK / OMPI_COMM_WORLD_RANK / SLURM_PROCID), the rendezvous address from
+MASTER_ADDR (the launcher sets rank 0's address inside shaped namespaces; 127.0.0.1 otherwise).
+Rank 0 evaluates and writes the same HDF5 layout as fobsgd_mpi.train: bytes_up / bytes_down are
+what a rank hands to the all-reduce (a ring moves about 2 (P - 1) / P of it through each link;
+the launcher's interface counters give the truth), compute_s is forward + backward + all-reduce,
+which DDP overlaps, so comm_s is not split out (NaN).
+"""
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import data, models
+
+HOOKS = ("none", "fp16", "powersgd")
+ENV_RANK = (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"))
+
+
+def build_parser():
+    from .train import OneLineParser
+
+    p = OneLineParser(prog="python -m fobsgd_mpi.ddp", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--hook", default="none", choices=HOOKS)
+    a("--powersgd-rank", type=int, default=1, help="matrix approximation rank of the PowerSGD hook")
+    a("--powersgd-start", type=int, default=10, help="iterations of plain all-reduce before PowerSGD starts")
+    a("--dataset", default="mnist1d", choices=data.DATASETS)
+    a("--model", default="mlp", choices=models.MODELS)
+    a("--width", type=int, default=256)
+    a("--batch-size", type=int, default=32, help="per rank")
+    a("--lr", type=float, default=0.05)
+    a("--momentum", type=float, default=0.9)
+    a("--weight-decay", type=float, default=0.0)
+    a("--lr-schedule", default="cosine", choices=("constant", "cosine", "step"))
+    a("--epochs", type=float, default=10.0)
+    a("--steps", type=int, default=None)
+    a("--eval-every", type=int, default=50)
+    a("--target-accuracy", type=float, default=None, help="end at the first evaluation reaching this test accuracy")
+    a("--bucket-cap-mb", type=float, default=25.0)
+    a("--seed", type=int, default=0)
+    a("--out", required=True)
+    a("--overwrite", action="store_true")
+    a("--quiet", action="store_true")
+    return p
+
+
+def rank_and_size():
+    for rank_key, size_key in ENV_RANK:
+        if rank_key in os.environ and size_key in os.environ:
+            return int(os.environ[rank_key]), int(os.environ[size_key])
+    raise ValueError("no MPI launcher environment (PMI_RANK / OMPI_COMM_WORLD_RANK / SLURM_PROCID); start with "
+                     "`mpirun -n 8 python -m fobsgd_mpi.ddp` or through fobsgd_mpi.launch")
+
+
+class CommHook:
+    """The hook --hook names, registered on the DDP model, and the bytes each step hands to gloo's
+    all-reduce: 4 d (fp32), 2 d (fp16), or PowerSGD's P and Q factors plus the tensors it leaves
+    uncompressed (its state counts their elements; 4 d on its plain all-reduce steps)."""
+
+    def __init__(self, cfg, ddp, d):
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+
+        self.d, self.state, self.counted = d, None, 0
+        self.bytes_per_coordinate = 2 if cfg.hook == "fp16" else 4
+        if cfg.hook == "fp16":
+            ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        elif cfg.hook == "powersgd":
+            self.state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=cfg.powersgd_rank,
+                                                     start_powerSGD_iter=cfg.powersgd_start, random_seed=cfg.seed)
+            ddp.register_comm_hook(self.state, powerSGD_hook.powerSGD_hook)
+
+    def step_bytes(self):
+        if self.state is None:
+            return self.bytes_per_coordinate * self.d
+        moved = self.state.total_numel_after_compression - self.counted
+        self.counted = self.state.total_numel_after_compression
+        return 4 * (moved or self.d)
+
+
+def run(cfg):
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from .results import RunWriter, git_commit
+    from .train import learning_rate
+
+    rank, world = rank_and_size()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600))
+    try:
+        ds = data.load(cfg.dataset, cfg.seed)
+        idx = data.shard_indices(ds.y_train, world, rank, cfg.seed)
+        sampler = data.BatchSampler(ds.x_train[idx], ds.y_train[idx], cfg.batch_size, seed=(cfg.seed, rank))
+        n_out = ds.n_classes or ds.y_train.shape[1]
+        module = models.build(cfg.model, ds.n_features, n_out, cfg.width, cfg.seed)
+        d = sum(p.numel() for p in module.parameters())
+        model = DistributedDataParallel(module, bucket_cap_mb=cfg.bucket_cap_mb)
+        hook = CommHook(cfg, model, d)
+        sent = 0
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        loss_fn = models.loss_for(ds.n_classes)
+        total = cfg.steps or max(1, int(round(cfg.epochs * len(ds.x_train) / (world * cfg.batch_size))))
+        writer = None
+        if rank == 0:
+            writer = RunWriter(cfg.out, {"algorithm": f"ddp-{cfg.hook}", "config": json.dumps(vars(cfg)),
+                                         "seed": cfg.seed, "n_workers": world, "n_ranks": world, "d": d,
+                                         "git_commit": git_commit(), "versions": json.dumps({"torch": torch.__version__}),
+                                         "network_profile": os.environ.get("FOBSGD_NETWORK", "unshaped")},
+                               overwrite=cfg.overwrite)
+            print(f"# fobsgd_mpi.ddp: hook {cfg.hook} on {cfg.dataset}/{cfg.model}, d = {d:,}, {world} ranks, "
+                  f"{total} steps -> {cfg.out}", flush=True)
+        acc = loss = float("nan")
+        start = time.perf_counter()
+        step = -1
+        for step in range(total):
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg, step, total)
+            t0 = time.perf_counter()
+            x, y = sampler.next()
+            opt.zero_grad(set_to_none=False)
+            batch_loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
+            batch_loss.backward()
+            t1 = time.perf_counter()
+            opt.step()
+            t2 = time.perf_counter()
+            mean_loss = torch.tensor([float(batch_loss.detach())])
+            dist.reduce(mean_loss, dst=0)
+            step_bytes = hook.step_bytes()
+            sent += step_bytes
+            if rank == 0:
+                nan = float("nan")
+                writer.append("iterations", {"step": step, "wall_s": time.perf_counter() - start, "compute_s": t1 - t0,
+                                             "encode_s": nan, "comm_s": nan, "server_s": 0.0, "decode_s": nan,
+                                             "optimizer_s": t2 - t1, "bytes_up": step_bytes, "bytes_down": step_bytes,
+                                             "train_loss": float(mean_loss) / world, "participants": world,
+                                             "modelled_comm_s": nan, "replica_spread": 0.0})
+                if (step + 1) % cfg.eval_every == 0 or step + 1 == total:
+                    loss, acc = models.evaluate(module, ds.x_test, ds.y_test, loss_fn, ds.n_classes)
+                    writer.append("evals", {"step": step, "test_loss": loss, "test_accuracy": acc, "bytes_up_total": sent,
+                                            "wall_s": time.perf_counter() - start})
+                    writer.flush()
+            if cfg.target_accuracy is not None and (step + 1) % cfg.eval_every == 0:
+                reached = torch.tensor([float(rank == 0 and acc >= cfg.target_accuracy)])
+                dist.broadcast(reached, src=0)
+                if reached.item():
+                    break
+        if writer is not None:
+            writer.f.create_dataset("final_params", data=np.concatenate(
+                [p.detach().reshape(-1).numpy() for p in module.parameters()]))
+            writer.close(steps_done=step + 1, skipped_steps=0)
+            print("# summary " + json.dumps({"algorithm": f"ddp-{cfg.hook}", "steps": step + 1, "d": d,
+                                             "n_workers": world, "final_test_loss": loss, "final_test_accuracy": acc,
+                                             "wall_s": time.perf_counter() - start, "out": cfg.out}), flush=True)
+    finally:
+        dist.destroy_process_group()
+
+
+def main(argv=None):
+    try:
+        cfg = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        rank_and_size()
+        if cfg.hook == "powersgd" and (cfg.powersgd_start < 2 or cfg.powersgd_rank < 1):
+            raise ValueError("--powersgd-start must be >= 2 (DDP's first two iterations are plain all-reduce) "
+                             "and --powersgd-rank >= 1")
+        if os.path.exists(cfg.out) and not cfg.overwrite:
+            raise ValueError(f"{cfg.out} exists; pass --overwrite or choose another --out")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
