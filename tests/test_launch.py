@@ -109,3 +109,27 @@ def test_model_network_runs_unshaped_and_records_the_model(tmp_path):
     # fo-sgd at 100 Mbit, 2 workers, 3 ranks: two payloads of about d/8 bytes into the server, and a
     # broadcast of one that costs two payload times either way: 4 * (d/8) * 8 bits / 1e8 bit/s
     assert modelled[0] == pytest.approx(4 * d / 1e8, rel=0.1)
+
+
+@needs_root
+def test_sharded_server_keeps_every_node_near_one_payload_each_way(tmp_path):
+    """4 workers, 5 ranks, 30 steps, counted on the interfaces: with --servers 1 the server's link
+    takes in 4 payloads a step; with --servers all no link moves more than its payload plus its
+    shard from (to) every rank, i.e. under 2 payloads each way (SPEC §1.1)."""
+    steps, busiest = 30, {}
+    for servers in ("1", "all"):
+        out = tmp_path / f"s{servers}.h5"
+        done, links = run_launch(["--bandwidth", "1gbit", "-n", "5", "--", "--algorithm", "fo-sgd", "--servers",
+                                  servers, "--dataset", "synthetic-logreg", "--model", "mlp", "--width", "512",
+                                  "--block-size", "4096", "--steps", str(steps), "--eval-every", str(steps), "--quiet",
+                                  "--out", str(out)], tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        with h5py.File(out) as f:
+            payload = int(f["iterations/bytes_up"][0])
+        start_up = 400_000  # the data shards, the handshake and the final checks, whatever the servers
+        busiest[servers] = max(max(tx, rx) for tx, rx in links.values())
+        if servers == "1":
+            assert links[0][1] >= 4 * steps * payload
+        else:
+            assert busiest[servers] <= 1.05 * 2 * steps * payload + start_up, (busiest, payload)
+    assert busiest["all"] < 0.6 * busiest["1"], busiest
