@@ -14,15 +14,13 @@ algorithm), speed-up over fp32 sgd, and time per iteration against n.
 """
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 
 import h5py
 import numpy as np
 
+from fobsgd_mpi import jobs
 from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records
-from fobsgd_mpi.jobs import ROOT, job_env
 from fobsgd_mpi.launch import link_bytes, parse_rate
 
 PHASES = ("compute", "encode", "comm", "server", "decode")
@@ -36,11 +34,10 @@ def run_point(workdir, algorithm, bandwidth, width, ranks, servers, steps, model
     launch = ["-n", ranks] + (["--bandwidth", bandwidth] if bandwidth != "none" else [])
     if model_network and bandwidth != "none":
         launch.append("--model-network")
-    cmd = [sys.executable, "-m", "fobsgd_mpi.launch", *map(str, launch), "--", *map(str, train)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=job_env(), cwd=ROOT, timeout=3600)
+    done = jobs.launch(*launch, "--", *train, timeout=3600)
     point = {"algorithm": algorithm, "bandwidth": bandwidth, "servers": str(servers), "ranks": ranks}
     if done.returncode:
-        return {**point, "error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+        return {**point, "error": jobs.error_line(done)}
     links = link_bytes(done.stdout)
     if links:  # the interfaces' counters over the whole run (start-up and evaluation included)
         point["node_tx_per_step"] = max(tx for tx, _ in links.values()) / steps

@@ -16,7 +16,7 @@ import tempfile
 
 from fobsgd_mpi import algorithms, report
 from fobsgd_mpi.benchmarking import format_table, results_path, save_records
-from fobsgd_mpi.jobs import mpirun, summary_of
+from fobsgd_mpi.jobs import error_line, mpirun, summary_of
 
 HETEROGENEOUS = ("sgd", "fo-sgd", "liec-sgd")
 SETTINGS = {  # name: (train flags, algorithms or None for all)
@@ -35,7 +35,7 @@ def train(workdir, workers, algorithm, model, partition, epochs, lr, seed):
     done = mpirun(workers + 1, "fobsgd_mpi.train", *args, timeout=1800)
     summary = summary_of(done.stdout)
     if done.returncode or summary is None:
-        err = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        err = error_line(done)
         return {"algorithm": algorithm, "model": model, "partition": partition, "lr": lr, "error": err}, None
     return {"algorithm": algorithm, "model": model, "partition": partition, "lr": lr or "default",
             "accuracy": summary["final_test_accuracy"], "bytes_up": summary["bytes_up_per_worker"],

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records
-from fobsgd_mpi.jobs import mpirun
+from fobsgd_mpi.jobs import error_line, mpirun
 
 
 def one(workdir, algorithm, workers, width, steps):
@@ -26,7 +26,7 @@ def one(workdir, algorithm, workers, width, steps):
                   "synthetic-logreg", "--model", "wide-mlp", "--width", width, "--steps", steps, "--batch-size", "4",
                   "--eval-every", steps, "--check-every", "0", "--out", out, timeout=1800)
     if done.returncode:
-        raise SystemExit(f"error: {algorithm} with {workers} workers failed: {done.stderr.strip().splitlines()[-1]}")
+        raise SystemExit(f"error: {algorithm} with {workers} workers failed: {error_line(done)}")
     with h5py.File(out) as f:
         skip = min(2, steps - 1)  # the first iterations carry start-up costs
         server = float(np.median(f["iterations/server_s"][skip:]))

@@ -13,16 +13,14 @@ writes results/time_to_accuracy-*.h5 and, per bandwidth, accuracy against wall-c
 """
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 
 import h5py
 import numpy as np
 
-from fobsgd_mpi import report
+from fobsgd_mpi import jobs, report
 from fobsgd_mpi.benchmarking import format_table, results_path, save_records
-from fobsgd_mpi.jobs import ROOT, job_env
 from fobsgd_mpi.launch import link_bytes
 
 PEERS = {"ddp-fp32": ["--hook", "none"], "ddp-fp16": ["--hook", "fp16"],
@@ -41,13 +39,11 @@ def run(workdir, name, bandwidth, args):
         algorithm, _, servers = name.partition("@")
         job = ["--algorithm", algorithm, "--servers", servers or "1", "--server-also-works", "--check-every", "0",
                *common]
-    cmd = [sys.executable, "-m", "fobsgd_mpi.launch", "-n", str(args.ranks), "--bandwidth", bandwidth, "--",
-           *map(str, job)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=job_env(), cwd=ROOT, timeout=args.timeout)
+    done = jobs.launch("-n", args.ranks, "--bandwidth", bandwidth, "--", *job, timeout=args.timeout)
     rec = {"name": name, "bandwidth": bandwidth, "ranks": args.ranks, "target": args.target}
     links = link_bytes(done.stdout)
     if done.returncode or not os.path.exists(out):
-        return {**rec, "error": (done.stderr.strip().splitlines() or ["no output"])[-1]}, None
+        return {**rec, "error": jobs.error_line(done)}, None
     with h5py.File(out) as f:
         acc, wall, steps = f["evals/test_accuracy"][:], f["evals/wall_s"][:], f["evals/step"][:]
         hit = np.flatnonzero(acc >= args.target)

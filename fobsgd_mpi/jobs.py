@@ -22,6 +22,17 @@ def job_env():
     return env
 
 
+def launch(*args, timeout=600, env=None):
+    """`python -m fobsgd_mpi.launch ARGS` (shaped links), output captured; `env` adds variables."""
+    return subprocess.run([sys.executable, "-m", "fobsgd_mpi.launch", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=dict(job_env(), **(env or {})), cwd=ROOT)
+
+
+def error_line(done):
+    """The last line a failed job wrote to stderr."""
+    return (done.stderr.strip().splitlines() or ["no output"])[-1]
+
+
 def mpirun(n, module, *args, timeout=600):
     cmd = [mpirun_path(), "-n", str(n), sys.executable, "-m", module, *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=job_env(), cwd=ROOT)

@@ -141,8 +141,6 @@ class ShardedServer:
         if self.serves and self.spec.nbytes != shard_bytes[rank]:
             raise RuntimeError(f"shard payload holds {self.spec.nbytes} bytes, its selection {shard_bytes[rank]}")
         self.out = self.spec.empty() if self.serves else None
-        self.bytes_sent = (up.nbytes if ps.is_worker else 0) + (shard_bytes[rank] * size if self.serves else 0)
-        self.bytes_received = down.nbytes + (shard_bytes[rank] * ps.n_workers if self.serves else 0)
 
         zeros, nothing = [0] * size, np.empty(0, np.uint8)
         servers = [r < k for r in range(size)]

@@ -8,8 +8,7 @@ import sys
 import h5py
 import pytest
 
-from fobsgd_mpi import data, launch
-from fobsgd_mpi.jobs import ROOT, job_env
+from fobsgd_mpi import data, jobs, launch
 
 ROOTED = os.geteuid() == 0 and shutil.which("ip") and shutil.which("tc")
 needs_root = pytest.mark.skipif(not ROOTED, reason="network namespaces need root and iproute2")
@@ -32,8 +31,7 @@ if c.rank == 1:
 
 
 def run_launch(args, tmp_path, env=None):
-    done = subprocess.run([sys.executable, "-m", "fobsgd_mpi.launch", *args], capture_output=True, text=True,
-                          timeout=300, env=dict(job_env(), **(env or {})), cwd=ROOT)
+    done = jobs.launch(*args, timeout=300, env=env)
     return done, launch.link_bytes(done.stdout)
 
 
@@ -77,12 +75,10 @@ def test_harness_bytes_match_interface_counters(tmp_path):
 
 
 def test_without_root_or_with_bad_flags_one_line_errors(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "fobsgd_mpi.launch", "--bandwidth", "fast", "-n", "2"],
-                          capture_output=True, text=True, env=job_env(), cwd=ROOT, timeout=60)
+    done = jobs.launch("--bandwidth", "fast", "-n", "2", timeout=60)
     assert done.returncode == 2 and "is not like 100mbit" in done.stderr
     if os.geteuid() != 0:
-        done = subprocess.run([sys.executable, "-m", "fobsgd_mpi.launch", "--bandwidth", "1gbit", "-n", "2"],
-                              capture_output=True, text=True, env=job_env(), cwd=ROOT, timeout=60)
+        done = jobs.launch("--bandwidth", "1gbit", "-n", "2", timeout=60)
         assert done.returncode == 2 and "needs root" in done.stderr and "--model-network" in done.stderr
 
 

@@ -22,6 +22,10 @@ class SplitExchange:
         return self.head.bytes_down_worker + self.tail.bytes_down_worker
 
     @property
+    def servers(self):
+        return self.head.servers
+
+    @property
     def spread(self):
         return getattr(self.head, "spread", 0.0)
 

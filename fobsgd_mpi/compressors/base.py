@@ -81,6 +81,11 @@ class Compressor:
     def layout(self, d):
         return BlockLayout(int(d), self.block_size, self.min_block)
 
+    def layout_of(self, d):
+        """`d` as a BlockLayout: a vector length gives this compressor's layout, a layout (a
+        server's shard, BlockLayout.subset) is taken as it is."""
+        return d if isinstance(d, BlockLayout) else self.layout(d)
+
     def spec(self, d):
         raise NotImplementedError
 

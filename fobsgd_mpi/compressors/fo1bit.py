@@ -53,7 +53,7 @@ class FlattenedOneBit(OneBitCompressor):
         """Re-quantize a server sum v (padded length, already in the encoded domain) without
         transforming it: the payload decodes like any worker's. `d` is the vector length, or the
         flat BlockLayout of v (a server's shard, BlockLayout.subset)."""
-        layout = self.layout(d).flat() if isinstance(d, (int, np.integer)) else d
+        layout = self.layout_of(d).flat()
         payload = out if out is not None else self.spec_of(layout).empty()
         self._quantize(v, layout, False, int(step), int(rank), payload)
         return payload

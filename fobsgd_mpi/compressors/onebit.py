@@ -18,7 +18,7 @@ class OneBitCompressor(Compressor):
         """sum_i weights[i] * scale_i * (2 b_i - 1) over the padded length, from gathered payload
         rows (n, nbytes) uint8, without unpacking them to bytes. `d` is the vector length, or the
         BlockLayout of the rows (a server's shard)."""
-        lay = self.layout(d) if isinstance(d, (int, np.integer)) else d
+        lay = self.layout_of(d)
         if out is None:
             out = np.empty(lay.padded, dtype=np.float32)
         weights = np.ascontiguousarray(weights, dtype=np.float32)
