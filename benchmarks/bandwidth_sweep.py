@@ -19,7 +19,7 @@ import tempfile
 import h5py
 import numpy as np
 
-from fobsgd_mpi import jobs
+from fobsgd_mpi import algorithms, jobs
 from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records
 from fobsgd_mpi.launch import link_bytes, parse_rate
 
@@ -114,7 +114,7 @@ def main(argv=None):
             for bandwidth in args.bandwidths:
                 for algorithm in args.algorithms:
                     for servers in args.servers:
-                        if servers != "1" and algorithm not in ("fo-sgd", "dithered-sign"):
+                        if servers != "1" and not algorithms.get(algorithm).shardable:
                             continue
                         rec = run_point(workdir, algorithm, bandwidth, width, ranks, servers, args.steps,
                                         args.model_network)

@@ -77,23 +77,27 @@ class BlockLayout:
         return self._with(self.offsets, self.log_sizes, self.block_ids)
 
     def subset(self, blocks):
-        """The given blocks (indices into this layout) packed back to back, flat like flat(), each
-        keeping its block id, so a kernel draws the same random streams for it as on the whole
-        vector: the layout of one server's shard (SPEC §1.1)."""
+        """The given blocks (ascending indices into this layout) packed back to back, each keeping
+        its block id, so a kernel draws the same random streams for it as on the whole vector: the
+        layout of one server's shard (SPEC §1.1). Only the last block of a layout is padded, so
+        the shard's length d drops that padding when it holds that block, and the shard has the
+        block sizes BlockLayout(shard.d) would give (a property the tests check)."""
         blocks = np.asarray(blocks, dtype=np.int64)
         if blocks.size == 0:
             raise ValueError("a layout subset needs at least one block")
         log_sizes = self.log_sizes[blocks]
         sizes = np.left_shift(1, log_sizes.astype(np.int64))
+        padding = self.padded - self.d if blocks[-1] == self.n_blocks - 1 else 0
         return self._with(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64), log_sizes,
-                          self.block_ids[blocks])
+                          self.block_ids[blocks], int(sizes.sum()) - padding)
 
-    def _with(self, offsets, log_sizes, block_ids):
+    def _with(self, offsets, log_sizes, block_ids, d=None):
         out = object.__new__(BlockLayout)
-        for name, value in (("max_block", self.max_block), ("min_block", self.min_block), ("offsets", offsets),
-                            ("log_sizes", log_sizes), ("block_ids", block_ids)):
+        padded = int(offsets[-1] + (1 << int(log_sizes[-1])))
+        for name, value in (("d", padded if d is None else d), ("max_block", self.max_block),
+                            ("min_block", self.min_block), ("offsets", offsets), ("log_sizes", log_sizes),
+                            ("block_ids", block_ids)):
             object.__setattr__(out, name, value)
-        object.__setattr__(out, "d", int(offsets[-1] + (1 << int(log_sizes[-1]))))
         return out
 
     def blocks(self):

@@ -77,7 +77,7 @@ def build_parser():
     a("--server-also-works", action="store_true")
     a("--servers", default="1",
       help="server ranks: 1 = the classic parameter server on rank 0; k or all = blocks dealt round-robin "
-           "to ranks 0..k-1, exchanged with Alltoallw (fo-sgd, dithered-sign)")
+           "to ranks 0..k-1, exchanged with Alltoallw (every algorithm but qsgd and topk-ef)")
     a("--participation", type=float, default=1.0,
       help="fraction of workers in each round (a seeded subset per step; the server averages those)")
     a("--slow-ranks", default="", help="stragglers, e.g. 3:2.0,5:1.5 (rank:factor multiplies compute time)")
@@ -449,16 +449,17 @@ def resume(comm, out, rank, model, opt, algos, sampler, totals, last_eval):
 
 def build_algorithm(name, ps, model, cfg):
     """The algorithm on the whole flat vector, or on its large tensors with fp32 for the rest (the
-    fp32 parts - small tensors, warm-up steps - always go through the classic server on rank 0)."""
-    fp32_cfg = argparse.Namespace(**{**vars(cfg), "servers": "1"})
+    small tensors' fp32 exchange goes through the classic server on rank 0: a few thousand
+    coordinates have too few blocks to shard)."""
     try:
         if name == "sgd" or not model.d_compressed:
-            return algorithms.get("sgd")(ps, model.d, fp32_cfg)
+            return algorithms.get("sgd")(ps, model.d, cfg)
         cls = algorithms.get(name)
         if model.d_compressed == model.d:
             return cls(ps, model.d, cfg)
         from .algorithms.split import SplitExchange
-        tail = algorithms.get("sgd")(ps, model.d - model.d_compressed, fp32_cfg)
+        tail_cfg = argparse.Namespace(**{**vars(cfg), "servers": "1"})
+        tail = algorithms.get("sgd")(ps, model.d - model.d_compressed, tail_cfg)
         return SplitExchange(cls(ps, model.d_compressed, cfg), tail, model.d_compressed)
     except ValueError as exc:  # a setting every rank rejects alike
         raise JobError(str(exc)) from None

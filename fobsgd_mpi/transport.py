@@ -111,53 +111,53 @@ class Uplink(Exchange):
 
 
 class ShardedServer:
-    """The server role split over ranks 0..k-1 (SPEC §1.1): block b of a one-bit payload belongs
-    to server b % k. Uplink: one Alltoallw in which every worker sends each server its blocks
+    """The server role split over ranks 0..k-1 (SPEC §1.1): block b of the vector belongs to
+    server b % k. Uplink: one Alltoallw in which every worker sends each server its blocks
     straight out of its whole payload (a selection datatype per server, no packing copy), and
-    server s receives them packed as its shard's payload (`layout`, `spec`). Downlink: one
-    Alltoallw in which every server sends its re-quantized shard (`out`) to every rank, landing
-    in that rank's whole payload through the same selection datatypes. Per rank and iteration a
-    worker moves one payload each way and server s one shard per worker each way, so with k = n
-    a node's traffic does not grow with n."""
+    server s receives them packed as its shard's payload (`layout`). Downlink: one Alltoallw in
+    which every server sends its reduced shard (`out`, a payload of the down compressor) to every
+    rank, landing in that rank's whole payload through the down payload's selection datatypes.
+    Per iteration a worker moves one payload each way and server s one shard per worker each way,
+    so with k = n a node's traffic does not grow with n."""
 
-    def __init__(self, ps, k, layout, spec_of, up, down):
-        if up.spec != down.spec:
-            raise ValueError("a sharded server needs the same payload layout both ways")
+    def __init__(self, ps, k, layout, up_codec, down_codec, up, down):
         if k > layout.n_blocks:
-            raise ValueError(f"--servers {k} exceeds the payload's {layout.n_blocks} blocks; lower --servers or "
+            raise ValueError(f"--servers {k} exceeds the vector's {layout.n_blocks} blocks; lower --servers or "
                              "--block-size")
         MPI, size, rank = ps.MPI, ps.size, ps.rank
         blocks = [np.arange(s, layout.n_blocks, k) for s in range(k)]
-        scales_at = up.spec.offsets["scales"]
-        shard_bytes, selections = [], []
-        for mine in blocks:
-            ranges = [(8 * int(layout.offsets[b] // 64), int(layout.sizes[b] // 8)) for b in mine]
-            ranges += [(scales_at + 4 * int(b), 4) for b in mine]
-            selections.append(ps.types.selection(up.spec, ranges))
-            shard_bytes.append(sum(n for _, n in ranges))
+        up_sel, up_bytes = self.selections(ps, up_codec, up.spec, layout, blocks)
+        down_sel, down_bytes = self.selections(ps, down_codec, down.spec, layout, blocks)
         self.serves = rank < k
         self.layout = layout.subset(blocks[rank]) if self.serves else None
-        self.spec = spec_of(self.layout) if self.serves else None
-        if self.serves and self.spec.nbytes != shard_bytes[rank]:
-            raise RuntimeError(f"shard payload holds {self.spec.nbytes} bytes, its selection {shard_bytes[rank]}")
-        self.out = self.spec.empty() if self.serves else None
+        self.out = down_codec.spec_of(self.layout).empty() if self.serves else None
+        if self.serves and (up_codec.spec_of(self.layout).nbytes, self.out.nbytes) != (up_bytes[rank], down_bytes[rank]):
+            raise RuntimeError(f"shard payloads hold {up_codec.spec_of(self.layout).nbytes} / {self.out.nbytes} "
+                               f"bytes, their selections {up_bytes[rank]} / {down_bytes[rank]}")
 
         zeros, nothing = [0] * size, np.empty(0, np.uint8)
         servers = [r < k for r in range(size)]
-        up_send = [up.buffer if ps.is_worker else nothing, [int(ps.is_worker and s) for s in servers], zeros,
-                   [selections[r] if r < k else MPI.BYTE for r in range(size)]]
-        rows = np.empty((ps.n_workers, shard_bytes[rank]), np.uint8) if self.serves else None
-        mine = shard_bytes[rank] if self.serves else 0
-        up_recv = [rows if self.serves else nothing, [mine if r in ps.workers else 0 for r in range(size)],
-                   [mine * ps.workers.index(r) if r in ps.workers else 0 for r in range(size)], [MPI.BYTE] * size]
-        down_send = [self.out.buffer if self.serves else nothing, [mine] * size, zeros, [MPI.BYTE] * size]
-        down_recv = [down.buffer, [int(s) for s in servers], zeros, [selections[r] if r < k else MPI.BYTE
-                                                                       for r in range(size)]]
+        mine_up, mine_down = up_bytes[rank], down_bytes[rank]
+        rows = np.empty((ps.n_workers, mine_up), np.uint8) if self.serves else None
+        up_send = [up.buffer if ps.is_worker else nothing, [int(ps.is_worker and s) for s in servers], zeros, up_sel]
+        up_recv = [rows if self.serves else nothing, [mine_up if r in ps.workers else 0 for r in range(size)],
+                   [mine_up * ps.workers.index(r) if r in ps.workers else 0 for r in range(size)], [MPI.BYTE] * size]
+        down_send = [self.out.buffer if self.serves else nothing, [mine_down] * size, zeros, [MPI.BYTE] * size]
+        down_recv = [down.buffer, [int(s) for s in servers], zeros, down_sel]
         self.uplink = ps.track(Exchange(ps, lambda: ps.comm.Alltoallw_init(up_send, up_recv),
                                         lambda: ps.comm.Alltoallw(up_send, up_recv)))
         self.uplink.rows = rows
         self.downlink = ps.track(Exchange(ps, lambda: ps.comm.Alltoallw_init(down_send, down_recv),
                                           lambda: ps.comm.Alltoallw(down_send, down_recv)))
+
+    @staticmethod
+    def selections(ps, codec, spec, layout, blocks):
+        """Per rank: the datatype selecting its blocks from a whole payload (MPI.BYTE on ranks
+        that serve nothing, which receive no count of it), and its shard's byte count."""
+        ranges = [codec.block_ranges(layout, mine) for mine in blocks]
+        idle = ps.size - len(blocks)
+        return ([ps.types.selection(spec, r) for r in ranges] + [ps.MPI.BYTE] * idle,
+                [sum(n for _, n in r) for r in ranges] + [0] * idle)
 
 
 class ParameterServer:
@@ -198,9 +198,11 @@ class ParameterServer:
         return self.track(Exchange(self, lambda: self.comm.Bcast_init(msg, root=SERVER),
                                    lambda: self.comm.Bcast(msg, root=SERVER)))
 
-    def sharded(self, k, layout, spec_of, up, down):
-        """The server role spread over ranks 0..k-1 (ShardedServer)."""
-        return ShardedServer(self, k, layout, spec_of, up, down)
+    def sharded(self, k, layout, up_codec, down_codec, up, down):
+        """The server role spread over ranks 0..k-1 (ShardedServer): `layout` splits the vector
+        into blocks, the codecs (compressors) say where a block lies in their payloads `up` and
+        `down`."""
+        return ShardedServer(self, k, layout, up_codec, down_codec, up, down)
 
     def close(self):
         for ex in self.exchanges:

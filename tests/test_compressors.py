@@ -51,6 +51,35 @@ def test_layout_binary_expansion_of_the_tail():
         BlockLayout(100, max_block=1000)
 
 
+@pytest.mark.parametrize("d", [300, 65_537, 70_001, 1_000_003])
+@pytest.mark.parametrize("k", [2, 3, 7])
+def test_a_shard_has_the_layout_of_its_own_length(d, k):
+    """A server's shard (every k-th block) is laid out as BlockLayout would lay out a vector of
+    its length, padding only at the end, so a compressor can encode a shard by its length."""
+    lay = BlockLayout(d, max_block=1 << 12, min_block=256)
+    for s in range(min(k, lay.n_blocks)):
+        shard = lay.subset(np.arange(s, lay.n_blocks, k))
+        alone = BlockLayout(shard.d, max_block=1 << 12, min_block=256)
+        assert shard.sizes.tolist() == alone.sizes.tolist() and shard.valid.tolist() == alone.valid.tolist()
+    assert sum(lay.subset(np.arange(s, lay.n_blocks, k)).d for s in range(min(k, lay.n_blocks))) == d
+
+
+@pytest.mark.parametrize("name", ["scaled-sign", "sign", "identity"])
+@pytest.mark.parametrize("d", [300, 70_001])
+def test_block_ranges_cut_the_payload_of_a_shard(name, d, gen):
+    """The bytes a sharded server sends server s out of a whole payload (block_ranges) are the
+    payload of s's coordinates encoded on their own."""
+    c = compressors.get(name, block_size=1 << 12)
+    x = gen.standard_normal(d).astype(np.float32)
+    whole, lay = c.encode(x, 0, 1), c.layout(d)
+    for s in range(min(3, lay.n_blocks)):
+        blocks = np.arange(s, lay.n_blocks, 3)
+        mine = np.concatenate([x[off : off + v] for off, v in zip(lay.offsets[blocks], lay.valid[blocks])])
+        cut = np.concatenate([whole.buffer[off : off + n] for off, n in c.block_ranges(lay, blocks)])
+        alone = c.encode(mine, 0, 1)
+        assert c.spec_of(lay.subset(blocks)) == alone.spec and np.array_equal(cut, alone.buffer)
+
+
 @pytest.mark.parametrize("name", ["fo1bit", "dithered-sign", "scaled-sign", "sign", "qsgd"])
 def test_native_and_numpy_backends_agree(name, gen):
     x = gen.standard_normal(70_001).astype(np.float32)

@@ -204,24 +204,30 @@ def test_dithered_sign_is_worse_than_fo_sgd_on_sparse_gradients(tmp_path):
     assert ds["final_test_loss"] > 2 * fo["final_test_loss"], (fo["final_test_loss"], ds["final_test_loss"])
 
 
-def test_sharded_server_gives_the_same_model_as_one_server(tmp_path):
-    """--servers 2 / all (Alltoallw of block shards) update the model bit for bit as rank 0 alone
-    does, with or without rank 0 computing a gradient too; each worker still sends one payload."""
-    common = ["--algorithm", "fo-sgd", "--dataset", "synthetic-logreg", "--model", "mlp", "--width", "32",
-              "--steps", "8", "--block-size", "256", "--eval-every", "4", "--check-every", "4"]
-    for extra in ([], ["--server-also-works"]):
-        runs = {k: train(5, tmp_path, *common, *extra, "--servers", k, name=f"{k}{len(extra)}.h5")
-                for k in ("1", "2", "all")}
-        params = {}
-        for k, (out, summary) in runs.items():
-            with h5py.File(out) as f:
-                params[k] = f["final_params"][:]
-            assert summary["bytes_up_per_worker"] == runs["1"][1]["bytes_up_per_worker"]
-        assert np.array_equal(params["2"], params["1"]) and np.array_equal(params["all"], params["1"])
+@pytest.mark.parametrize("algorithm", ["fo-sgd", "sgd", "signsgd-mv", "ef-sgd", "doublesqueeze", "liec-sgd"])
+def test_sharded_server_gives_the_same_model_as_one_server(algorithm, tmp_path):
+    """--servers all (Alltoallw of block shards, the last one padded: d = 2,244 in blocks of 256)
+    updates the model bit for bit as rank 0 alone does; each worker still sends one payload.
+    FO-SGD also with --servers 2, and with rank 0 computing a gradient too."""
+    common = ["--algorithm", algorithm, "--dataset", "synthetic-logreg", "--model", "mlp", "--width", "32",
+              "--steps", "8", "--block-size", "256", "--eval-every", "4", "--check-every", "4", "--liec-period", "4"]
+    cases = [("1", ()), ("all", ())]
+    if algorithm == "fo-sgd":
+        cases += [("2", ()), ("1", ("--server-also-works",)), ("all", ("--server-also-works",))]
+    runs = {(k, extra): train(5, tmp_path, *common, *extra, "--servers", k, name=f"{k}{len(extra)}.h5")
+            for k, extra in cases}
+    params = {}
+    for key, (out, summary) in runs.items():
+        with h5py.File(out) as f:
+            params[key] = f["final_params"][:]
+            assert f.attrs["d"] == 2244
+        assert summary["bytes_up_per_worker"] == runs["1", ()][1]["bytes_up_per_worker"]
+    for k, extra in cases:
+        assert np.array_equal(params[k, extra], params["1", extra]), (k, extra)
 
 
 def test_servers_flag_is_checked(tmp_path):
-    for bad, why in ((["--algorithm", "sgd", "--servers", "2"], "cannot"), (["--servers", "0"], "--servers"),
+    for bad, why in ((["--algorithm", "qsgd", "--servers", "2"], "cannot"), (["--servers", "0"], "--servers"),
                      (["--servers", "all", "--participation", "0.5"], "participation")):
         done = mpirun(3, "fobsgd_mpi.train", "--out", tmp_path / "x.h5", *bad, timeout=120)
         assert done.returncode == 2 and why in done.stderr and len(done.stderr.strip().splitlines()) == 1

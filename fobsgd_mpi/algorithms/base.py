@@ -31,13 +31,15 @@ class PSAlgorithm:
         self.dir_buf = np.zeros(d, dtype=np.float32)
         self.weights = np.full(ps.n_workers, 1.0 / ps.n_workers, dtype=np.float32)
         self.servers = server_count(cfg.servers, ps.size)
+        # server_layout: the blocks this rank reduces (all of them, or its shard); server_out: the
+        # payload of the down compressor it reduces them into
         if self.servers == 1:
             self.uplink, self.downlink = ps.uplink(self.up_buf), ps.downlink(self.down_buf)
-            self.server_layout, self.server_out = self.up.layout(d).flat(), self.down_buf
+            self.server_layout, self.server_out = self.up.layout(d), self.down_buf
         else:
             if not self.shardable:
                 raise ValueError(f"--servers {cfg.servers} is not available for {cfg.algorithm}; use --servers 1")
-            shard = ps.sharded(self.servers, self.up.layout(d), self.up.spec_of, self.up_buf, self.down_buf)
+            shard = ps.sharded(self.servers, self.up.layout(d), self.up, self.down, self.up_buf, self.down_buf)
             self.uplink, self.downlink = shard.uplink, shard.downlink
             self.server_layout, self.server_out = shard.layout, shard.out
         # bytes one worker hands to MPI per iteration each way: the committed datatypes' sizes
@@ -97,6 +99,10 @@ class PSAlgorithm:
         return 0, 0
 
     # ---------------------------------------------------------------- shared pieces
+    def sum_up(self, rows):
+        """Weighted sum of the gathered one-bit rows over the coordinates this rank serves."""
+        return self.up.aggregate(rows, self.weights, self.server_layout)[: self.server_layout.d]
+
     def mean_up(self, rows, step):
         """Mean of the decoded worker payloads (original domain, length d)."""
         out = np.zeros(self.d, dtype=np.float32)
@@ -152,9 +158,10 @@ class ErrorFeedbackUplink:
 
 
 def compress_with_server_error(alg, v, step):
-    """Server side of bidirectional error feedback: send C(v + e_s), keep the residual."""
+    """Server side of bidirectional error feedback: send C(v + e_s), keep the residual. `v` is
+    the vector of the coordinates this rank serves (alg.server_layout)."""
     if not hasattr(alg, "server_error"):
-        alg.server_error = np.zeros(alg.d, dtype=np.float32)
+        alg.server_error = np.zeros(len(v), dtype=np.float32)
     v = v + alg.server_error
-    down = alg.down.encode(v, step, SERVER_STREAM, out=alg.down_buf)
-    alg.server_error = v - alg.down.decode(down, step, alg.d)
+    down = alg.down.encode(v, step, SERVER_STREAM, out=alg.server_out)
+    alg.server_error = v - alg.down.decode(down, step, len(v))

@@ -7,6 +7,7 @@ from .registry import register
 class DoubleSqueeze(ErrorFeedbackUplink, PSAlgorithm):
     up_compressor = down_compressor = "scaled-sign"
     state_names = ("error", "server_error")
+    shardable = True
 
     def server(self, rows, step):
-        compress_with_server_error(self, self.up.aggregate(rows, self.weights, self.d)[: self.d], step)
+        compress_with_server_error(self, self.sum_up(rows), step)

@@ -6,6 +6,7 @@ from .registry import register
 @register("ef-sgd")
 class EFSGD(ErrorFeedbackUplink, PSAlgorithm):
     up_compressor = "scaled-sign"
+    shardable = True
 
     def server(self, rows, step):
-        self.down_buf.values[:] = self.up.aggregate(rows, self.weights, self.d)[: self.d]
+        self.server_out.values[:] = self.sum_up(rows)

@@ -17,6 +17,7 @@ from .registry import register
 class LIECSGD(PSAlgorithm):
     up_compressor = down_compressor = "scaled-sign"
     state_names = ("local_error", "server_error")
+    shardable = True  # the exchange shards; the model averages still go through rank 0
 
     def __init__(self, ps, d, cfg):
         super().__init__(ps, d, cfg)
@@ -32,7 +33,7 @@ class LIECSGD(PSAlgorithm):
         self.local_error[:] = 0  # no gradient this round, so no error of its own to add
 
     def server(self, rows, step):
-        compress_with_server_error(self, self.up.aggregate(rows, self.weights, self.d)[: self.d], step)
+        compress_with_server_error(self, self.sum_up(rows), step)
 
     def direction(self, down, step):
         out = self.down.decode(down, step, self.d, out=self.dir_buf)
@@ -60,7 +61,8 @@ class LIECSGD(PSAlgorithm):
         local = float(np.linalg.norm(params - average)) if self.ps.is_worker else 0.0
         params[:] = average
         self.spread = self.ps.comm.allreduce(local, op=self.ps.MPI.MAX)
-        self.server_error = np.zeros(self.d, dtype=np.float32)
+        if hasattr(self, "server_error"):  # only on ranks that serve
+            self.server_error[:] = 0
         return params.nbytes, params.nbytes
 
     def after_step(self, params, step):

@@ -7,6 +7,7 @@ from .registry import register
 
 @register("sgd")
 class SGD(PSAlgorithm):
+    shardable = True
+
     def server(self, rows, step):
-        values = rows.view(np.float32)
-        np.mean(values, axis=0, dtype=np.float32, out=self.down_buf.values)
+        np.mean(rows.view(np.float32), axis=0, dtype=np.float32, out=self.server_out.values)

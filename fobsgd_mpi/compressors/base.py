@@ -89,6 +89,16 @@ class Compressor:
     def spec(self, d):
         raise NotImplementedError
 
+    def spec_of(self, layout):
+        """The payload of a vector with this layout (a server's shard, BlockLayout.subset)."""
+        return self.spec(layout.d)
+
+    def block_ranges(self, layout, blocks):
+        """Byte ranges (offset, length) that hold these blocks in a payload of the whole vector
+        (`layout`), in the order spec_of(layout.subset(blocks)) holds them: what the sharded
+        server sends each server. Only payloads that split by blocks have them."""
+        raise ValueError(f"{self.name} payloads do not split by blocks, so they cannot be sharded")
+
     def payload_nbytes(self, d):
         return self.spec(d).nbytes
 

@@ -10,9 +10,13 @@ class OneBitCompressor(Compressor):
     def spec(self, d):
         return self.spec_of(self.layout(d))
 
-    @staticmethod
-    def spec_of(layout):
+    def spec_of(self, layout):
         return PayloadSpec((("bits", np.uint64, layout.n_words), ("scales", np.float32, layout.n_blocks)))
+
+    def block_ranges(self, layout, blocks):
+        scales_at = self.spec_of(layout).offsets["scales"]
+        bits = [(int(layout.offsets[b]) // 8, int(layout.sizes[b]) // 8) for b in blocks]
+        return bits + [(scales_at + 4 * int(b), 4) for b in blocks]
 
     def aggregate(self, rows, weights, d, out=None):
         """sum_i weights[i] * scale_i * (2 b_i - 1) over the padded length, from gathered payload

@@ -12,6 +12,9 @@ class Sign(Compressor):
     def spec(self, d):
         return PayloadSpec((("bits", np.uint64, (d + 63) // 64),))
 
+    def block_ranges(self, layout, blocks):
+        return [(int(layout.offsets[b]) // 8, -(-int(layout.valid[b]) // 64) * 8) for b in blocks]
+
     def _encode(self, x, step, rank, payload):
         self.kernels.pack_signs(x, payload.bits)
 
