@@ -339,7 +339,7 @@ def run(cfg, comm):
                        "train_loss": loss_sum / len(active_workers), "participants": len(active_workers),
                        "modelled_comm_s": network.exchange_seconds(active.bytes_up_worker, active.bytes_down_worker,
                                                                    len(active_workers), comm.Get_size(),
-                                                                   active.servers)
+                                                                   active.servers, 0 in active_workers)
                        if network else float("nan"),
                        "bytes_up": active.bytes_up_worker, "bytes_down": active.bytes_down_worker,
                        "replica_spread": getattr(active, "spread", 0.0)}

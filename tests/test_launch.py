@@ -9,6 +9,7 @@ import h5py
 import pytest
 
 from fobsgd_mpi import data, jobs, launch
+from fobsgd_mpi.netmodel import NetworkModel
 
 ROOTED = os.geteuid() == 0 and shutil.which("ip") and shutil.which("tc")
 needs_root = pytest.mark.skipif(not ROOTED, reason="network namespaces need root and iproute2")
@@ -129,3 +130,32 @@ def test_sharded_server_keeps_every_node_near_one_payload_each_way(tmp_path):
         else:
             assert busiest[servers] <= 1.05 * 2 * steps * payload + start_up, (busiest, payload)
     assert busiest["all"] < 0.6 * busiest["1"], busiest
+
+
+def test_the_model_counts_only_bytes_that_leave_a_node():
+    m = NetworkModel("per-node", 1e8, alpha_s=0.0)
+    t = 8 * 1000 / 1e8  # one 1000-byte payload over one link
+    assert m.exchange_seconds(1000, 0, 4, 5) == pytest.approx(4 * t)  # 4 payloads into an idle server
+    assert m.exchange_seconds(1000, 0, 4, 4, server_sends=True) == pytest.approx(3 * t)  # its own stays put
+    for n in (2, 16):  # every rank serves and works: (n - 1) / n of a payload each way on every link
+        assert m.exchange_seconds(1000, 1000, n, n, n, server_sends=True) == pytest.approx(2 * (n - 1) / n * t)
+    # 4 of 8 ranks serve: a server takes 7 quarter-payloads up and gives 7 down
+    assert m.exchange_seconds(1000, 1000, 8, 8, 4, server_sends=True) == pytest.approx(2 * 7 / 4 * t)
+
+
+@needs_root
+def test_exchange_scaling_benchmark_times_shaped_exchanges(tmp_path):
+    """benchmarks/exchange_scaling.py end to end on 2 and 3 ranks: each exchange moves a payload
+    through a shaped link (131 kB, above the 128 kB tbf burst), so it cannot take less than half
+    the payload's time on the wire."""
+    script = os.path.join(jobs.ROOT, "benchmarks", "exchange_scaling.py")
+    done = subprocess.run([sys.executable, script, "--ranks", "2", "3", "--algorithms", "fo-sgd", "--servers", "1",
+                           "all", "--d", "1048576", "--reps", "4", "--bandwidth", "100mbit"], capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path, env=jobs.job_env())
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (path,) = (tmp_path / "results").glob("exchange_scaling-*.h5")
+    with h5py.File(path) as f:
+        g = f["exchange_scaling"]
+        assert [s.decode() for s in g["error"][:]] == [""] * 4
+        wire = 8 * g["bytes_up"][:] / 1e8
+        assert (g["exchange_ms"][:] / 1e3 > 0.5 * wire).all(), (g["exchange_ms"][:], wire)

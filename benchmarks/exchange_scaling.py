@@ -1,0 +1,128 @@
+"""Time of one exchange (uplink + server + downlink) against the number of ranks, alone.
+
+On a machine with fewer cores than ranks a training step's time grows with n because the ranks
+take turns on the cores for their compute, encode and decode, whatever the network does. This
+benchmark leaves those out: every rank (each a worker, as with --server-also-works) encodes one
+gradient once, then times only the algorithm's own exchange, started together after a barrier,
+over real tbf-shaped per-node links (python -m fobsgd_mpi.launch, root needed). It reports the
+slowest rank's median exchange time, the alpha-beta model's figure for it, and the ratio to the
+smallest n: the part of "time per iteration within 1.5x from n = 2 to 16" that the sharded
+server is responsible for. Prints a table; writes results/exchange_scaling-*.h5 and a PNG.
+
+    python benchmarks/exchange_scaling.py [--ranks 2 4 8 16] [--bandwidth 100mbit] [--d 1048576]
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+from fobsgd_mpi import jobs
+from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records
+from fobsgd_mpi.launch import parse_rate
+from fobsgd_mpi.netmodel import NetworkModel
+
+
+def rank_program(args):
+    """One job (one algorithm, one server count): time `args.reps` exchanges on every rank; rank
+    0 writes the result to args.out."""
+    from fobsgd_mpi import algorithms, train
+    from fobsgd_mpi.transport import ParameterServer, mpi
+
+    MPI = mpi()
+    comm = MPI.COMM_WORLD
+    (algorithm,), (servers,) = args.algorithms, args.servers
+    cfg = train.parse_config(["--algorithm", algorithm, "--servers", servers, "--block-size", str(args.block_size)])
+    ps = ParameterServer(comm, server_works=True)
+    alg = algorithms.get(algorithm)(ps, args.d, cfg)
+    alg.encode_up(np.random.default_rng(ps.rank).standard_normal(args.d).astype(np.float32), 0)
+    times = []
+    for _ in range(args.warmup + args.reps):
+        comm.Barrier()
+        start = MPI.Wtime()
+        rows = alg.uplink.run()
+        if rows is not None:
+            alg.server(rows, 0)
+        alg.downlink.run()
+        times.append(comm.allreduce(MPI.Wtime() - start, op=MPI.MAX))
+    if ps.rank == 0:
+        with open(args.out, "w") as f:
+            json.dump({"exchange_s": float(np.median(times[args.warmup:])), "bytes_up": alg.payload_bytes_up,
+                       "bytes_down": alg.payload_bytes_down, "servers": alg.servers}, f)
+    ps.close()
+
+
+def run_point(workdir, algorithm, servers, ranks, args):
+    out = os.path.join(workdir, f"{algorithm}-s{servers}-n{ranks}.json")
+    done = jobs.launch("-n", ranks, "--bandwidth", args.bandwidth, "--latency", args.latency, "--",
+                       sys.executable, os.path.abspath(__file__), "--rank-program", "--algorithms", algorithm,
+                       "--servers", servers, "--d", args.d, "--block-size", args.block_size, "--reps", args.reps,
+                       "--warmup", args.warmup, "--out", out, timeout=1800)
+    point = {"algorithm": algorithm, "servers": servers, "ranks": ranks}
+    if done.returncode:
+        return {**point, "error": jobs.error_line(done)}
+    with open(out) as f:
+        got = json.load(f)
+    model = NetworkModel("per-node", parse_rate(args.bandwidth))
+    modelled = model.exchange_seconds(got["bytes_up"], got["bytes_down"], ranks, ranks, got["servers"],
+                                      server_sends=True)
+    return {**point, "exchange_ms": 1e3 * got["exchange_s"], "modelled_ms": 1e3 * modelled,
+            "bytes_up": got["bytes_up"], "bytes_down": got["bytes_down"], "error": ""}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algorithms", nargs="+", default=["fo-sgd", "sgd"])
+    p.add_argument("--servers", nargs="+", default=["1", "all"])
+    p.add_argument("--ranks", type=int, nargs="+", default=[2, 4, 8, 16])
+    p.add_argument("--bandwidth", default="100mbit")
+    p.add_argument("--latency", default="50ms")
+    p.add_argument("--d", type=int, default=1 << 20)
+    p.add_argument("--block-size", type=int, default=16384)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rank-program", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rank_program:
+        return rank_program(args)
+    parse_rate(args.bandwidth)
+    workdir = tempfile.mkdtemp(prefix="exchange-scaling-")
+    records = []
+    for algorithm in args.algorithms:
+        for servers in args.servers:
+            for ranks in args.ranks:
+                records.append(run_point(workdir, algorithm, servers, ranks, args))
+                print(f"# {records[-1]}", flush=True)
+    for r in records:
+        first = next((q for q in records if q["algorithm"] == r["algorithm"] and q["servers"] == r["servers"]
+                      and not q["error"]), None)
+        if not r["error"] and first:
+            r["vs_fewest_ranks"] = r["exchange_ms"] / first["exchange_ms"]
+    ok = [r for r in records if not r["error"]]
+    print(f"# d = {args.d:,}, per-node {args.bandwidth} links, every rank a worker; slowest rank's median over "
+          f"{args.reps} exchanges")
+    print(format_table(records, [("algorithm", "algorithm", "{}"), ("servers", "servers", "{}"),
+                                 ("ranks", "ranks", "{}"), ("exchange_ms", "exchange [ms]", "{:.1f}"),
+                                 ("modelled_ms", "modelled [ms]", "{:.1f}"),
+                                 ("vs_fewest_ranks", "vs fewest ranks", "{:.2f}x"),
+                                 ("bytes_up", "up [B]", "{:,}"), ("bytes_down", "down [B]", "{:,}"),
+                                 ("error", "error", "{}")]))
+    path = results_path("exchange_scaling")
+    save_records(path, "exchange_scaling", records, {"exchange_ms": "ms", "modelled_ms": "ms",
+                                                     "bytes_up": "B per rank", "bytes_down": "B per rank"},
+                 meta=vars(args))
+    series = {}
+    for r in ok:
+        series.setdefault(f"{r['algorithm']} servers={r['servers']}", []).append((r["ranks"], r["exchange_ms"]))
+    if series:
+        line_plot({k: tuple(zip(*sorted(v))) for k, v in series.items()}, f"{os.path.splitext(path)[0]}.png", "ranks",
+                  "exchange time [ms]", title=f"d = {args.d:,}, {args.bandwidth} per-node links", logx=True)
+    print(f"# wrote {path} and its PNG")
+    return 1 if len(ok) < len(records) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
