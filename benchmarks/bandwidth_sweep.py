@@ -17,10 +17,10 @@ import os
 import tempfile
 
 import h5py
-import numpy as np
 
 from fobsgd_mpi import algorithms, jobs
-from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records
+from fobsgd_mpi.benchmarking import (STARTUP_ITERATIONS, format_table, line_plot, results_path, save_records,
+                                     steady_median, steady_step_s)
 from fobsgd_mpi.launch import link_bytes, parse_rate
 
 PHASES = ("compute", "encode", "comm", "server", "decode")
@@ -44,12 +44,11 @@ def run_point(workdir, algorithm, bandwidth, width, ranks, servers, steps, model
         point["node_rx_per_step"] = max(rx for _, rx in links.values()) / steps
     with h5py.File(out) as f:
         it = f["iterations"]
-        skip = min(2, steps - 1)  # the first steps carry start-up costs
-        step_s = float(np.median(np.diff(it["wall_s"][skip - 1:])))
+        step_s = steady_step_s(it["wall_s"][:])
         rec = {**point, "d": int(f.attrs["d"]), "it_per_s": 1.0 / step_s, "step_ms": 1e3 * step_s,
                "bytes_up": int(it["bytes_up"][-1]), "bytes_down": int(it["bytes_down"][-1]),
-               "modelled_comm_ms": 1e3 * float(np.median(it["modelled_comm_s"][skip:])), "error": ""}
-        rec.update({f"{p}_ms": 1e3 * float(np.median(it[f"{p}_s"][skip:])) for p in PHASES})
+               "modelled_comm_ms": 1e3 * steady_median(it["modelled_comm_s"][:]), "error": ""}
+        rec.update({f"{p}_ms": 1e3 * steady_median(it[f"{p}_s"][:]) for p in PHASES})
     return rec
 
 
@@ -61,10 +60,9 @@ def plots(records, stem):
     ok = [r for r in records if not r["error"]]
     if not ok:
         return
-    last = lambda key: max(r[key] for r in ok)  # noqa: E731  (the largest model / most ranks swept)
-    d, n = last("d"), last("ranks")
+    d, n = max(r["d"] for r in ok), max(r["ranks"] for r in ok)  # the largest model, the most ranks swept
     shaped = sorted({r["bandwidth"] for r in ok if r["bandwidth"] != "none"}, key=rate_of)
-    by_bw, speedup = {}, {}
+    by_bw = {}
     for r in ok:
         if r["d"] == d and r["ranks"] == n and r["bandwidth"] in shaped:
             by_bw.setdefault(f"{r['algorithm']} servers={r['servers']}", {})[r["bandwidth"]] = r["it_per_s"]
@@ -121,7 +119,7 @@ def main(argv=None):
                         records.append(rec)
                         print(f"# {rec}", flush=True)
     print(f"# per-node links{' (alpha-beta model only)' if args.model_network else ''}; median over steps "
-          f"{min(2, args.steps - 1)}..{args.steps - 1}; bytes per worker per step")
+          f"{min(STARTUP_ITERATIONS, args.steps - 1)}..{args.steps - 1}; bytes per worker per step")
     print(format_table(records, [("algorithm", "algorithm", "{}"), ("servers", "servers", "{}"),
                                  ("bandwidth", "link", "{}"), ("ranks", "ranks", "{}"), ("d", "d", "{:,}"),
                                  ("it_per_s", "throughput [it/s]", "{:.2f}"), ("step_ms", "step [ms]", "{:.1f}"),

@@ -14,9 +14,8 @@ import os
 import tempfile
 
 import h5py
-import numpy as np
 
-from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records
+from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records, steady_median, steady_step_s
 from fobsgd_mpi.jobs import error_line, mpirun
 
 
@@ -28,9 +27,8 @@ def one(workdir, algorithm, workers, width, steps):
     if done.returncode:
         raise SystemExit(f"error: {algorithm} with {workers} workers failed: {error_line(done)}")
     with h5py.File(out) as f:
-        skip = min(2, steps - 1)  # the first iterations carry start-up costs
-        server = float(np.median(f["iterations/server_s"][skip:]))
-        wall = float(np.median(np.diff(f["iterations/wall_s"][skip - 1:])))
+        server = steady_median(f["iterations/server_s"][:])
+        wall = steady_step_s(f["iterations/wall_s"][:])
         return {"algorithm": algorithm, "workers": workers, "d": int(f.attrs["d"]), "server_ms": 1e3 * server,
                 "server_us_per_payload": 1e6 * server / workers, "iteration_ms": 1e3 * wall,
                 "server_share": server / wall}

@@ -11,6 +11,18 @@ import time
 
 import numpy as np
 
+STARTUP_ITERATIONS = 2  # the first iterations of a run carry start-up costs; medians leave them out
+
+
+def steady_median(values):
+    """Median of a per-iteration series of a run, its start-up iterations left out (one is kept)."""
+    return float(np.median(values[min(STARTUP_ITERATIONS, len(values) - 1):]))
+
+
+def steady_step_s(wall_s):
+    """Median seconds per iteration from a run's cumulative `iterations/wall_s`, start-up left out."""
+    return float(np.median(np.diff(wall_s[min(STARTUP_ITERATIONS, len(wall_s) - 1) - 1:])))
+
 
 def best_time(fn, repeats=30, setup=None):
     """Best wall-clock seconds of `repeats` calls of fn() (setup() runs untimed before each)."""

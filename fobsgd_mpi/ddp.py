@@ -26,7 +26,6 @@ import numpy as np
 from . import data, models
 
 HOOKS = ("none", "fp16", "powersgd")
-ENV_RANK = (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"))
 
 
 def build_parser():
@@ -59,8 +58,10 @@ def build_parser():
 
 
 def rank_and_size():
-    for rank_key, size_key in ENV_RANK:
-        if rank_key in os.environ and size_key in os.environ:
+    from .train import LAUNCHER_ENV
+
+    for rank_key, size_key in LAUNCHER_ENV:
+        if size_key and rank_key in os.environ and size_key in os.environ:
             return int(os.environ[rank_key]), int(os.environ[size_key])
     raise ValueError("no MPI launcher environment (PMI_RANK / OMPI_COMM_WORLD_RANK / SLURM_PROCID); start with "
                      "`mpirun -n 8 python -m fobsgd_mpi.ddp` or through fobsgd_mpi.launch")

@@ -85,10 +85,9 @@ class BlockLayout:
         blocks = np.asarray(blocks, dtype=np.int64)
         if blocks.size == 0:
             raise ValueError("a layout subset needs at least one block")
-        log_sizes = self.log_sizes[blocks]
-        sizes = np.left_shift(1, log_sizes.astype(np.int64))
+        sizes = self.sizes[blocks]
         padding = self.padded - self.d if blocks[-1] == self.n_blocks - 1 else 0
-        return self._with(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64), log_sizes,
+        return self._with(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64), self.log_sizes[blocks],
                           self.block_ids[blocks], int(sizes.sum()) - padding)
 
     def _with(self, offsets, log_sizes, block_ids, d=None):

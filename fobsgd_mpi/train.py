@@ -488,8 +488,13 @@ def output_problem(cfg):
     return None
 
 
+# (rank, world size) variables MPI launchers set: MPICH's Hydra, Open MPI, PMIx (a rank only), SLURM
+LAUNCHER_ENV = (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("PMIX_RANK", None),
+                ("SLURM_PROCID", "SLURM_NTASKS"))
+
+
 def rank_from_environment():
-    for key in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+    for key, _ in LAUNCHER_ENV:
         if key in os.environ:
             return int(os.environ[key])
     return 0

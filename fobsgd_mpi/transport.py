@@ -131,9 +131,11 @@ class ShardedServer:
         self.serves = rank < k
         self.layout = layout.subset(blocks[rank]) if self.serves else None
         self.out = down_codec.spec_of(self.layout).empty() if self.serves else None
-        if self.serves and (up_codec.spec_of(self.layout).nbytes, self.out.nbytes) != (up_bytes[rank], down_bytes[rank]):
-            raise RuntimeError(f"shard payloads hold {up_codec.spec_of(self.layout).nbytes} / {self.out.nbytes} "
-                               f"bytes, their selections {up_bytes[rank]} / {down_bytes[rank]}")
+        if self.serves:
+            held = (up_codec.spec_of(self.layout).nbytes, self.out.nbytes)
+            if held != (up_bytes[rank], down_bytes[rank]):
+                raise RuntimeError(f"shard payloads hold {held[0]} / {held[1]} bytes, their selections "
+                                   f"{up_bytes[rank]} / {down_bytes[rank]}")
 
         zeros, nothing = [0] * size, np.empty(0, np.uint8)
         servers = [r < k for r in range(size)]

@@ -68,9 +68,9 @@ PYBIND11_MODULE(_native, m) {
         py::gil_scoped_release nogil;
         return fobsgd_encode_1bit(px, lay, rotate, rule, pf, seed, step, rank, pw, pb, ps, n_threads);
     }, py::arg("x").noconvert(), py::arg("offsets").noconvert(), py::arg("log_sizes").noconvert(), py::arg("d"),
-       py::arg("block_ids").noconvert(), py::arg("rotate"), py::arg("rule"), py::arg("lambda_factor").noconvert(), py::arg("seed"), py::arg("step"),
-       py::arg("rank"), py::arg("work").noconvert(), py::arg("bits").noconvert(), py::arg("scales").noconvert(),
-       py::arg("n_threads"));
+       py::arg("block_ids").noconvert(), py::arg("rotate"), py::arg("rule"), py::arg("lambda_factor").noconvert(),
+       py::arg("seed"), py::arg("step"), py::arg("rank"), py::arg("work").noconvert(), py::arg("bits").noconvert(),
+       py::arg("scales").noconvert(), py::arg("n_threads"));
 
     m.def("decode_1bit", [](arr<uint64_t> bits, arr<float> scales, arr<int64_t> offsets, arr<int32_t> log_sizes,
                             int64_t d, arr<int64_t> block_ids, int rotate, uint64_t seed, uint64_t step, float weight,
@@ -84,9 +84,8 @@ PYBIND11_MODULE(_native, m) {
         return fobsgd_decode_1bit(pb, ps, lay, rotate, seed, step, weight, accumulate, pw, po, n_threads);
     }, py::arg("bits").noconvert(), py::arg("scales").noconvert(), py::arg("offsets").noconvert(),
        py::arg("log_sizes").noconvert(), py::arg("d"), py::arg("block_ids").noconvert(), py::arg("rotate"),
-       py::arg("seed"), py::arg("step"),
-       py::arg("weight"), py::arg("accumulate"), py::arg("work").noconvert(), py::arg("out").noconvert(),
-       py::arg("n_threads"));
+       py::arg("seed"), py::arg("step"), py::arg("weight"), py::arg("accumulate"), py::arg("work").noconvert(),
+       py::arg("out").noconvert(), py::arg("n_threads"));
 
     m.def("aggregate_1bit", [](arr<uint8_t> payloads, int64_t scales_offset, arr<float> weights,
                                arr<int64_t> offsets, arr<int32_t> log_sizes, int64_t d, arr<float> out,
