@@ -130,3 +130,12 @@ def backend(name="native"):
         import sys
         return sys.modules[__name__]
     raise ValueError(f"unknown kernel backend {name!r}; choose 'native' or 'numpy'")
+
+
+def backend_for(x):
+    """The kernel module for an array: fobsgd_mpi.torch_codec for a torch tensor (on any device),
+    this module (native, or numpy if unbuilt) for anything else."""
+    if type(x).__module__.startswith("torch"):
+        from . import torch_codec
+        return torch_codec
+    return backend("native")

@@ -1,0 +1,332 @@
+"""The codec on torch tensors, wherever they live (CPU, CUDA): the functions and signatures of
+fobsgd_mpi.reference, plus QSGD and top-k, so a GPU gradient is compressed on its own device.
+
+    >>> import torch
+    >>> from fobsgd_mpi import torch_codec
+    >>> torch_codec.fwht_(torch.ones(8))[:2]
+    tensor([2.8284, 0.0000])
+
+Arrays become tensors on one device; layouts stay BlockLayouts. Wire words are int64 tensors
+holding the uint64 bits (uint64 tensors are accepted too), little-endian within a word like the
+reference's, so a payload is byte-for-byte what the numpy and native kernels produce.
+
+The random streams are rng.py's generator in int64 arithmetic: products and sums wrap mod 2^64
+as uint64's do, and right shifts are masked to be logical, so every device draws the same signs
+and dither. Equality with the other backends:
+  - bits, lambdas, aggregated sums, fwht_, scaled sign, pack / unpack / vote, QSGD codes and
+    decoded values: bit-identical to the reference (same operations in the same order), except
+    that sums of squares or of |x| over a block run in float64 in torch's own order (as numpy and
+    the native kernels each use theirs): the float32 scale rounded from them is the same unless
+    the sums, which differ by about 1e-14 relatively, straddle a float32 rounding boundary (steps
+    of about 1e-7), i.e. in about one block in 10^6. Replicas still agree: every rank decodes
+    the one payload the server sent, and decoding gives the same bits everywhere (next point);
+  - decode_1bit with rotation: bit-identical to native decode_1bit (and to the CUDA kernel's
+    formula), within 1e-5 of the reference (see there);
+  - top-k: the same indices unless magnitudes tie at the k-th largest.
+Run these eagerly: torch.compile may fuse lambda * u + y into one FMA and change bits.
+n_threads is accepted for the signature's sake: torch chooses its own threads.
+"""
+import itertools
+import math
+
+import torch
+
+from . import rng
+from .errors import NonFiniteError
+from .reference import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM  # noqa: F401  (re-exported for callers)
+
+PURPOSE_QSGD = 3  # compressors.qsgd's stream purpose
+
+
+def _signed(v):
+    """The int64 with the bits of the uint64 v (a Python int)."""
+    v &= rng.MASK
+    return v - (1 << 64) if v >> 63 else v
+
+
+GOLDEN, _MUL1, _MUL2 = _signed(rng.GOLDEN), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+# ---------------------------------------------------------------- counter-based streams (rng.py)
+def _shr(z, s):
+    """Logical right shift of int64 tensors read as uint64 (torch's >> copies the sign bit)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def mix64(z):
+    """rng.mix64 on an int64 tensor of uint64 bits."""
+    z = (z ^ _shr(z, 30)) * _MUL1
+    z = (z ^ _shr(z, 27)) * _MUL2
+    return z ^ _shr(z, 31)
+
+
+def stream_keys(seed, step, blocks, rank, purpose):
+    """rng.stream_key for each block id of the int64 tensor `blocks`; the (seed, step) part every
+    block shares is hashed once on the host."""
+    k = rng.mix64(((rng.mix64(seed) ^ step) + rng.GOLDEN) & rng.MASK)
+    k = mix64((blocks ^ _signed(k)) + GOLDEN)
+    for v in (rank, purpose):
+        k = mix64((k ^ _signed(v)) + GOLDEN)
+    return k
+
+
+def stream_words(keys, count):
+    """(len(keys), count): words 0 .. count - 1 of each stream (rng.stream_words)."""
+    counters = torch.arange(1, count + 1, dtype=torch.int64, device=keys.device)
+    return mix64(keys[:, None] + counters * GOLDEN)
+
+
+def rademacher_flips(seed, step, blocks, m):
+    """(len(blocks), m) bool, True where the shared diagonal D has -1 (rng.rademacher_flips)."""
+    keys = stream_keys(seed, step, blocks, rng.SHARED_RANK, rng.PURPOSE_SIGN)
+    return unpack_bits(stream_words(keys, (m + 63) // 64))[:, :m]
+
+
+def centred_uniforms(seed, step, blocks, rank, m):
+    """(len(blocks), m) float32 odd multiples of 2^-24 in (-1, 1) (rng.centred_uniforms)."""
+    words = stream_words(stream_keys(seed, step, blocks, rank, rng.PURPOSE_DITHER), (m + 1) // 2)
+    r = words.view(torch.int32)[:, :m].long() & 0xFFFFFFFF  # little-endian: coordinate 2k is the low half of word k
+    return ((r >> 8) * 2 + 1 - (1 << 24)).float() * (1.0 / 16777216.0)
+
+
+# ---------------------------------------------------------------- bits on the wire
+def sign_bits(v):
+    """The wire's sign bit of v (set = +). Exact zeros count as +: every encoder's zero rule and
+    the majority vote's tie rule live here."""
+    return v >= 0
+
+
+def unpack_bits(words):
+    """(..., n) words (any integer type) -> (..., n * bits per word) bool, in wire order: bit j of
+    byte k is coordinate 8k + j."""
+    b = words.view(torch.uint8)
+    return ((b[..., None] >> torch.arange(8, dtype=torch.uint8, device=b.device)) & 1).bool().flatten(-2)
+
+
+def pack_bits(flags):
+    """(..., 64 n) bool -> (..., n) int64 words; the inverse of unpack_bits."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=flags.device)
+    return (flags.unflatten(-1, (-1, 8)).to(torch.uint8) << shifts).sum(-1, dtype=torch.uint8).view(torch.int64)
+
+
+def _store_bits(words, flags):
+    words.view(torch.int64).copy_(pack_bits(flags))
+
+
+# ---------------------------------------------------------------- layout helpers
+def _runs(layout):
+    """(first block, end block, offset, size) per run of consecutive equal-size blocks (all the
+    full blocks form one): the transform and the streams are batched over a run."""
+    out = []
+    for m, group in itertools.groupby(range(layout.n_blocks), key=lambda b: int(layout.sizes[b])):
+        group = list(group)
+        out.append((group[0], group[-1] + 1, int(layout.offsets[group[0]]), m))
+    return out
+
+
+def _run_view(v, run):
+    b0, b1, off, m = run
+    return v[off : off + (b1 - b0) * m].view(b1 - b0, m)
+
+
+def _block_sums(v, layout):
+    """Sum of v over each block (float64 v: the order is torch's, see the module's note)."""
+    return torch.cat([_run_view(v, run).sum(1) for run in _runs(layout)])
+
+
+def _per_coordinate(per_block, layout):
+    sizes = torch.as_tensor(layout.sizes, device=per_block.device)
+    return per_block.repeat_interleave(sizes, output_size=layout.padded)
+
+
+def _padded(x, layout):
+    xp = x.new_zeros(layout.padded)
+    xp[: layout.d] = x[: layout.d]
+    return xp
+
+
+def _require_finite(ok, what):
+    if not bool(ok):  # one host sync per call
+        raise NonFiniteError(f"{what} holds NaN or Inf; fix the gradient (lower the learning rate) before encoding")
+
+
+def _write(out, x, weight, accumulate):
+    """out[:len(x)] = weight * x (float32 product), or += with `accumulate`."""
+    x = torch.tensor(weight, dtype=torch.float32) * x
+    if accumulate:
+        out[: len(x)] += x
+    else:
+        out[: len(x)] = x
+
+
+# ---------------------------------------------------------------- transform
+def fwht_(x, normalize=True):
+    """In-place Walsh-Hadamard transform over the last axis of a contiguous float32 / float64
+    tensor; orthonormal if `normalize`. The reference's stages (stride 1, 2, 4, ..., each a+b and
+    a-b) scaled last, each stage batched over all rows: the same bits as reference.fwht_."""
+    if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"fwht_ needs a float32 or float64 tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if not x.is_contiguous():
+        raise ValueError("fwht_ works in place: pass a contiguous tensor (x.contiguous())")
+    n = x.shape[-1] if x.dim() else 0
+    if n < 1 or n & (n - 1) or n > 1 << 30:
+        raise ValueError(f"fwht_ needs a power-of-two last axis up to 2^30, got length {n}")
+    h = 1
+    while h < n:
+        v = x.view(-1, n // (2 * h), 2, h)
+        a, b = v[:, :, 0], v[:, :, 1]
+        old_a = a.clone()
+        a += b
+        torch.sub(old_a, b, out=b)
+        h *= 2
+    if normalize and n > 1:
+        x *= torch.tensor(1.0 / math.sqrt(n), dtype=x.dtype)
+    return x
+
+
+# ---------------------------------------------------------------- one-bit dithered codec
+def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, scales, n_threads=1):
+    """reference.encode_1bit on tensors: x float32 (length layout.d); bits (n_words) and scales
+    (n_blocks, float32) on x's device. Raises NonFiniteError for NaN or Inf in x."""
+    xp = _padded(x, layout)
+    ids = torch.as_tensor(layout.block_ids, device=x.device)
+    factors = torch.as_tensor(lambda_factor, dtype=torch.float64, device=x.device)
+    sumsq = _block_sums(xp.double().square(), layout)
+    _require_finite(torch.isfinite(sumsq).all(), "vector to encode")
+    flags = torch.empty(layout.padded, dtype=torch.bool, device=x.device)
+    for run in _runs(layout):
+        b0, b1, _, m = run
+        y = _run_view(xp, run)
+        if rotate:
+            y = torch.where(rademacher_flips(seed, step, ids[b0:b1], m), -y, y)
+            fwht_(y)
+        lam = (sumsq[b0:b1].sqrt() * factors[b0:b1]).float()
+        if rule != LAMBDA_NORM:
+            peak = y.abs().amax(1)
+            lam = peak if rule == LAMBDA_MAX else torch.minimum(lam, peak)
+        tau = lam[:, None] * centred_uniforms(seed, step, ids[b0:b1], rank, m)
+        _run_view(flags, run)[:] = sign_bits(y + tau)
+        scales[b0:b1] = lam
+    _store_bits(bits, flags)
+
+
+def decode_1bit(bits, scales, layout, rotate, seed, step, out, weight=1.0, accumulate=False, n_threads=1):
+    """x_hat = D H (scale (2b - 1)) per block, truncated to layout.d, written to (or with
+    `accumulate` added to) out[:d] times `weight`.
+
+    With rotation this follows the native and CUDA kernels, not the reference: the transform runs
+    on the exact +-1 (every partial sum an integer, exact in float32 up to 2^24 coordinates in any
+    order), then one float32 multiply by weight * scale / sqrt(m) rounded once from float64. So a
+    GPU replica decodes to the same bits as a CPU one with native kernels. The reference
+    transforms +-scale and rounds at each stage: it agrees within rtol 1e-5.
+    """
+    q = torch.where(unpack_bits(bits)[: layout.padded], 1.0, -1.0).to(torch.float32)
+    if not rotate:
+        _write(out, (q * _per_coordinate(scales, layout))[: layout.d], weight, accumulate)
+        return
+    w = torch.tensor(weight, dtype=torch.float32)  # the float32 the native kernel receives
+    ids = torch.as_tensor(layout.block_ids, device=q.device)
+    for run in _runs(layout):
+        b0, b1, _, m = run
+        y = fwht_(_run_view(q, run), normalize=False)
+        y *= (w.double() * scales[b0:b1, None].double() / math.sqrt(m)).float()
+        y.copy_(torch.where(rademacher_flips(seed, step, ids[b0:b1], m), -y, y))
+    _write(out, q[: layout.d], 1.0, accumulate)
+
+
+def aggregate_1bit(payloads, scales_offset, weights, layout, out, n_threads=1):
+    """sum_i weights[i] scale_i (2 b_i - 1) over the padded length, from gathered payload rows
+    (n, nbytes) uint8, into out[:padded]. Rows are added in rank order, as the reference and
+    native kernels do, so the sums are bit-identical to theirs."""
+    scales = payloads[:, scales_offset : scales_offset + 4 * layout.n_blocks].contiguous().view(torch.float32)
+    c = torch.as_tensor(weights, dtype=torch.float32, device=payloads.device)[:, None] * scales
+    acc = torch.zeros(layout.padded, dtype=torch.float32, device=payloads.device)
+    for i in range(payloads.shape[0]):
+        ci = _per_coordinate(c[i], layout)
+        acc += torch.where(unpack_bits(payloads[i, :scales_offset])[: layout.padded], ci, -ci)
+    out[: layout.padded] = acc
+
+
+# ---------------------------------------------------------------- scaled sign, packing, vote
+def scaled_sign_encode(x, layout, bits, scales, n_threads=1):
+    """reference.scaled_sign_encode: sign bits, and ||x_b||_1 / valid_b per block."""
+    xp = _padded(x, layout)
+    l1 = _block_sums(xp.double().abs(), layout)
+    _require_finite(torch.isfinite(l1).all(), "vector to encode")
+    valid = torch.as_tensor(layout.valid, device=x.device)
+    scales[:] = torch.where(valid > 0, l1 / valid, 0.0).float()
+    _store_bits(bits, sign_bits(xp))
+
+
+def scaled_sign_decode(bits, scales, layout, out, weight=1.0, accumulate=False, n_threads=1):
+    """+-weight * scale_b (or +-weight with scales None) into out[:d]."""
+    flags = unpack_bits(bits)[: layout.d]
+    w = torch.tensor(weight, dtype=torch.float32)
+    a = w.to(flags.device).expand(layout.n_blocks) if scales is None else w * scales
+    a = _per_coordinate(a, layout)[: layout.d]
+    _write(out, torch.where(flags, a, -a), 1.0, accumulate)
+
+
+def pack_signs(x, words):
+    flags = torch.zeros(words.shape[-1] * 64, dtype=torch.bool, device=x.device)
+    flags[: len(x)] = sign_bits(x)
+    _store_bits(words, flags)
+
+
+def unpack_signs(words, a, out):
+    a = torch.tensor(a, dtype=torch.float32)
+    out[:] = torch.where(unpack_bits(words)[: len(out)], a, -a)
+
+
+def majority_vote(words, out):
+    """words: (n, n_words); a position votes + where at least half the inputs set it (a tie is a
+    zero count difference, so it follows sign_bits' zero rule)."""
+    counts = unpack_bits(words).sum(0)
+    _store_bits(out, sign_bits(2 * counts - words.shape[0]))
+
+
+# ---------------------------------------------------------------- QSGD and top-k (compressors/)
+def qsgd_width(levels):
+    return 1 + math.ceil(math.log2(levels + 1))
+
+
+def qsgd_encode(x, layout, levels, seed, step, rank, codes, norms):
+    """compressors.qsgd.QSGD's payload: per coordinate level << 1 | [x < 0] in qsgd_width(levels)
+    bits, coordinate-major, little-endian; one float32 ||x_b||_2 per block in norms."""
+    _require_finite(torch.isfinite(x).all(), "vector to encode")
+    xp = _padded(x, layout).double()
+    ids = torch.as_tensor(layout.block_ids, device=x.device)
+    norm = _block_sums(xp.square(), layout).sqrt().float()
+    u = torch.cat([_shr(stream_words(stream_keys(seed, step, ids[b0:b1], rank, PURPOSE_QSGD), m), 11).flatten()
+                   for b0, b1, _, m in _runs(layout)]).double() * 2.0**-53
+    n = _per_coordinate(norm, layout).double()
+    level = torch.where(n > 0, torch.floor(levels * xp.abs() / n + u), 0.0).clamp_(max=levels).long()
+    width = qsgd_width(levels)
+    code = (level << 1) | (xp < 0).long()
+    planes = ((code[:, None] >> torch.arange(width, device=x.device)) & 1).bool().flatten()
+    flags = torch.zeros(codes.shape[-1] * 64, dtype=torch.bool, device=x.device)
+    flags[: len(planes)] = planes
+    _store_bits(codes, flags)
+    norms[:] = norm
+
+
+def qsgd_decode(codes, norms, layout, levels, out, weight=1.0, accumulate=False):
+    width = qsgd_width(levels)
+    planes = unpack_bits(codes)[: layout.padded * width].view(layout.padded, width).long()
+    code = (planes << torch.arange(width, device=planes.device)).sum(1)
+    values = (code >> 1).float() / torch.tensor(levels, dtype=torch.float32)
+    values = torch.where((code & 1).bool(), -values, values) * _per_coordinate(norms, layout)
+    _write(out, values[: layout.d], weight, accumulate)
+
+
+def topk_encode(x, k, indices, values):
+    """compressors.topk.TopK's payload: the k largest |x_j|, indices ascending."""
+    idx = torch.topk(x.abs(), k, sorted=False).indices.sort().values
+    indices.copy_(idx)
+    values.copy_(x[idx])
+
+
+def topk_decode(indices, values, d, out, weight=1.0, accumulate=False):
+    if not accumulate:
+        out[:d] = 0
+    out.index_add_(0, indices.long(), torch.tensor(weight, dtype=torch.float32) * values)

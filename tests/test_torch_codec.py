@@ -1,0 +1,229 @@
+"""The torch codec (fobsgd_mpi.torch_codec) against the numpy reference and the native kernels, on
+CPU tensors: identical bits and scales, decoded floats identical where the arithmetic is (see the
+module's docstring for where and why it is not)."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fobsgd_mpi import compressors, native, reference, rng  # noqa: E402
+from fobsgd_mpi import torch_codec as tc  # noqa: E402
+from fobsgd_mpi.errors import NonFiniteError  # noqa: E402
+from fobsgd_mpi.layout import BlockLayout  # noqa: E402
+
+SIZES = [1, 63, 64, 300, 4096, 70_001, 200_003]  # all but 4096 pad their last block
+
+
+def layout_for(d):
+    """Blocks up to 2^16 for the largest d (full 2^16 blocks, then a tail from 2^15 down)."""
+    return BlockLayout(d, max_block=1 << 16 if d > 100_000 else 1 << 10, min_block=64 if d < 5000 else 256)
+
+
+def words(t):
+    """A torch word tensor as the numpy uint64 words the reference writes."""
+    return t.numpy().view(np.uint64)
+
+
+@pytest.mark.parametrize("seed, step, rank", [(0, 0, 0), (7, 3, 2), (2**64 - 1, 2**40 + 5, rng.SHARED_RANK)])
+def test_streams_equal_rng(seed, step, rank):
+    blocks = [0, 1, 5, 2**40]
+    ids = torch.tensor(blocks)
+    for m in (1, 63, 64, 1000):
+        flips = tc.rademacher_flips(seed, step, ids, m).numpy()
+        unif = tc.centred_uniforms(seed, step, ids, rank, m).numpy()
+        for i, b in enumerate(blocks):
+            assert np.array_equal(flips[i], rng.rademacher_flips(seed, step, b, m))
+            assert np.array_equal(unif[i], rng.centred_uniforms(seed, step, b, rank, m))
+    keys = tc.stream_keys(seed, step, ids, rank, 9)
+    expected = [rng.stream_words(rng.stream_key(seed, step, b, rank, 9), 33) for b in blocks]
+    assert np.array_equal(words(tc.stream_words(keys, 33)), np.stack(expected))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fwht_equals_reference_every_size(dtype):
+    """Every power of two from 2^0 to 2^16, three rows batched: the same stages, so the same bits."""
+    gen = torch.Generator().manual_seed(0)
+    for log_n in range(17):
+        x = torch.randn(3, 1 << log_n, generator=gen, dtype=dtype)
+        expected = x.numpy().copy()
+        reference.fwht_(expected)
+        assert np.array_equal(tc.fwht_(x).numpy(), expected), f"{dtype} 2^{log_n}"
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.zeros(6), "power-of-two"), (torch.zeros(0), "power-of-two"), (torch.zeros(8, dtype=torch.int32), "float32"),
+    (torch.zeros(8, 8)[:, ::2], "contiguous"), (np.zeros(8, np.float32), "tensor"),
+])
+def test_fwht_bad_input(bad, message):
+    with pytest.raises(ValueError, match=message):
+        tc.fwht_(bad)
+
+
+def encode(k, x, lay, rotate, rule, seed=7, step=3, rank=2):
+    factors = np.sqrt(2 * np.log(2 * lay.sizes / 1e-2) / lay.sizes)
+    if k is tc:
+        bits, scales = torch.zeros(lay.n_words, dtype=torch.int64), torch.zeros(lay.n_blocks)
+        tc.encode_1bit(torch.from_numpy(x), lay, rotate, rule, factors, seed, step, rank, bits, scales)
+        return words(bits), scales.numpy()
+    bits, scales = np.zeros(lay.n_words, np.uint64), np.zeros(lay.n_blocks, np.float32)
+    k.encode_1bit(x, lay, rotate, rule, factors, seed, step, rank, bits, scales)
+    return bits, scales
+
+
+@pytest.mark.parametrize("d", SIZES)
+@pytest.mark.parametrize("rotate", [True, False])
+@pytest.mark.parametrize("rule", [tc.LAMBDA_NORM, tc.LAMBDA_MAX, tc.LAMBDA_MIN])
+def test_encode_identical_bits_and_scales(d, rotate, rule, gen):
+    x = gen.standard_normal(d).astype(np.float32)
+    lay = layout_for(d)
+    (bt, st), (br, sr) = encode(tc, x, lay, rotate, rule), encode(reference, x, lay, rotate, rule)
+    assert np.array_equal(st, sr)
+    assert np.array_equal(bt, br)
+
+
+@pytest.mark.parametrize("d", SIZES)
+@pytest.mark.parametrize("rotate", [True, False])
+def test_decode_equals_native_bits_and_reference_closely(isa, d, rotate, gen):
+    lay = layout_for(d)
+    bits = gen.integers(0, 2**63, lay.n_words, dtype=np.uint64) * 2 + gen.integers(0, 2, lay.n_words, dtype=np.uint64)
+    scales = gen.random(lay.n_blocks, dtype=np.float32) + 0.1
+    outs = {}
+    for k in (native, reference):
+        outs[k] = np.full(d, 0.5, dtype=np.float32)
+        k.decode_1bit(bits, scales, lay, rotate, 7, 3, outs[k], weight=0.25, accumulate=True)
+    out = torch.full((d,), 0.5)
+    tc.decode_1bit(torch.from_numpy(bits.view(np.int64)), torch.from_numpy(scales), lay, rotate, 7, 3, out,
+                   weight=0.25, accumulate=True)
+    assert np.array_equal(out.numpy(), outs[native])
+    # The reference rounds at every transform stage, native and torch only once (decode_1bit's docstring).
+    np.testing.assert_allclose(out.numpy(), outs[reference], rtol=1e-5, atol=1e-6)
+    fresh = torch.zeros(d)
+    tc.decode_1bit(torch.from_numpy(bits), torch.from_numpy(scales), lay, rotate, 7, 3, fresh, weight=0.25)
+    np.testing.assert_allclose(fresh.numpy() + 0.5, out.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def payload_rows(lay, n, gen):
+    nbytes = lay.n_words * 8 + lay.n_blocks * 4
+    rows = np.zeros((n, nbytes), dtype=np.uint8)
+    rows[:, : lay.n_words * 8] = gen.integers(0, 256, (n, lay.n_words * 8), dtype=np.uint8)
+    rows[:, lay.n_words * 8 :].view(np.float32)[:] = gen.random((n, lay.n_blocks), dtype=np.float32)
+    return rows
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8])
+@pytest.mark.parametrize("shard", [False, True])
+def test_aggregate_identical(n, shard, gen):
+    lay = layout_for(70_001)
+    if shard:
+        lay = lay.subset(np.arange(1, lay.n_blocks, 3))
+    rows, weights = payload_rows(lay, n, gen), gen.random(n, dtype=np.float32)
+    expected = np.empty(lay.padded, np.float32)
+    reference.aggregate_1bit(rows, lay.n_words * 8, weights, lay, expected)
+    out = torch.empty(lay.padded)
+    tc.aggregate_1bit(torch.from_numpy(rows), lay.n_words * 8, torch.from_numpy(weights), lay, out)
+    assert np.array_equal(out.numpy(), expected)
+
+
+def test_server_aggregate_and_requantize_identical(gen):
+    """Workers' numpy payloads, summed and re-quantized by a torch server (encode_flat), give the
+    numpy server's bits and scales."""
+    d, n, step = 70_001, 3, 5
+    c = compressors.get("fo1bit", block_size=1 << 12, backend="numpy")
+    lay = c.layout(d)
+    rows = np.stack([c.encode(gen.standard_normal(d).astype(np.float32), step, r + 1).buffer for r in range(n)])
+    weights = np.full(n, 1 / n, np.float32)
+    expected = c.encode_flat(c.aggregate(rows, weights, d), step, 99, d)
+    v = torch.empty(lay.padded)
+    tc.aggregate_1bit(torch.from_numpy(rows), c.spec(d).offsets["scales"], weights, lay, v)
+    bits, scales = torch.zeros(lay.n_words, dtype=torch.int64), torch.zeros(lay.n_blocks)
+    tc.encode_1bit(v, lay.flat(), False, tc.LAMBDA_NORM, c.lambda_factors(lay), c.seed, step, 99, bits, scales)
+    assert np.array_equal(words(bits), expected.bits) and np.array_equal(scales.numpy(), expected.scales)
+
+
+@pytest.mark.parametrize("d", SIZES)
+def test_scaled_sign_identical(d, gen):
+    lay = layout_for(d)
+    x = gen.standard_normal(d).astype(np.float32)
+    x[::7] = 0.0
+    bits, scales = np.zeros(lay.n_words, np.uint64), np.zeros(lay.n_blocks, np.float32)
+    reference.scaled_sign_encode(x, lay, bits, scales)
+    tbits, tscales = torch.zeros(lay.n_words, dtype=torch.int64), torch.zeros(lay.n_blocks)
+    tc.scaled_sign_encode(torch.from_numpy(x), lay, tbits, tscales)
+    assert np.array_equal(words(tbits), bits) and np.array_equal(tscales.numpy(), scales)
+    for s in (scales, None):
+        out = np.ones(d, np.float32)
+        reference.scaled_sign_decode(bits, s, lay, out, weight=2.0, accumulate=True)
+        tout = torch.ones(d)
+        tc.scaled_sign_decode(tbits, None if s is None else tscales, lay, tout, weight=2.0, accumulate=True)
+        assert np.array_equal(tout.numpy(), out)
+
+
+@pytest.mark.parametrize("n", [1, 5, 64, 65, 1000])
+def test_pack_unpack_identical(n, gen):
+    x = gen.standard_normal(n).astype(np.float32)
+    x[::5] = 0.0
+    w = np.zeros((n + 63) // 64, np.uint64)
+    reference.pack_signs(x, w)
+    tw = torch.zeros(len(w), dtype=torch.int64)
+    tc.pack_signs(torch.from_numpy(x), tw)
+    assert np.array_equal(words(tw), w)
+    out, tout = np.zeros(n, np.float32), torch.zeros(n)
+    reference.unpack_signs(w, 1.5, out)
+    tc.unpack_signs(tw, 1.5, tout)
+    assert np.array_equal(tout.numpy(), out)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 8, 33])
+def test_majority_vote_identical(n, gen):
+    w = gen.integers(0, 2**63, (n, 17), dtype=np.uint64) * 2 + gen.integers(0, 2, (n, 17), dtype=np.uint64)
+    out = np.zeros(17, np.uint64)
+    reference.majority_vote(w, out)
+    tout = torch.zeros(17, dtype=torch.int64)
+    tc.majority_vote(torch.from_numpy(w), tout)
+    assert np.array_equal(words(tout), out)
+
+
+@pytest.mark.parametrize("d", [1, 300, 70_001])
+@pytest.mark.parametrize("levels", [1, 15, 255])
+def test_qsgd_identical(d, levels, gen):
+    c = compressors.get("qsgd", levels=levels, seed=3, backend="numpy")
+    x = gen.standard_normal(d).astype(np.float32)
+    x[::11] = 0.0
+    p = c.encode(x, step=4, rank=2)
+    lay = c.layout(d)
+    codes, norms = torch.zeros(len(p.codes), dtype=torch.int64), torch.zeros(lay.n_blocks)
+    tc.qsgd_encode(torch.from_numpy(x), lay, levels, c.seed, 4, 2, codes, norms)
+    assert np.array_equal(words(codes), p.codes) and np.array_equal(norms.numpy(), p.norms)
+    out = torch.ones(d)
+    tc.qsgd_decode(codes, norms, lay, levels, out, weight=0.5, accumulate=True)
+    assert np.array_equal(out.numpy(), c.decode(p, 4, d, out=np.ones(d, np.float32), weight=0.5, accumulate=True))
+
+
+@pytest.mark.parametrize("d, ratio", [(1, 0.5), (1000, 0.01), (70_001, 0.1)])
+def test_topk_identical(d, ratio, gen):
+    c = compressors.get("topk", ratio=ratio, backend="numpy")
+    x = gen.standard_normal(d).astype(np.float32)
+    p = c.encode(x, 0, 0)
+    k = c.k(d)
+    idx, vals = torch.zeros(k, dtype=torch.int64), torch.zeros(k)
+    tc.topk_encode(torch.from_numpy(x), k, idx, vals)
+    assert np.array_equal(idx.numpy(), p.indices) and np.array_equal(vals.numpy(), p.values)
+    out = torch.ones(d)
+    tc.topk_decode(idx, vals, d, out, weight=0.5, accumulate=True)
+    assert np.array_equal(out.numpy(), c.decode(p, 0, d, out=np.ones(d, np.float32), weight=0.5, accumulate=True))
+
+
+def test_non_finite_input_refused():
+    lay = BlockLayout(1000, 256, 64)
+    x = torch.ones(1000)
+    x[517] = float("nan")
+    bits, scales = torch.zeros(lay.n_words, dtype=torch.int64), torch.zeros(lay.n_blocks)
+    with pytest.raises(NonFiniteError, match="NaN or Inf"):
+        tc.encode_1bit(x, lay, True, tc.LAMBDA_NORM, np.ones(lay.n_blocks), 0, 0, 0, bits, scales)
+    with pytest.raises(NonFiniteError):
+        tc.scaled_sign_encode(x, lay, bits, scales)
+
+
+def test_backend_for_chooses_by_array_type():
+    assert native.backend_for(torch.zeros(1)) is tc
+    assert native.backend_for(np.zeros(1)) is native.backend("native")
