@@ -134,7 +134,8 @@ def backend(name="native"):
 
 def backend_for(x):
     """The kernel module for an array: fobsgd_mpi.torch_codec for a torch tensor (on any device),
-    this module (native, or numpy if unbuilt) for anything else."""
+    this module (native, or numpy if unbuilt) for anything else. For a CPU tensor, this module on
+    x.numpy() (no copy) is about 40x faster than torch_codec."""
     if type(x).__module__.startswith("torch"):
         from . import torch_codec
         return torch_codec

@@ -117,8 +117,8 @@ def _store_bits(words, flags):
 def _runs(layout):
     """(first block, end block, offset, size) per run of consecutive equal-size blocks (all the
     full blocks form one): the transform and the streams are batched over a run."""
-    out = []
-    for m, group in itertools.groupby(range(layout.n_blocks), key=lambda b: int(layout.sizes[b])):
+    sizes, out = layout.sizes.tolist(), []
+    for m, group in itertools.groupby(range(layout.n_blocks), key=sizes.__getitem__):
         group = list(group)
         out.append((group[0], group[-1] + 1, int(layout.offsets[group[0]]), m))
     return out
@@ -150,9 +150,14 @@ def _require_finite(ok, what):
         raise NonFiniteError(f"{what} holds NaN or Inf; fix the gradient (lower the learning rate) before encoding")
 
 
-def _write(out, x, weight, accumulate):
-    """out[:len(x)] = weight * x (float32 product), or += with `accumulate`."""
-    x = torch.tensor(weight, dtype=torch.float32) * x
+def _f32(v):
+    """A Python number as the float32 (CPU scalar tensor, usable with any device) the numpy and
+    native kernels compute with."""
+    return torch.tensor(v, dtype=torch.float32)
+
+
+def _write(out, x, accumulate):
+    """out[:len(x)] = x, or += with `accumulate`."""
     if accumulate:
         out[: len(x)] += x
     else:
@@ -222,16 +227,15 @@ def decode_1bit(bits, scales, layout, rotate, seed, step, out, weight=1.0, accum
     """
     q = torch.where(unpack_bits(bits)[: layout.padded], 1.0, -1.0).to(torch.float32)
     if not rotate:
-        _write(out, (q * _per_coordinate(scales, layout))[: layout.d], weight, accumulate)
+        _write(out, _f32(weight) * (q * _per_coordinate(scales, layout))[: layout.d], accumulate)
         return
-    w = torch.tensor(weight, dtype=torch.float32)  # the float32 the native kernel receives
     ids = torch.as_tensor(layout.block_ids, device=q.device)
     for run in _runs(layout):
         b0, b1, _, m = run
         y = fwht_(_run_view(q, run), normalize=False)
-        y *= (w.double() * scales[b0:b1, None].double() / math.sqrt(m)).float()
+        y *= (_f32(weight).double() * scales[b0:b1, None].double() / math.sqrt(m)).float()
         y.copy_(torch.where(rademacher_flips(seed, step, ids[b0:b1], m), -y, y))
-    _write(out, q[: layout.d], 1.0, accumulate)
+    _write(out, q[: layout.d], accumulate)
 
 
 def aggregate_1bit(payloads, scales_offset, weights, layout, out, n_threads=1):
@@ -261,10 +265,10 @@ def scaled_sign_encode(x, layout, bits, scales, n_threads=1):
 def scaled_sign_decode(bits, scales, layout, out, weight=1.0, accumulate=False, n_threads=1):
     """+-weight * scale_b (or +-weight with scales None) into out[:d]."""
     flags = unpack_bits(bits)[: layout.d]
-    w = torch.tensor(weight, dtype=torch.float32)
+    w = _f32(weight)
     a = w.to(flags.device).expand(layout.n_blocks) if scales is None else w * scales
     a = _per_coordinate(a, layout)[: layout.d]
-    _write(out, torch.where(flags, a, -a), 1.0, accumulate)
+    _write(out, torch.where(flags, a, -a), accumulate)
 
 
 def pack_signs(x, words):
@@ -274,7 +278,7 @@ def pack_signs(x, words):
 
 
 def unpack_signs(words, a, out):
-    a = torch.tensor(a, dtype=torch.float32)
+    a = _f32(a)
     out[:] = torch.where(unpack_bits(words)[: len(out)], a, -a)
 
 
@@ -314,9 +318,9 @@ def qsgd_decode(codes, norms, layout, levels, out, weight=1.0, accumulate=False)
     width = qsgd_width(levels)
     planes = unpack_bits(codes)[: layout.padded * width].view(layout.padded, width).long()
     code = (planes << torch.arange(width, device=planes.device)).sum(1)
-    values = (code >> 1).float() / torch.tensor(levels, dtype=torch.float32)
+    values = (code >> 1).float() / _f32(levels)
     values = torch.where((code & 1).bool(), -values, values) * _per_coordinate(norms, layout)
-    _write(out, values[: layout.d], weight, accumulate)
+    _write(out, _f32(weight) * values[: layout.d], accumulate)
 
 
 def topk_encode(x, k, indices, values):
@@ -329,4 +333,4 @@ def topk_encode(x, k, indices, values):
 def topk_decode(indices, values, d, out, weight=1.0, accumulate=False):
     if not accumulate:
         out[:d] = 0
-    out.index_add_(0, indices.long(), torch.tensor(weight, dtype=torch.float32) * values)
+    out.index_add_(0, indices.long(), _f32(weight) * values)

@@ -164,7 +164,7 @@ def test_pack_unpack_identical(n, gen):
     x[::5] = 0.0
     w = np.zeros((n + 63) // 64, np.uint64)
     reference.pack_signs(x, w)
-    tw = torch.zeros(len(w), dtype=torch.int64)
+    tw = torch.zeros(len(w), dtype=torch.uint64)  # uint64 word tensors work as well as int64 ones
     tc.pack_signs(torch.from_numpy(x), tw)
     assert np.array_equal(words(tw), w)
     out, tout = np.zeros(n, np.float32), torch.zeros(n)
