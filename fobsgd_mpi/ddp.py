@@ -169,6 +169,7 @@ def run(cfg):
             print("# summary " + json.dumps({"algorithm": f"ddp-{cfg.hook}", "steps": step + 1, "d": d,
                                              "n_workers": world, "final_test_loss": loss, "final_test_accuracy": acc,
                                              "wall_s": time.perf_counter() - start, "out": cfg.out}), flush=True)
+        dist.barrier()  # no rank leaves while rank 0 still evaluates and writes
     finally:
         dist.destroy_process_group()
 
@@ -189,5 +190,19 @@ def main(argv=None):
     return 0
 
 
+def exit_without_finalizing(code):
+    """End the process without tearing down the interpreter.
+
+    Once DDP has used a gloo process group, torch keeps the group's worker threads alive past
+    destroy_process_group. A worker that has just run a Python comm hook (fp16, PowerSGD) still
+    has to take the GIL to drop the hook's closure; if the interpreter is finalizing by then,
+    Python ends that thread mid-unwind and the rank dies with "terminate called without an active
+    exception". Everything is written and closed before this point, so skipping finalization loses
+    nothing."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_finalizing(main())
