@@ -66,12 +66,13 @@ class Option:
         if self.kind.numeric and not (self.bounds and all(map(math.isfinite, self.bounds))):
             raise TypeError(f"numeric option {self.flag} needs finite bounds")
 
+    def interval(self):
+        (low, high), show = self.bounds, self.kind.show
+        return f"{self.ends[0]}{show(low)}, {show(high)}{self.ends[1]}"
+
     def describe(self):
         """The help text with the range, for --help (argparse adds choices and the default)."""
-        if self.bounds is None:
-            return self.help
-        (low, high), show = self.bounds, self.kind.show
-        return f"{self.help}; in {self.ends[0]}{show(low)}, {show(high)}{self.ends[1]}"
+        return self.help if self.bounds is None else f"{self.help}; in {self.interval()}"
 
     @property
     def dest(self):
@@ -84,11 +85,11 @@ class Option:
         if self.choices is not None and value not in self.choices:
             return f"{self.flag} must be one of {', '.join(map(str, self.choices))}, got {value!r}"
         if self.bounds is not None:
-            (low, high), show = self.bounds, self.kind.show
+            low, high = self.bounds
             above = low < value if self.ends[0] == "(" else low <= value
             below = value < high if self.ends[1] == ")" else value <= high
             if (isinstance(value, float) and not math.isfinite(value)) or not (above and below):
-                return f"{self.flag} must lie in {self.ends[0]}{show(low)}, {show(high)}{self.ends[1]}, got {show(value)}"
+                return f"{self.flag} must lie in {self.interval()}, got {self.kind.show(value)}"
         if self.rule is not None:
             try:
                 self.rule(value)
@@ -135,11 +136,11 @@ def _flag_type(kind):
 def make_parser(prog, description, options):
     p = OneLineParser(prog=prog, description=description, formatter_class=HelpFormatter)
     for o in options:
+        common = dict(dest=o.dest, default=o.default, help=o.describe())
         if o.kind is BOOL:
-            p.add_argument(o.flag, dest=o.dest, default=o.default, help=o.describe(), action=argparse.BooleanOptionalAction)
+            p.add_argument(o.flag, action=argparse.BooleanOptionalAction, **common)
         else:
-            p.add_argument(o.flag, dest=o.dest, default=o.default, help=o.describe(), type=_flag_type(o.kind),
-                           choices=o.choices, required=o.required)
+            p.add_argument(o.flag, type=_flag_type(o.kind), choices=o.choices, required=o.required, **common)
     return p
 
 
@@ -183,8 +184,8 @@ def slow_ranks(spec):
             rank, factor = int(rank), float(factor)
         except ValueError:
             raise ValueError(f"entry {item!r} is not rank:factor (e.g. 3:2.0)") from None
-        if not (0 <= rank < 2**20 and 1 <= factor <= 1000):
-            raise ValueError(f"entry {item!r} needs a rank >= 0 and a factor in [1, 1000]")
+        if not (0 <= rank < 2**20 and 1 <= factor <= 1000) or rank in out:
+            raise ValueError(f"entry {item!r} needs a rank >= 0 named once and a factor in [1, 1000]")
         out[rank] = factor
     return out
 
@@ -202,7 +203,8 @@ def _servers_rule(value):
 SCHEDULES = ("constant", "cosine", "step")
 TRAIN = (
     Option("--config", STR, None, "TOML file of options (keys as the long flags, with - or _); flags override it"),
-    Option("--algorithm", STR, "fo-sgd", "what compresses and exchanges the gradients", choices=tuple(algorithms.names())),
+    Option("--algorithm", STR, "fo-sgd", "what compresses and exchanges the gradients",
+           choices=tuple(algorithms.names())),
     Option("--dataset", STR, "mnist1d", "training and test data (none need a download)", choices=data.DATASETS),
     Option("--model", STR, "mlp", "network trained on the data set", choices=models.MODELS),
     Option("--width", INT, 256, "hidden width (wide-mlp: 2048 gives d of about 12.7M)", bounds=(1, 2**20)),
@@ -232,9 +234,9 @@ TRAIN = (
     Option("--downlink", STR, "flat", "FO-SGD server: re-quantize the sum in the flattened domain, or decode it and "
                                       "re-flatten with a fresh rotation", choices=("flat", "fresh-rotation")),
     Option("--server-also-works", BOOL, False, "rank 0 computes a gradient too"),
-    Option("--servers", SERVERS, "1", "server ranks: 1 = the classic parameter server on rank 0; k or all = blocks "
-                                      "dealt round-robin to ranks 0..k-1, exchanged with Alltoallw (every algorithm but "
-                                      "qsgd and topk-ef)", rule=_servers_rule),
+    Option("--servers", SERVERS, "1", "server ranks: 1 = the classic parameter server on rank 0; k or all = "
+                                      "blocks dealt round-robin to ranks 0..k-1, exchanged with Alltoallw (every "
+                                      "algorithm but qsgd and topk-ef)", rule=_servers_rule),
     Option("--participation", FLOAT, 1.0, "fraction of workers in each round (a seeded subset per step; the server "
                                           "averages those)", bounds=(0, 1), ends="(]"),
     Option("--slow-ranks", STR, "", "stragglers, e.g. 3:2.0,5:1.5 (rank:factor multiplies compute time)",

@@ -21,9 +21,9 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import algorithms, data, models
-from .config import build_parser, parse_config, slow_ranks, validate  # noqa: F401  (the CLI's parser, re-exported)
+from .config import parse_config, slow_ranks
 from .errors import EXIT_USAGE, JobError, UsageError
-from .launcher_env import LAUNCHER_ENV, rank_from_environment  # noqa: F401  (re-exported)
+from .launcher_env import rank_from_environment
 from .netmodel import NetworkModel
 from .layout import BlockLayout
 

@@ -108,7 +108,7 @@ def test_help_shows_every_default_and_range(front):
             shown = "none" if option.default is None else str(option.default)
             assert f"(default: {shown})" in text, option.flag
         if option.bounds:
-            assert f"in {option.ends[0]}{option.kind.show(option.bounds[0])}," in text, option.flag
+            assert f"in {option.interval()}" in text, option.flag
 
 
 def test_parameter_count_and_data_set_shapes_match_the_real_ones():
@@ -142,7 +142,7 @@ def test_usage_error_is_a_job_error_with_exit_code_2():
 
 def test_slow_ranks_entries():
     assert config.slow_ranks("3:2.0,5:1.5") == {3: 2.0, 5: 1.5}
-    for bad in ("2:inf", "2:nan", "2:0.5", "-1:2", "x", "2:3:4", "2:1e400"):
+    for bad in ("2:inf", "2:nan", "2:0.5", "-1:2", "x", "2:3:4", "2:1e400", "1:2,1:3"):
         with pytest.raises(ValueError, match="entry"):
             config.slow_ranks(bad)
 
@@ -154,7 +154,8 @@ def test_usage_errors_exit_2_in_one_line_from_rank_0_only(front, args):
         done = subprocess.run([sys.executable, "-m", f"fobsgd_mpi.{front}", *args], capture_output=True, text=True,
                               timeout=300, cwd=ROOT, env=dict(job_env(), PMI_RANK=rank, PMI_SIZE="2"))
         assert done.returncode == 2
-        assert len(done.stderr.splitlines()) == lines and done.stderr.startswith("error: " if lines else ""), done.stderr
+        assert len(done.stderr.splitlines()) == lines, done.stderr
+        assert done.stderr.startswith("error: " if lines else ""), done.stderr
 
 
 @pytest.mark.mpi
