@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 
+from . import native
 from .config import BOOL, INT, STR, Kind, Option, check, make_parser
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE
 from .jobs import job_env, mpirun_path
@@ -262,13 +263,15 @@ def main(argv=None):
     try:
         args = build_parser().parse_args(ours)
         check(OPTIONS, args)
+        if problem := native.forced_isa_problem():  # every rank would inherit it
+            raise ValueError(problem)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         return launch(args, command_for(rest))
     except KeyboardInterrupt:
-        print("error: interrupted; the job was ended and its network namespaces removed", file=sys.stderr)
+        print("error: interrupted; the job's ranks were ended and any network namespaces removed", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (RuntimeError, OSError) as exc:  # a failed ip / tc command, or mpirun missing
         print(f"error: {exc}", file=sys.stderr)

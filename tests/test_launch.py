@@ -86,6 +86,13 @@ def test_bad_flags_are_one_line_errors_with_exit_2(args, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1, err
 
 
+def test_an_unknown_forced_instruction_set_is_one_line_with_exit_2(monkeypatch, capsys):
+    monkeypatch.setenv("FOBSGD_ISA", "sse9")
+    assert launch.main(["--model-network", "-n", "2", "--", "true"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: FOBSGD_ISA=sse9") and err.count("\n") == 1, err
+
+
 def test_without_root_shaping_is_refused_in_one_line():
     if os.geteuid() != 0:
         done = jobs.launch("--bandwidth", "1gbit", "-n", "2", timeout=60)
