@@ -23,43 +23,37 @@ import time
 
 import numpy as np
 
-from . import data, models
+from . import config, data, models
+from .config import FLOAT, INT, STR, Option
+from .errors import EXIT_USAGE
+from .launcher_env import LAUNCHER_ENV, rank_from_environment
 
 HOOKS = ("none", "fp16", "powersgd")
 
 
-def build_parser():
-    from .train import OneLineParser
+OPTIONS = (
+    Option("--hook", STR, "none", "DDP communication hook on the all-reduce", choices=HOOKS),
+    Option("--powersgd-rank", INT, 1, "matrix approximation rank of the PowerSGD hook", bounds=(1, 1024)),
+    Option("--powersgd-start", INT, 10, "iterations of plain all-reduce before PowerSGD starts (DDP's first two "
+                                        "are plain whatever this says)", bounds=(2, config.BIG)),
+    *config.options_named(config.TRAIN, "--dataset", "--model", "--width", "--batch-size", "--lr", "--momentum",
+                          "--weight-decay", "--lr-schedule", "--epochs", "--steps", "--eval-every",
+                          "--target-accuracy", batch_size={"help": "per rank"},
+                          lr={"default": 0.05, "help": "learning rate"}),
+    Option("--bucket-cap-mb", FLOAT, 25.0, "DDP's gradient bucket size", bounds=(0, 1e4), ends="(]"),
+    *config.options_named(config.TRAIN, "--seed"),
+    Option("--out", STR, None, "HDF5 file", required=True),
+    *config.options_named(config.TRAIN, "--overwrite", "--quiet"),
+)
+# d-long float32 vectors a DDP rank keeps: parameters, gradients, momentum and DDP's gradient buckets
+DDP_COPIES = 4
 
-    p = OneLineParser(prog="python -m fobsgd_mpi.ddp", description=__doc__,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = p.add_argument
-    a("--hook", default="none", choices=HOOKS)
-    a("--powersgd-rank", type=int, default=1, help="matrix approximation rank of the PowerSGD hook")
-    a("--powersgd-start", type=int, default=10, help="iterations of plain all-reduce before PowerSGD starts")
-    a("--dataset", default="mnist1d", choices=data.DATASETS)
-    a("--model", default="mlp", choices=models.MODELS)
-    a("--width", type=int, default=256)
-    a("--batch-size", type=int, default=32, help="per rank")
-    a("--lr", type=float, default=0.05)
-    a("--momentum", type=float, default=0.9)
-    a("--weight-decay", type=float, default=0.0)
-    a("--lr-schedule", default="cosine", choices=("constant", "cosine", "step"))
-    a("--epochs", type=float, default=10.0)
-    a("--steps", type=int, default=None)
-    a("--eval-every", type=int, default=50)
-    a("--target-accuracy", type=float, default=None, help="end at the first evaluation reaching this test accuracy")
-    a("--bucket-cap-mb", type=float, default=25.0)
-    a("--seed", type=int, default=0)
-    a("--out", required=True)
-    a("--overwrite", action="store_true")
-    a("--quiet", action="store_true")
-    return p
+
+def build_parser():
+    return config.make_parser("python -m fobsgd_mpi.ddp", __doc__, OPTIONS)
 
 
 def rank_and_size():
-    from .train import LAUNCHER_ENV
-
     for rank_key, size_key in LAUNCHER_ENV:
         if size_key and rank_key in os.environ and size_key in os.environ:
             return int(os.environ[rank_key]), int(os.environ[size_key])
@@ -177,15 +171,15 @@ def run(cfg):
 def main(argv=None):
     try:
         cfg = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        config.check(OPTIONS, cfg)
+        config.check_memory(cfg, DDP_COPIES)
         rank_and_size()
-        if cfg.hook == "powersgd" and (cfg.powersgd_start < 2 or cfg.powersgd_rank < 1):
-            raise ValueError("--powersgd-start must be >= 2 (DDP's first two iterations are plain all-reduce) "
-                             "and --powersgd-rank >= 1")
         if os.path.exists(cfg.out) and not cfg.overwrite:
             raise ValueError(f"{cfg.out} exists; pass --overwrite or choose another --out")
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if rank_from_environment() == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     run(cfg)
     return 0
 

@@ -25,6 +25,9 @@ import subprocess
 import sys
 import tempfile
 
+from . import native
+from .config import BOOL, INT, STR, Kind, Option, check, make_parser
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE
 from .jobs import job_env, mpirun_path
 
 PREFIX = "fobsgd"
@@ -32,19 +35,41 @@ LINK_BYTES = "# link bytes "
 UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12}
 
 
+NUMBER = r"([0-9]+(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?)"
+
+
 def parse_rate(text):
     """'100mbit' -> 1e8 bits/s (tc's units)."""
-    m = re.fullmatch(r"([0-9.]+)\s*(bit|kbit|mbit|gbit|tbit)", text.strip().lower())
+    m = re.fullmatch(NUMBER + r"\s*(bit|kbit|mbit|gbit|tbit)", text.strip().lower())
     if not m:
         raise ValueError(f"bandwidth {text!r} is not like 100mbit or 1gbit")
     return float(m.group(1)) * UNITS[m.group(2)]
 
 
 def parse_time(text):
-    m = re.fullmatch(r"([0-9.]+)\s*(s|ms|us)", text.strip().lower())
+    m = re.fullmatch(NUMBER + r"\s*(s|ms|us)", text.strip().lower())
     if not m:
         raise ValueError(f"time {text!r} is not like 50ms")
     return float(m.group(1)) * {"s": 1, "ms": 1e-3, "us": 1e-6}[m.group(2)]
+
+
+def show_rate(bps):
+    unit = next((u for u in reversed(UNITS) if abs(bps) >= UNITS[u]), "bit")
+    return f"{bps / UNITS[unit]:g}{unit}"
+
+
+RATE = Kind("a rate like 100mbit or 1gbit", parse_rate, numeric=True, show=show_rate)
+DURATION = Kind("a time like 50ms", parse_time, numeric=True, show=lambda s: f"{s * 1e3:g}ms")
+OPTIONS = (
+    Option("-n", INT, None, "MPI ranks (workers + 1 for training), all on this machine", bounds=(1, 1024),
+           required=True),
+    Option("--bandwidth", RATE, None, "link rate, e.g. 10mbit, 100mbit, 1gbit; none: unshaped", bounds=(1e3, 1e12)),
+    Option("--latency", DURATION, "50ms", "tbf queueing bound (no delay is added: no netem here)", bounds=(0, 60)),
+    Option("--topology", STR, "per-node", "a link per rank behind a switch, or one shared loopback",
+           choices=("per-node", "shared")),
+    Option("--model-network", BOOL, False, "no shaping: run plainly and record the alpha-beta model for --bandwidth "
+                                           "beside it"),
+)
 
 
 def sh(*cmd, ns=None):
@@ -117,9 +142,13 @@ class Network:
             raise
 
     def __exit__(self, *exc):
-        for name in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
-        self.namespaces.clear()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave namespaces
+        try:
+            for name in reversed(self.namespaces):
+                subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            self.namespaces.clear()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def counters(self):
         """{rank: (tx_bytes, rx_bytes)} of each rank's interface (one entry for shared)."""
@@ -184,47 +213,69 @@ def command_for(rest):
     return rest
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    ours, rest = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
-    p = argparse.ArgumentParser(prog="python -m fobsgd_mpi.launch", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-n", type=int, required=True, help="MPI ranks (workers + 1 for training)")
-    p.add_argument("--bandwidth", default=None, help="link rate, e.g. 10mbit, 100mbit, 1gbit; omit for unshaped")
-    p.add_argument("--latency", default="50ms", help="tbf queueing bound (no delay is added: no netem here)")
-    p.add_argument("--topology", choices=("per-node", "shared"), default="per-node")
-    p.add_argument("--model-network", action="store_true",
-                   help="no shaping: run plainly and record the alpha-beta model for --bandwidth beside it")
-    args = p.parse_args(ours)
+def build_parser():
+    return make_parser("python -m fobsgd_mpi.launch", __doc__, OPTIONS)
+
+
+def run_job(cmd, env):
+    """The job's exit status; on Ctrl-C or SIGTERM the job (whose mpirun got the Ctrl-C too) is
+    asked to end its ranks, killed after 10 s, and the exception goes on to the cleanup."""
+    job = subprocess.Popen(cmd, env=env)
     try:
-        rate = parse_rate(args.bandwidth) if args.bandwidth else None
-        latency = parse_time(args.latency)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.n < 1:
-        print(f"error: -n must be >= 1, got {args.n}", file=sys.stderr)
-        return 2
-    cmd = command_for(rest)
+        return job.wait()
+    except BaseException:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ending now: further Ctrl-Cs must not cut the cleanup short
+        job.terminate()
+        try:
+            job.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            job.kill()
+            job.wait()
+        raise
+
+
+def launch(args, cmd):
     env = job_env()
     if args.model_network:
-        env["FOBSGD_NETWORK"] = json.dumps({"topology": args.topology, "rate_bps": rate, "latency_s": latency,
-                                            "ranks": args.n, "modelled_only": True})
-        return subprocess.run([mpirun_path(), "-n", str(args.n), *cmd], env=env).returncode
+        env["FOBSGD_NETWORK"] = json.dumps({"topology": args.topology, "rate_bps": args.bandwidth,
+                                            "latency_s": args.latency, "ranks": args.n, "modelled_only": True})
+        return run_job([mpirun_path(), "-n", str(args.n), *cmd], env)
     problem = can_shape()
     if problem:
         print(f"error: {problem}; run as root, or pass --model-network for the alpha-beta model only",
               file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with tempfile.TemporaryDirectory(prefix="fobsgd-launch-") as tmp, Network(args.n, rate, latency, args.topology) as net:
+    with tempfile.TemporaryDirectory(prefix="fobsgd-launch-") as tmp, \
+            Network(args.n, args.bandwidth, args.latency, args.topology) as net:
         env.update(net.env())
         before = net.counters()
-        done = subprocess.run([mpirun_path(), "-n", str(args.n), net.wrapper(tmp), *cmd], env=env)
+        status = run_job([mpirun_path(), "-n", str(args.n), net.wrapper(tmp), *cmd], env)
         after = net.counters()
         moved = {r: (after[r][0] - before[r][0], after[r][1] - before[r][1]) for r in after}
         print(LINK_BYTES + json.dumps({"topology": args.topology, "tx_rx_per_rank": moved}), flush=True)
-        return done.returncode
+        return status
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    ours, rest = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    try:
+        args = build_parser().parse_args(ours)
+        check(OPTIONS, args)
+        if problem := native.forced_isa_problem():  # every rank would inherit it
+            raise ValueError(problem)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return launch(args, command_for(rest))
+    except KeyboardInterrupt:
+        print("error: interrupted; the job's ranks were ended and any network namespaces removed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (RuntimeError, OSError) as exc:  # a failed ip / tc command, or mpirun missing
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

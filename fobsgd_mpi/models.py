@@ -26,6 +26,12 @@ def build(name, n_features, n_outputs, width=256, seed=0):
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
 
 
+def parameter_count(name, n_features, n_outputs, width=256):
+    """d of the model `build` makes, counted on torch's meta device (nothing is allocated)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build(name, n_features, n_outputs, width).parameters())
+
+
 class FlatModel:
     """A torch module whose parameters and gradients are views of two flat float32 arrays.
 

@@ -9,6 +9,7 @@ and a warning says so once.
     array([2.828427, 0.      ], dtype=float32)
 """
 import math
+import os
 import warnings
 
 import numpy as np
@@ -56,6 +57,15 @@ def set_isa(name=None):
     if name is not None and name not in ISAS:
         raise ValueError(f"unknown instruction set {name!r}; choose one of {', '.join(ISAS)}")
     _check(_native.set_isa(name), f"set_isa({name!r})")
+
+
+def forced_isa_problem():
+    """Why FOBSGD_ISA (read by the extension at import) cannot be honoured, or None."""
+    name = os.environ.get("FOBSGD_ISA")
+    if name and name not in supported_isas():
+        offered = ", ".join(supported_isas()) or "none: the native extension is not built"
+        return f"FOBSGD_ISA={name} is not an instruction set this CPU and build offer ({offered}); change or unset it"
+    return None
 
 
 def fwht_(x, normalize=True):

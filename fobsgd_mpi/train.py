@@ -15,167 +15,17 @@ import json
 import os
 import sys
 import time
-import tomllib
 import zlib
 from contextlib import contextmanager
 
 import numpy as np
 
 from . import algorithms, data, models
+from .config import parse_config, slow_ranks
+from .errors import EXIT_USAGE, JobError, UsageError
+from .launcher_env import rank_from_environment
 from .netmodel import NetworkModel
 from .layout import BlockLayout
-
-EXIT_USAGE = 2
-
-
-class JobError(RuntimeError):
-    """A failure every rank detects at the same point (the ranks decided it together): the job ends
-    in order, rank 0 closing its results, instead of being aborted."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad flags become a ValueError, reported in one line with exit status 2."""
-
-    def error(self, message):
-        raise ValueError(f"{message} (see --help)")
-
-
-def build_parser():
-    p = OneLineParser(prog="python -m fobsgd_mpi.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = p.add_argument
-    a("--config", help="TOML file of options (keys as the long flags, with - or _); flags override it")
-    a("--algorithm", default="fo-sgd", choices=algorithms.names())
-    a("--dataset", default="mnist1d", choices=data.DATASETS)
-    a("--model", default="mlp", choices=models.MODELS)
-    a("--width", type=int, default=256, help="hidden width (wide-mlp: 2048 gives d of about 12.7M)")
-    a("--partition", default="iid", choices=("iid", "dirichlet"))
-    a("--alpha", type=float, default=0.5, help="Dirichlet concentration for --partition dirichlet")
-    a("--batch-size", type=int, default=32, help="per worker")
-    a("--lr", type=float, default=None, help="learning rate (default: the algorithm's own, e.g. 0.05 for sgd, "
-                                             "0.02 for fo-sgd whose one-bit directions are far noisier)")
-    a("--momentum", type=float, default=0.9)
-    a("--weight-decay", type=float, default=0.0)
-    a("--lr-schedule", default="cosine", choices=("constant", "cosine", "step"))
-    a("--epochs", type=float, default=10.0, help="passes over the training set (all workers together)")
-    a("--steps", type=int, default=None, help="iterations; overrides --epochs")
-    a("--eval-every", type=int, default=50)
-    a("--check-every", type=int, default=25, help="cross-rank parameter checksum period (0: never)")
-    a("--block-size", type=int, default=1 << 16, help="flattening / bucket block, a power of two")
-    a("--eta", type=float, default=1e-2, help="FO-SGD clipping probability bound in lambda")
-    a("--lambda-rule", default="min", choices=("norm", "max", "min"),
-      help="FO-SGD scale: norm = ||x|| sqrt(2 ln(2m/eta)/m), max = max|y| (unbiased), min = the smaller")
-    a("--liec-period", type=int, default=32, help="LIEC-SGD full-precision averaging period H")
-    a("--qsgd-levels", type=int, default=15)
-    a("--topk-ratio", type=float, default=0.01)
-    a("--warmup-steps", type=int, default=0, help="first K steps exchange fp32 (sgd)")
-    a("--min-compress-numel", type=int, default=0,
-      help="tensors with fewer elements (biases, norms) travel fp32, counted in the bytes")
-    a("--downlink", default="flat", choices=("flat", "fresh-rotation"),
-      help="FO-SGD server: re-quantize the sum in the flattened domain, or decode it and re-flatten "
-           "with a fresh rotation")
-    a("--server-also-works", action="store_true")
-    a("--servers", default="1",
-      help="server ranks: 1 = the classic parameter server on rank 0; k or all = blocks dealt round-robin "
-           "to ranks 0..k-1, exchanged with Alltoallw (every algorithm but qsgd and topk-ef)")
-    a("--participation", type=float, default=1.0,
-      help="fraction of workers in each round (a seeded subset per step; the server averages those)")
-    a("--slow-ranks", default="", help="stragglers, e.g. 3:2.0,5:1.5 (rank:factor multiplies compute time)")
-    a("--seed", type=int, default=0)
-    a("--out", default=None, help="HDF5 file (default results/<algorithm>-<dataset>-<model>-n<N>-<time>.h5)")
-    a("--overwrite", action="store_true", help="replace an existing --out file")
-    a("--quiet", action="store_true")
-    a("--checkpoint-every", type=int, default=0, help="write an atomic per-rank checkpoint every N steps")
-    a("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    a("--target-accuracy", type=float, default=None,
-      help="end the run at the first evaluation whose test accuracy reaches this (time-to-accuracy runs)")
-    a("--stop-at", type=int, default=None,
-      help="end cleanly after this step (to fit a job's time limit; continue later with --resume)")
-    a("--on-nonfinite", default="stop", choices=("stop", "skip"),
-      help="a NaN/Inf gradient on any rank stops the run, or skips that step on every rank")
-    return p
-
-
-def load_config_file(path):
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
-    return {k.replace("-", "_"): v for k, v in raw.items()}
-
-
-def parse_config(argv):
-    """Flags over the TOML file over the defaults; raises ValueError with a one-line reason."""
-    parser = build_parser()
-    first = parser.parse_args(argv)
-    if first.config:
-        values = load_config_file(first.config)
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"config file {first.config}: unknown option(s) {', '.join(unknown)}")
-        parser.set_defaults(**values)
-        first = parser.parse_args(argv)
-    validate(first)
-    if first.lr is None:
-        first.lr = algorithms.get(first.algorithm).default_lr
-    return first
-
-
-def validate(cfg):
-    if cfg.algorithm not in algorithms.names():
-        raise ValueError(f"unknown algorithm {cfg.algorithm!r}; choose one of {', '.join(algorithms.names())}")
-    checks = [
-        (cfg.block_size >= 64 and cfg.block_size & (cfg.block_size - 1) == 0,
-         f"--block-size must be a power of two >= 64, got {cfg.block_size}"),
-        (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
-        (cfg.lr is None or cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
-        (0 <= cfg.momentum < 1, f"--momentum must lie in [0, 1), got {cfg.momentum}"),
-        (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
-        (0 < cfg.eta < 1, f"--eta must lie in (0, 1), got {cfg.eta}"),
-        (cfg.eval_every >= 1, f"--eval-every must be >= 1, got {cfg.eval_every}"),
-        (cfg.liec_period >= 1, f"--liec-period must be >= 1, got {cfg.liec_period}"),
-        (cfg.steps is None or cfg.steps >= 1, f"--steps must be >= 1, got {cfg.steps}"),
-        (cfg.epochs > 0, f"--epochs must be positive, got {cfg.epochs}"),
-        (cfg.width >= 1, f"--width must be >= 1, got {cfg.width}"),
-        (cfg.alpha > 0, f"--alpha must be positive, got {cfg.alpha}"),
-        (0 < cfg.topk_ratio <= 1, f"--topk-ratio must lie in (0, 1], got {cfg.topk_ratio}"),
-        (cfg.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {cfg.warmup_steps}"),
-        (0 < cfg.participation <= 1, f"--participation must lie in (0, 1], got {cfg.participation}"),
-        (cfg.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {cfg.checkpoint_every}"),
-        (not cfg.resume or cfg.out, "--resume needs the --out of the run to continue"),
-        (cfg.servers == "all" or cfg.servers.isdigit() and int(cfg.servers) >= 1,
-         f"--servers must be a number of ranks >= 1 or all, got {cfg.servers}"),
-        (cfg.servers == "1" or cfg.participation == 1, "--participation below 1 needs --servers 1"),
-        (cfg.servers == "1" or algorithms.get(cfg.algorithm).shardable,
-         f"--servers {cfg.servers} splits the server by blocks, which {cfg.algorithm} cannot; use --servers 1 "
-         f"(shardable: {', '.join(n for n in algorithms.names() if algorithms.get(n).shardable)})"),
-        (cfg.target_accuracy is None or 0 < cfg.target_accuracy <= 1,
-         f"--target-accuracy must lie in (0, 1], got {cfg.target_accuracy}"),
-        (cfg.min_compress_numel >= 0, f"--min-compress-numel must be >= 0, got {cfg.min_compress_numel}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-    slow_ranks(cfg.slow_ranks)
-
-
-def slow_ranks(spec):
-    """{rank: factor} from "3:2.0,5:1.5"; ValueError naming the bad entry."""
-    out = {}
-    for item in filter(None, spec.split(",")):
-        try:
-            rank, factor = item.split(":")
-            out[int(rank)] = float(factor)
-        except ValueError:
-            raise ValueError(f"--slow-ranks entry {item!r} is not rank:factor (e.g. 3:2.0)") from None
-        if out[int(rank)] < 1:
-            raise ValueError(f"--slow-ranks factor must be >= 1, got {item!r}")
-    return out
-
 
 def participants(cfg, step, workers):
     """The workers of this round: all, or a subset drawn from (seed, step), the same on every rank."""
@@ -262,7 +112,7 @@ def run(cfg, comm):
     slow = slow_ranks(cfg.slow_ranks)
     unknown = sorted(set(slow) - set(ps.workers))
     if unknown:
-        raise JobError(f"--slow-ranks names rank(s) {unknown}, which are not workers (workers: "
+        raise UsageError(f"--slow-ranks names rank(s) {unknown}, which are not workers (workers: "
                        f"{ps.workers[0]}..{ps.workers[-1]})")
     samples_per_step = max(1, round(cfg.participation * n)) * cfg.batch_size
     total = cfg.steps or max(1, int(round(cfg.epochs * n_train / samples_per_step)))
@@ -462,7 +312,7 @@ def build_algorithm(name, ps, model, cfg):
         tail = algorithms.get("sgd")(ps, model.d - model.d_compressed, tail_cfg)
         return SplitExchange(cls(ps, model.d_compressed, cfg), tail, model.d_compressed)
     except ValueError as exc:  # a setting every rank rejects alike
-        raise JobError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def check_replicas(comm, params, step):
@@ -486,18 +336,6 @@ def output_problem(cfg):
     if not os.access(folder, os.W_OK):
         return f"cannot write --out {cfg.out}: {folder} is not writable; choose a writable path"
     return None
-
-
-# (rank, world size) variables MPI launchers set: MPICH's Hydra, Open MPI, PMIx (a rank only), SLURM
-LAUNCHER_ENV = (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("PMIX_RANK", None),
-                ("SLURM_PROCID", "SLURM_NTASKS"))
-
-
-def rank_from_environment():
-    for key, _ in LAUNCHER_ENV:
-        if key in os.environ:
-            return int(os.environ[key])
-    return 0
 
 
 def main(argv=None):
@@ -524,7 +362,7 @@ def main(argv=None):
     except JobError as exc:
         if comm.Get_rank() == 0:
             print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        return exc.exit_code
     except Exception as exc:  # one rank's failure ends the job with its message, never a hang
         print(f"error on rank {comm.Get_rank()}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         comm.Abort(1)

@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -75,12 +76,78 @@ def test_harness_bytes_match_interface_counters(tmp_path):
         assert down + shard <= rx <= 1.05 * (down + shard) + 200_000, (rank, rx, down, shard)
 
 
-def test_without_root_or_with_bad_flags_one_line_errors(tmp_path):
-    done = jobs.launch("--bandwidth", "fast", "-n", "2", timeout=60)
-    assert done.returncode == 2 and "is not like 100mbit" in done.stderr
+@pytest.mark.parametrize("args", [["--bandwidth", "fast", "-n", "2"], ["--bandwidth", "0mbit", "-n", "2"],
+                                  ["--bandwidth", "1.2.3mbit", "-n", "2"], ["--bandwidth", "5tbit", "-n", "2"],
+                                  ["-n", "100000"], ["-n", "0"], ["-n", "x"], [], ["-n", "2", "--latency=-1ms"],
+                                  ["-n", "2", "--latency", "1e9s"], ["-n", "2", "--topology", "ring"]])
+def test_bad_flags_are_one_line_errors_with_exit_2(args, capsys):
+    assert launch.main([*args, "--", "true"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_an_unknown_forced_instruction_set_is_one_line_with_exit_2(monkeypatch, capsys):
+    monkeypatch.setenv("FOBSGD_ISA", "sse9")
+    assert launch.main(["--model-network", "-n", "2", "--", "true"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: FOBSGD_ISA=sse9") and err.count("\n") == 1, err
+
+
+def test_without_root_shaping_is_refused_in_one_line():
     if os.geteuid() != 0:
         done = jobs.launch("--bandwidth", "1gbit", "-n", "2", timeout=60)
         assert done.returncode == 2 and "needs root" in done.stderr and "--model-network" in done.stderr
+
+
+SLEEPER = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_DFL); print('up', flush=True); time.sleep(300)"
+
+
+@pytest.mark.parametrize("mode", ["--model-network", "--topology=shared"])
+def test_ctrl_c_ends_the_job_in_one_line_with_exit_130_and_removes_namespaces(mode):
+    if mode != "--model-network" and not ROOTED:
+        pytest.skip("network namespaces need root and iproute2")
+    marker = f"fobsgd-sleeper-{os.getpid()}"
+    job = subprocess.Popen([sys.executable, "-m", "fobsgd_mpi.launch", mode, "--bandwidth", "1gbit", "-n", "2", "--",
+                            sys.executable, "-c", f"{SLEEPER}  # {marker}"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=jobs.job_env(), cwd=jobs.ROOT, start_new_session=True)
+    try:
+        seen = ""
+        while seen.count("up") < 2:  # both ranks started (their lines may interleave)
+            line = job.stdout.readline()
+            assert line, "the job ended before its ranks started"
+            seen += line
+        os.killpg(job.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        _, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 130 and err.strip().splitlines()[-1].startswith("error: interrupted"), err
+    assert "Traceback" not in err, err
+    assert f"{launch.PREFIX}{job.pid}-" not in namespaces()
+    assert not processes_with(marker), "a rank outlived the launcher"
+
+
+def processes_with(marker):
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in open(f"/proc/{pid}/cmdline", "rb").read():
+                found.append(pid)
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
+@needs_root
+def test_a_failed_shaping_command_is_one_line_and_removes_namespaces(monkeypatch, capsys):
+    def broken(self, dev, ns):
+        raise RuntimeError(f"`tc qdisc replace dev {dev}` failed: simulated")
+
+    monkeypatch.setattr(launch.Network, "shape", broken)
+    assert launch.main(["--bandwidth", "1gbit", "-n", "2", "--", "true"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: `tc qdisc") and err.count("\n") == 1, err
+    assert f"{launch.PREFIX}{os.getpid()}-" not in namespaces()
 
 
 @needs_root

@@ -1,0 +1,334 @@
+"""One schema for the command line and the TOML config file: each option's type, range, choices,
+default and help in one `Option`, checked in one place (`check`) whatever the value came from.
+
+A number outside its range, NaN or Inf, a config-file value of the wrong TOML type, an unknown
+key: each is refused with one line naming the option, what it must be and what it got, as a
+`UsageError` (exit status 2). A numeric option must declare a finite range, so a new one cannot
+slip through unchecked (tests/test_config.py feeds every numeric option of every table bad values).
+"""
+import argparse
+import math
+import os
+import tomllib
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from . import algorithms, data, models
+from .errors import UsageError
+from .launcher_env import local_ranks
+
+BIG = 10**12  # an upper bound on counts of steps or elements that no run reaches
+SEED_MAX = 2**32 - 1  # numpy's SeedSequence, torch.manual_seed and the native streams all take it
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A value type: `parse` turns flag text (or a TOML value of one of the `toml` types) into
+    the value, raising ValueError for anything else."""
+
+    name: str
+    parse: Callable
+    toml: tuple = ()
+    numeric: bool = False
+    show: Callable = str
+
+
+def _servers(text):
+    return "all" if text == "all" else str(int(text))
+
+
+BOOL = Kind("true or false (a TOML boolean)", bool, (bool,))
+INT = Kind("an integer", int, (int,), numeric=True)
+FLOAT = Kind("a number", float, (int, float), numeric=True, show="{:g}".format)
+STR = Kind("a string", str, (str,))
+SERVERS = Kind('a number of ranks or "all"', _servers, (int, str))
+
+
+@dataclass(frozen=True)
+class Option:
+    """One flag / config key. `bounds` (low, high) are finite and inclusive unless `ends` says
+    "(" or ")"; `rule` checks what a range cannot, raising ValueError with the rest of a sentence
+    that starts with the flag."""
+
+    flag: str
+    kind: Kind
+    default: object = None
+    help: str = ""
+    choices: tuple = None
+    bounds: tuple = None
+    ends: str = "[]"
+    rule: Callable = None
+    required: bool = False
+
+    def __post_init__(self):
+        if not self.help:
+            raise TypeError(f"option {self.flag} needs a help text")
+        if self.kind.numeric and not (self.bounds and all(map(math.isfinite, self.bounds))):
+            raise TypeError(f"numeric option {self.flag} needs finite bounds")
+
+    def interval(self):
+        (low, high), show = self.bounds, self.kind.show
+        return f"{self.ends[0]}{show(low)}, {show(high)}{self.ends[1]}"
+
+    def describe(self):
+        """The help text with the range, for --help (argparse adds choices and the default)."""
+        return self.help if self.bounds is None else f"{self.help}; in {self.interval()}"
+
+    @property
+    def dest(self):
+        return self.flag.lstrip("-").replace("-", "_")
+
+    def problem(self, value):
+        """Why `value` is not acceptable for this option, or None."""
+        if value is None:
+            return f"{self.flag} needs a value" if self.required or self.default is not None else None
+        if self.choices is not None and value not in self.choices:
+            return f"{self.flag} must be one of {', '.join(map(str, self.choices))}, got {value!r}"
+        if self.bounds is not None:
+            low, high = self.bounds
+            above = low < value if self.ends[0] == "(" else low <= value
+            below = value < high if self.ends[1] == ")" else value <= high
+            if (isinstance(value, float) and not math.isfinite(value)) or not (above and below):
+                return f"{self.flag} must lie in {self.interval()}, got {self.kind.show(value)}"
+        if self.rule is not None:
+            try:
+                self.rule(value)
+            except ValueError as exc:
+                return f"{self.flag} {exc}"
+        return None
+
+
+def check(options, cfg):
+    """Every option's value in `cfg` against its schema; UsageError naming the first bad one."""
+    for option in options:
+        problem = option.problem(getattr(cfg, option.dest))
+        if problem:
+            raise UsageError(problem)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags become a UsageError, reported in one line with exit status 2."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and every option's help ending with its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or action.default is argparse.SUPPRESS or action.required or not action.option_strings:
+            return text
+        return f"{text} (default: {'none' if action.default is None else '%(default)s'})".strip()
+
+
+def _flag_type(kind):
+    def convert(text):
+        try:
+            return kind.parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.name}, got {text!r}") from None
+
+    return convert
+
+
+def make_parser(prog, description, options):
+    p = OneLineParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    for o in options:
+        common = dict(dest=o.dest, default=o.default, help=o.describe())
+        if o.kind is BOOL:
+            p.add_argument(o.flag, action=argparse.BooleanOptionalAction, **common)
+        else:
+            p.add_argument(o.flag, type=_flag_type(o.kind), choices=o.choices, required=o.required, **common)
+    return p
+
+
+def load_config_file(path, options):
+    """{dest: value} from a TOML file, each key known and of its option's type, or a UsageError."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        why = "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc.strerror})"
+        raise UsageError(f"config file {path} {why}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    by_dest = {o.dest: o for o in options if o.dest != "config"}
+    values = {}
+    for key, value in raw.items():
+        dest = key.replace("-", "_")
+        if dest not in by_dest:
+            raise UsageError(f"config file {path}: unknown option(s) {key}")
+        if dest in values:
+            raise UsageError(f"config file {path}: {key} is given twice (as - and _)")
+        option = by_dest[dest]
+        try:
+            if type(value) not in option.kind.toml:
+                raise ValueError
+            values[dest] = option.kind.parse(value)
+        except ValueError:
+            raise UsageError(f"config file {path}: {key} must be {option.kind.name}, got {value!r}") from None
+        problem = option.problem(values[dest])
+        if problem:
+            raise UsageError(f"config file {path}: {problem}")
+    return values
+
+
+def slow_ranks(spec):
+    """{rank: factor} from "3:2.0,5:1.5"; ValueError naming the bad entry."""
+    out = {}
+    for item in filter(None, spec.split(",")):
+        try:
+            rank, factor = item.split(":")
+            rank, factor = int(rank), float(factor)
+        except ValueError:
+            raise ValueError(f"entry {item!r} is not rank:factor (e.g. 3:2.0)") from None
+        if not (0 <= rank < 2**20 and 1 <= factor <= 1000) or rank in out:
+            raise ValueError(f"entry {item!r} needs a rank >= 0 named once and a factor in [1, 1000]")
+        out[rank] = factor
+    return out
+
+
+def _power_of_two(value):
+    if value & (value - 1):
+        raise ValueError(f"must be a power of two >= 64, got {value}")
+
+
+def _servers_rule(value):
+    if value != "all" and not 1 <= int(value) <= 2**20:
+        raise ValueError(f"must be a number of ranks >= 1 or all, got {value}")
+
+
+SCHEDULES = ("constant", "cosine", "step")
+TRAIN = (
+    Option("--config", STR, None, "TOML file of options (keys as the long flags, with - or _); flags override it"),
+    Option("--algorithm", STR, "fo-sgd", "what compresses and exchanges the gradients",
+           choices=tuple(algorithms.names())),
+    Option("--dataset", STR, "mnist1d", "training and test data (none need a download)", choices=data.DATASETS),
+    Option("--model", STR, "mlp", "network trained on the data set", choices=models.MODELS),
+    Option("--width", INT, 256, "hidden width (wide-mlp: 2048 gives d of about 12.7M)", bounds=(1, 2**20)),
+    Option("--partition", STR, "iid", "how the training set is split over the workers", choices=("iid", "dirichlet")),
+    Option("--alpha", FLOAT, 0.5, "Dirichlet concentration for --partition dirichlet", bounds=(1e-3, 1e6)),
+    Option("--batch-size", INT, 32, "per worker", bounds=(1, 2**24)),
+    Option("--lr", FLOAT, None, "learning rate; none: the algorithm's own, e.g. 0.05 for sgd, 0.02 for fo-sgd whose "
+                                "one-bit directions are far noisier", bounds=(0, 1e4), ends="(]"),
+    Option("--momentum", FLOAT, 0.9, "heavy-ball momentum of the SGD step", bounds=(0, 1), ends="[)"),
+    Option("--weight-decay", FLOAT, 0.0, "L2 penalty added to the direction", bounds=(0, 1e3)),
+    Option("--lr-schedule", STR, "cosine", "learning rate over the run (step: x0.1 at each third)", choices=SCHEDULES),
+    Option("--epochs", FLOAT, 10.0, "passes over the training set (all workers together)", bounds=(0, 1e6), ends="(]"),
+    Option("--steps", INT, None, "iterations; overrides --epochs", bounds=(1, BIG)),
+    Option("--eval-every", INT, 50, "test-set evaluation period in steps", bounds=(1, BIG)),
+    Option("--check-every", INT, 25, "cross-rank parameter checksum period (0: never)", bounds=(0, BIG)),
+    Option("--block-size", INT, 1 << 16, "flattening / bucket block, a power of two", bounds=(64, 2**30),
+           rule=_power_of_two),
+    Option("--eta", FLOAT, 1e-2, "FO-SGD clipping probability bound in lambda", bounds=(0, 1), ends="()"),
+    Option("--lambda-rule", STR, "min", "FO-SGD scale: norm = ||x|| sqrt(2 ln(2m/eta)/m), max = max|y| (unbiased), "
+                                        "min = the smaller", choices=("norm", "max", "min")),
+    Option("--liec-period", INT, 32, "LIEC-SGD full-precision averaging period H", bounds=(1, BIG)),
+    Option("--qsgd-levels", INT, 15, "QSGD quantization levels s", bounds=(1, 32767)),
+    Option("--topk-ratio", FLOAT, 0.01, "fraction of coordinates top-k sends", bounds=(0, 1), ends="(]"),
+    Option("--warmup-steps", INT, 0, "first K steps exchange fp32 (sgd)", bounds=(0, BIG)),
+    Option("--min-compress-numel", INT, 0, "tensors with fewer elements (biases, norms) travel fp32, counted in the "
+                                           "bytes", bounds=(0, BIG)),
+    Option("--downlink", STR, "flat", "FO-SGD server: re-quantize the sum in the flattened domain, or decode it and "
+                                      "re-flatten with a fresh rotation", choices=("flat", "fresh-rotation")),
+    Option("--server-also-works", BOOL, False, "rank 0 computes a gradient too"),
+    Option("--servers", SERVERS, "1", "server ranks: 1 = the classic parameter server on rank 0; k or all = "
+                                      "blocks dealt round-robin to ranks 0..k-1, exchanged with Alltoallw (every "
+                                      "algorithm but qsgd and topk-ef)", rule=_servers_rule),
+    Option("--participation", FLOAT, 1.0, "fraction of workers in each round (a seeded subset per step; the server "
+                                          "averages those)", bounds=(0, 1), ends="(]"),
+    Option("--slow-ranks", STR, "", "stragglers, e.g. 3:2.0,5:1.5 (rank:factor multiplies compute time)",
+           rule=slow_ranks),
+    Option("--seed", INT, 0, "seed of the model, data split, batches and random streams", bounds=(0, SEED_MAX)),
+    Option("--out", STR, None, "HDF5 file; none: results/<algorithm>-<dataset>-<model>-n<N>-<time>.h5"),
+    Option("--overwrite", BOOL, False, "replace an existing --out file"),
+    Option("--quiet", BOOL, False, "no progress bar"),
+    Option("--checkpoint-every", INT, 0, "write an atomic per-rank checkpoint every N steps (0: never)",
+           bounds=(0, BIG)),
+    Option("--resume", BOOL, False, "continue the run in --out from its last checkpoint"),
+    Option("--target-accuracy", FLOAT, None, "end the run at the first evaluation whose test accuracy reaches this "
+                                             "(time-to-accuracy runs)", bounds=(0, 1), ends="(]"),
+    Option("--stop-at", INT, None, "end cleanly after this step (to fit a job's time limit; continue later with "
+                                   "--resume)", bounds=(0, BIG)),
+    Option("--on-nonfinite", STR, "stop", "a NaN/Inf gradient on any rank stops the run, or skips that step on "
+                                          "every rank", choices=("stop", "skip")),
+)
+
+
+def options_named(table, *flags, **changes):
+    """Options of `table` by flag, for another front door; `changes` (dest=dict) alter one."""
+    by_flag = {o.flag: o for o in table}
+    return tuple(replace(by_flag[f], **changes.get(by_flag[f].dest, {})) for f in flags)
+
+
+def build_parser():
+    from . import train
+
+    return make_parser("python -m fobsgd_mpi.train", train.__doc__, TRAIN)
+
+
+def parse_config(argv):
+    """Flags over the TOML file over the defaults; raises UsageError with a one-line reason."""
+    parser = build_parser()
+    cfg = parser.parse_args(argv)
+    if cfg.config:
+        parser.set_defaults(**load_config_file(cfg.config, TRAIN))
+        cfg = parser.parse_args(argv)
+    validate(cfg)
+    if cfg.lr is None:
+        cfg.lr = algorithms.get(cfg.algorithm).default_lr
+    return cfg
+
+
+def validate(cfg):
+    """The schema, then what relates options to each other, the model's memory and the kernels."""
+    check(TRAIN, cfg)
+    shardable = [n for n in algorithms.names() if algorithms.get(n).shardable]
+    relations = [
+        (not cfg.resume or cfg.out, "--resume needs the --out of the run to continue"),
+        (cfg.servers == "1" or cfg.participation == 1, "--participation below 1 needs --servers 1"),
+        (cfg.servers == "1" or cfg.algorithm in shardable,
+         f"--servers {cfg.servers} splits the server by blocks, which {cfg.algorithm} cannot; use --servers 1 "
+         f"(shardable: {', '.join(shardable)})"),
+    ]
+    for ok, message in relations:
+        if not ok:
+            raise UsageError(message)
+    check_memory(cfg, TRAIN_COPIES)
+    from . import native
+
+    problem = native.forced_isa_problem()
+    if problem:
+        raise UsageError(problem)
+
+
+# (features, outputs) of each data set, so a model's size is known before any data is made
+# (tests/test_config.py checks them against data.load)
+DATASET_SHAPES = {"mnist1d": (40, 10), "digits": (64, 10), "synthetic-logreg": (32, 4),
+                  "synthetic-quadratic": (64, 1), "synthetic-sparse": (512, 1)}
+# d-long float32 vectors a training rank keeps: parameters, gradients, momentum, and up to three an
+# algorithm holds (error memories, the server's sum, the decoded direction)
+TRAIN_COPIES = 6
+
+
+def available_memory():
+    """Bytes of memory available to new allocations (MemAvailable, or free pages without /proc)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(cfg, copies):
+    """Refuse a model whose `copies` float32 vectors on every rank of this node exceed the memory
+    available, before anything is allocated."""
+    d = models.parameter_count(cfg.model, *DATASET_SHAPES[cfg.dataset], cfg.width)
+    ranks = local_ranks()
+    need, have = 4 * d * copies * ranks, available_memory()
+    if need > have:
+        raise UsageError(f"--model {cfg.model} --width {cfg.width} has {d:,} parameters: {copies} float32 copies on "
+                         f"each of {ranks} rank(s) here need about {need / 1e9:,.1f} GB, but {have / 1e9:,.1f} GB is "
+                         "available; lower --width or run fewer ranks per node")
