@@ -384,7 +384,7 @@ def run(cfg, comm):
             totals["bytes_down"] += finish[1]
     except KeyboardInterrupt:
         status = "interrupted"
-        raise KeyboardInterrupt(f"interrupted after step {done - 1}; {out} records it (status interrupted); "
+        raise KeyboardInterrupt(f"interrupted after {done} steps; {out} records it (status interrupted); "
                                 "continue from the last checkpoint with --resume") from None
     finally:
         if writer is not None:

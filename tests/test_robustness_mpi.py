@@ -167,9 +167,9 @@ def test_overwrite_of_a_running_job_is_refused_and_ctrl_c_ends_it_cleanly(tmp_pa
             job.kill()
     assert job.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and stderr.strip().count("\n") == 0, stderr[-2000:]
-    assert stderr.startswith("interrupted after step")
     with h5py.File(out) as f:  # intact, and it says where it stopped
         steps = f["iterations/step"][:]
+        assert stderr.startswith(f"interrupted after {len(steps)} steps")
         assert len(steps) >= 40 and np.array_equal(steps, np.arange(len(steps)))
         assert (f.attrs["status"], f.attrs["steps_done"]) == ("interrupted", len(steps))
         assert "final_params" in f
@@ -211,7 +211,7 @@ def small_disk(tmp_path, request):
     if tried.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs to fill ({tried.stderr.strip() or 'mount failed'}); needs root")
     yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)  # lazy: a killed job may still hold a file
 
 
 # the writer allocates each flush's space plus results.HEADROOM_BYTES (256 KiB) first: on 600 KiB the
