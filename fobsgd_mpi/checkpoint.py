@@ -1,39 +1,76 @@
 """Per-rank checkpoints: everything a rank needs to continue bit for bit.
 
-Each rank writes <out>.ckpt/rank<r>.npz through a temporary file and an atomic rename, so a
-crash mid-write leaves the previous checkpoint intact. Compression randomness needs no saving:
-every stream is a function of (seed, step, block, rank).
+Each rank writes <out>.ckpt/rank<r>.npz.tmp; only when every rank has written its own do they all
+rename them over the previous checkpoint, so a failed write (a crash, a full disk) on any rank
+leaves the previous checkpoint whole. Compression randomness needs no saving: every stream is a
+function of (seed, step, block, rank).
 """
 import json
 import os
 
 import numpy as np
 
+# options a resumed run may change: how far it runs, how often it evaluates, checks and saves,
+# and how it reports; every other option (and the number of ranks) must match the checkpoint's
+MAY_CHANGE_ON_RESUME = frozenset({"steps", "epochs", "stop_at", "eval_every", "checkpoint_every", "check_every",
+                                  "target_accuracy", "quiet", "out", "overwrite", "resume", "config"})
+
 
 def directory(out):
     return out + ".ckpt"
 
 
-def save(out, rank, arrays, meta):
-    """arrays: name -> ndarray; meta: JSON-able dict (step, counters, sampler state, ...)."""
-    folder = directory(out)
-    os.makedirs(folder, exist_ok=True)
-    final = os.path.join(folder, f"rank{rank}.npz")
-    tmp = final + ".tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+def _path(out, rank):
+    return os.path.join(directory(out), f"rank{rank}.npz")
+
+
+def write(out, rank, arrays, meta):
+    """Write this rank's next checkpoint beside the current one (commit() puts it in place).
+    arrays: name -> ndarray; meta: JSON-able dict (step, counters, sampler state, ...)."""
+    os.makedirs(directory(out), exist_ok=True)
+    tmp = _path(out, rank) + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        discard(out, rank)
+        raise
+
+
+def commit(out, rank):
+    os.replace(_path(out, rank) + ".tmp", _path(out, rank))
+
+
+def discard(out, rank):
+    try:
+        os.remove(_path(out, rank) + ".tmp")
+    except FileNotFoundError:
+        pass
 
 
 def load(out, rank):
     """(arrays, meta) of this rank's checkpoint; FileNotFoundError with advice if there is none."""
-    path = os.path.join(directory(out), f"rank{rank}.npz")
+    with _open(out, rank) as f:
+        arrays = {k: f[k] for k in f.files if k != "__meta__"}
+        return arrays, json.loads(bytes(f["__meta__"]).decode())
+
+
+def load_meta(out, rank):
+    with _open(out, rank) as f:
+        return json.loads(bytes(f["__meta__"]).decode())
+
+
+def _open(out, rank):
+    path = _path(out, rank)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint {path} to resume from; run with --checkpoint-every first, "
                                 "with the same --out and the same number of ranks")
-    with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files if k != "__meta__"}
-        meta = json.loads(bytes(f["__meta__"]).decode())
-    return arrays, meta
+    return np.load(path)
+
+
+def mismatch(saved, current):
+    """The options (dicts as the checkpoints' "run") that differ and may not: sorted names."""
+    return sorted(k for k in saved.keys() | current.keys()
+                  if k not in MAY_CHANGE_ON_RESUME and saved.get(k) != current.get(k))

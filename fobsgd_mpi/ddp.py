@@ -14,7 +14,6 @@ what a rank hands to the all-reduce (a ring moves about 2 (P - 1) / P of it thro
 the launcher's interface counters give the truth), compute_s is forward + backward + all-reduce,
 which DDP overlaps, so comm_s is not split out (NaN).
 """
-import argparse
 import datetime
 import json
 import os

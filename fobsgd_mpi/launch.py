@@ -15,7 +15,6 @@ fobsgd_mpi.train flags; anything else is a command run on every rank.
 netem is not in this kernel, so there is no added propagation delay: --latency is the token
 bucket's queueing bound (tc tbf latency), not a delay.
 """
-import argparse
 import json
 import os
 import re

@@ -20,7 +20,9 @@ def load(path):
         ev = {k: f["evals"][k][:] for k in f["evals"]}
         return {"path": path, "algorithm": f.attrs["algorithm"], "n_workers": int(f.attrs["n_workers"]),
                 "d": int(f.attrs["d"]), "steps": len(f["iterations/step"]), "evals": ev,
-                "bytes_up": int(f["iterations/bytes_up"][:].sum()), "bytes_down": int(f["iterations/bytes_down"][:].sum()),
+                # the rows plus the end-of-run exchange (results.py: the bytes rule)
+                "bytes_up": int(f["iterations/bytes_up"][:].sum()) + int(f.attrs.get("finish_bytes_up", 0)),
+                "bytes_down": int(f["iterations/bytes_down"][:].sum()) + int(f.attrs.get("finish_bytes_down", 0)),
                 "wall_s": float(f["iterations/wall_s"][-1]) if len(f["iterations/wall_s"]) else float("nan"),
                 "comm_s": float(f["iterations/comm_s"][:].sum()), "compute_s": float(f["iterations/compute_s"][:].sum())}
 

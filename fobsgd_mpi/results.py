@@ -1,8 +1,18 @@
 """HDF5 record of one run (SPEC §4): root attributes, extendable datasets flushed as the run goes,
-so a killed run leaves a readable file. Only the server rank writes."""
+so a killed run leaves a readable file. Only the server rank writes.
+
+Bytes rule: a worker's total traffic is the sum of `iterations/bytes_up` (`bytes_down`) plus the root
+attribute `finish_bytes_up` (`finish_bytes_down`), the exchange the algorithm makes once at the end
+of the run (LIEC-SGD's final model average; 0 for the others).
+Root attributes at the end: `status` (complete / stopped / interrupted / failed), `steps_done`
+(steps 0..steps_done-1 ran, skipped ones included), `skipped_steps`, `end_time`.
+"""
 import datetime
+import errno
+import fcntl
 import json
 import os
+import socket
 import subprocess
 
 import h5py
@@ -42,11 +52,60 @@ def git_commit():
         return "unknown"
 
 
+# allocated beyond each write's rows for HDF5's own metadata and the closing attributes
+HEADROOM_BYTES = 256 << 10
+CHUNK = 1024
+
+
+class ResultsError(OSError):
+    """The results file could not be written (a full disk, a quota); the message is one line."""
+
+    def __str__(self):
+        return self.strerror
+
+
+class OutputLock:
+    """An exclusive flock on <out>.lock for as long as a job writes <out>; the kernel drops it when
+    the process ends, however it ends. The file names the holder, for the job that is refused."""
+
+    def __init__(self, out):
+        self.path = out + ".lock"
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise ResultsError(errno.EBUSY, f"{out} is being written by a running job ({holder}); wait for "
+                                                "it to end or choose another --out") from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # the holder removed the file between our open and our lock: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self.fd = fd
+
+    def release(self):
+        os.unlink(self.path)
+        os.close(self.fd)
+
+
 class RunWriter:
+    """Appends rows and flushes them. Before each write it allocates the disk space the write needs
+    past the end of the file, where HDF5 puts new data: a full disk (or quota) then stops the run
+    before HDF5 has written anything, the file intact. (HDF5 itself does not survive a failed write:
+    it leaves the file half-written and crashes at the next flush or at exit.)"""
+
     def __init__(self, path, attrs, overwrite=False):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.f = h5py.File(path, "w" if overwrite else "x")
         self.path = path
+        self.fd = os.open(path, os.O_WRONLY)
+        self.last_step = -1
         for k, v in attrs.items():
             self.f.attrs[k] = v if isinstance(v, (int, float, str, np.integer, np.floating)) else json.dumps(v)
         self.f.attrs["start_time"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
@@ -58,8 +117,10 @@ class RunWriter:
     def resume(cls, path, last_step):
         """Reopen a run's file and drop the rows after `last_step` (written after the checkpoint)."""
         self = cls.__new__(cls)
-        self.f = h5py.File(path, "a")
+        self.f = h5py.File(path, "r+")
         self.path = path
+        self.fd = os.open(path, os.O_WRONLY)
+        self.last_step = last_step
         self.groups = {name: self.f[name] for name in ("iterations", "evals")}
         self.pending = {"iterations": [], "evals": []}
         for g in self.groups.values():
@@ -75,7 +136,7 @@ class RunWriter:
     def _group(self, name, fields):
         g = self.f.create_group(name)
         for key, (dtype, units) in fields.items():
-            ds = g.create_dataset(key, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
+            ds = g.create_dataset(key, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(CHUNK,))
             ds.attrs["units"] = units
         return g
 
@@ -83,21 +144,44 @@ class RunWriter:
         self.pending[group].append(row)
 
     def flush(self):
-        for name, rows in self.pending.items():
-            if not rows:
-                continue
+        """Write the pending rows; ResultsError if they cannot be (the rows are then dropped)."""
+        rows = {name: rows for name, rows in self.pending.items() if rows}
+        if not rows:
+            return
+        self.pending = {name: [] for name in self.pending}
+        # each dataset may start a new chunk; 8 bytes a field
+        self._reserve(sum(len(r) * 8 * len(self.groups[name]) + CHUNK * 8 * len(self.groups[name])
+                          for name, r in rows.items()))
+        for name, group_rows in rows.items():
             g = self.groups[name]
             for key in g:
                 ds = g[key]
                 n = ds.shape[0]
-                ds.resize((n + len(rows),))
-                ds[n:] = [r[key] for r in rows]
-            rows.clear()
+                ds.resize((n + len(group_rows),))
+                ds[n:] = [r[key] for r in group_rows]
         self.f.flush()
+        if "iterations" in rows:
+            self.last_step = rows["iterations"][-1]["step"]
 
-    def close(self, **attrs):
-        self.flush()
-        for k, v in attrs.items():
-            self.f.attrs[k] = v
-        self.f.attrs["end_time"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        self.f.close()
+    def close(self, final_params=None, **attrs):
+        """Flush, write `final_params` (if given) and the closing attributes (HDF5 then trims the file
+        to what it uses)."""
+        try:
+            self.flush()
+            if final_params is not None:
+                self._reserve(final_params.nbytes)
+                self.f.create_dataset("final_params", data=final_params)
+        finally:
+            for k, v in attrs.items():
+                self.f.attrs[k] = v
+            self.f.attrs["end_time"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+            self.f.close()
+            os.close(self.fd)
+
+    def _reserve(self, nbytes):
+        try:
+            os.posix_fallocate(self.fd, self.f.id.get_filesize(), nbytes + HEADROOM_BYTES)
+        except OSError as exc:
+            raise ResultsError(exc.errno, f"cannot write {self.path}: {exc.strerror}; it holds the rows up to step "
+                                          f"{self.last_step}; free space, then continue from the last checkpoint "
+                                          "with --resume") from None

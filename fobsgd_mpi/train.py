@@ -13,7 +13,10 @@ import argparse
 import datetime
 import json
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 import zlib
 from contextlib import contextmanager
@@ -22,7 +25,7 @@ import numpy as np
 
 from . import algorithms, data, models
 from .config import parse_config, slow_ranks
-from .errors import EXIT_USAGE, JobError, UsageError
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, JobError, UsageError
 from .launcher_env import rank_from_environment
 from .netmodel import NetworkModel
 from .layout import BlockLayout
@@ -93,7 +96,7 @@ def versions(MPI):
 
 
 def run(cfg, comm):
-    """Train; returns the summary dict on rank 0 (None elsewhere)."""
+    """Train; returns the summary dict on rank 0 (None elsewhere). main() has set cfg.out on every rank."""
     from . import transport
 
     ps = transport.ParameterServer(comm, cfg.server_also_works)
@@ -124,11 +127,11 @@ def run(cfg, comm):
     opt = Optimizer(d, cfg)
     timer = PhaseTimer()
     writer = None
-    out = cfg.out or default_out(cfg, comm.Get_size())
-    first, totals = 0, {"bytes_up": 0, "bytes_down": 0, "skipped": 0}
+    out = cfg.out
+    first, elapsed, totals = 0, 0.0, {"bytes_up": 0, "bytes_down": 0, "skipped": 0}
     last_eval = {"test_loss": float("nan"), "test_accuracy": float("nan")}
     if cfg.resume:
-        first = resume(comm, out, rank, model, opt, (algo, warmup), sampler, totals, last_eval)
+        first, elapsed = resume(comm, out, rank, model, opt, (algo, warmup), sampler, totals, last_eval)
     if rank == 0 and cfg.resume:
         from .results import RunWriter
         writer = RunWriter.resume(out, first - 1)
@@ -146,96 +149,140 @@ def run(cfg, comm):
     bar = None
     if rank == 0 and not cfg.quiet and sys.stderr.isatty():
         from tqdm import tqdm
-        bar = tqdm(total=total, unit="it", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=first, unit="it", dynamic_ncols=True)
 
-    start = time.perf_counter()
+    start = time.perf_counter() - elapsed  # wall time runs on across a resume
     last = min(total, cfg.stop_at + 1) if cfg.stop_at is not None else total
-    step = first - 1
+    done, status, finish = first, "failed", (0, 0)  # done: steps 0..done-1 have run
     try:
-        for step in range(first, last):
-            timer.reset()
-            loss = 0.0
-            active_workers = participants(cfg, step, ps.workers)
-            works = sampler is not None and rank in active_workers
-            if works:
-                with timer("compute"):
-                    t0 = time.perf_counter()
-                    loss = model.gradient(*sampler.next(), loss_fn)
-                    if rank in slow:  # a straggler: its compute takes `factor` times as long
-                        time.sleep((slow[rank] - 1) * (time.perf_counter() - t0))
-            bad = works and not (np.isfinite(loss) and np.isfinite(model.grads).all())
-            bad_ranks = [r for r, b in enumerate(comm.allgather(bad)) if b]
-            if bad_ranks:
-                if cfg.on_nonfinite == "stop":
+        with deferred_interrupt() as interrupted:
+            for step in range(first, last):
+                timer.reset()
+                loss = 0.0
+                active_workers = participants(cfg, step, ps.workers)
+                works = sampler is not None and rank in active_workers
+                if works:
+                    with timer("compute"):
+                        t0 = time.perf_counter()
+                        loss = model.gradient(*sampler.next(), loss_fn)
+                        if rank in slow:  # a straggler: its compute takes `factor` times as long
+                            time.sleep((slow[rank] - 1) * (time.perf_counter() - t0))
+                bad = works and not (np.isfinite(loss) and np.isfinite(model.grads).all())
+                flags = comm.allgather((bad, interrupted.is_set()))
+                if any(stop for _, stop in flags):  # every rank leaves here, after the same step
+                    raise KeyboardInterrupt
+                bad_ranks = [r for r, (b, _) in enumerate(flags) if b]
+                if bad_ranks and cfg.on_nonfinite == "stop":
                     raise JobError(f"NaN or Inf gradient at step {step} on rank(s) {bad_ranks}; lower "
-                                             "--lr, or pass --on-nonfinite skip to drop such steps")
-                totals["skipped"] += 1
-                continue
-            active = warmup if warmup is not None and step < cfg.warmup_steps else algo
-            direction = active.exchange(model.grads, step, timer, active_workers)
-            with timer("optimizer"):
-                opt.step(model.params, direction, learning_rate(cfg, step, total))
-            active.after_step(model.params, step)
-            stats = np.array([timer.seconds[p] for p in timer.PHASES] + [loss if works else 0.0])
-            peak = np.empty_like(stats)
-            comm.Reduce(stats[:-1].copy(), peak[:-1], op=ps.MPI.MAX, root=0)
-            loss_sum = comm.reduce(stats[-1], op=ps.MPI.SUM, root=0)
-            if cfg.check_every and (step + 1) % cfg.check_every == 0 and active.identical_after(step):
-                check_replicas(comm, model.params, step)
-            if rank == 0:
-                totals["bytes_up"] += active.bytes_up_worker
-                totals["bytes_down"] += active.bytes_down_worker
-                row = {"step": step, "wall_s": time.perf_counter() - start,
-                       "train_loss": loss_sum / len(active_workers), "participants": len(active_workers),
-                       "modelled_comm_s": network.exchange_seconds(active.bytes_up_worker, active.bytes_down_worker,
-                                                                   len(active_workers), comm.Get_size(),
-                                                                   active.servers, 0 in active_workers)
-                       if network else float("nan"),
-                       "bytes_up": active.bytes_up_worker, "bytes_down": active.bytes_down_worker,
-                       "replica_spread": getattr(active, "spread", 0.0)}
-                row.update({f"{p}_s": peak[i] for i, p in enumerate(timer.PHASES) if p != "server"})
-                row["server_s"] = timer.seconds["server"]
-                writer.append("iterations", row)
-            evaluated = active.evaluated_params(model.params, step) if (step + 1) % cfg.eval_every == 0 or \
-                step + 1 == total else None
-            if rank == 0:
-                if evaluated is not None:
-                    tl, ta = evaluate_at(model, evaluated, ds, loss_fn)
-                    last_eval = {"test_loss": tl, "test_accuracy": ta}
-                    writer.append("evals", {"step": step, **last_eval, "bytes_up_total": totals["bytes_up"],
-                                            "wall_s": time.perf_counter() - start})
-                    writer.flush()
+                                   "--lr, or pass --on-nonfinite skip to drop such steps")
+                active = warmup if warmup is not None and step < cfg.warmup_steps else algo
+                if bad_ranks:  # --on-nonfinite skip: no update, but evaluations and checkpoints as due
+                    totals["skipped"] += 1
+                else:
+                    direction = active.exchange(model.grads, step, timer, active_workers)
+                    with timer("optimizer"):
+                        opt.step(model.params, direction, learning_rate(cfg, step, total))
+                    active.after_step(model.params, step)
+                    stats = np.array([timer.seconds[p] for p in timer.PHASES] + [loss if works else 0.0])
+                    peak = np.empty_like(stats)
+                    comm.Reduce(stats[:-1].copy(), peak[:-1], op=ps.MPI.MAX, root=0)
+                    loss_sum = comm.reduce(stats[-1], op=ps.MPI.SUM, root=0)
+                    if cfg.check_every and (step + 1) % cfg.check_every == 0 and active.identical_after(step):
+                        check_replicas(comm, model.params, step)
+                    if rank == 0:
+                        totals["bytes_up"] += active.bytes_up_worker
+                        totals["bytes_down"] += active.bytes_down_worker
+                        row = {"step": step, "wall_s": time.perf_counter() - start,
+                               "train_loss": loss_sum / len(active_workers), "participants": len(active_workers),
+                               "modelled_comm_s": network.exchange_seconds(
+                                   active.bytes_up_worker, active.bytes_down_worker, len(active_workers),
+                                   comm.Get_size(), active.servers, 0 in active_workers) if network else float("nan"),
+                               "bytes_up": active.bytes_up_worker, "bytes_down": active.bytes_down_worker,
+                               "replica_spread": getattr(active, "spread", 0.0)}
+                        row.update({f"{p}_s": peak[i] for i, p in enumerate(timer.PHASES) if p != "server"})
+                        row["server_s"] = timer.seconds["server"]
+                        writer.append("iterations", row)
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{last_eval['test_accuracy']:.3f}",
+                                            MB_up=f"{totals['bytes_up'] / 1e6:.1f}")
+                done = step + 1
                 if bar is not None:
-                    bar.set_postfix(loss=f"{loss_sum / len(active_workers):.3f}", acc=f"{last_eval['test_accuracy']:.3f}",
-                                    MB_up=f"{totals['bytes_up'] / 1e6:.1f}")
                     bar.update(1)
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-                if writer is not None:
-                    writer.flush()
-                save_checkpoint(comm, out, rank, step, model, opt, (algo, warmup), sampler, totals, last_eval)
-            if cfg.target_accuracy is not None and (step + 1) % cfg.eval_every == 0 and \
-                    comm.bcast(last_eval["test_accuracy"] >= cfg.target_accuracy, root=0):
-                total = step + 1
-                break
-        if step + 1 == total:  # the end of the run, not a --stop-at pause
-            up, down = algo.finish(model.params, step)
-            totals["bytes_up"] += up
-            totals["bytes_down"] += down
+                evaluate_now = done % cfg.eval_every == 0 or done == total
+                checkpoint_now = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+                if evaluate_now:
+                    evaluated = active.evaluated_params(model.params, step)
+                    if rank == 0:
+                        tl, ta = evaluate_at(model, evaluated, ds, loss_fn)
+                        last_eval = {"test_loss": tl, "test_accuracy": ta}
+                        writer.append("evals", {"step": step, **last_eval, "bytes_up_total": totals["bytes_up"],
+                                                "wall_s": time.perf_counter() - start})
+                if evaluate_now or checkpoint_now:
+                    flush_results(comm, writer)
+                if checkpoint_now:
+                    save_checkpoint(comm, cfg, rank, step, model, opt, (algo, warmup), sampler, totals, last_eval,
+                                    time.perf_counter() - start)
+                if cfg.target_accuracy is not None and done % cfg.eval_every == 0 and \
+                        comm.bcast(last_eval["test_accuracy"] >= cfg.target_accuracy, root=0):
+                    total = done
+                    break
+        status = "complete" if done == total else "stopped"  # stopped: a --stop-at pause
+        if status == "complete":
+            finish = algo.finish(model.params, done - 1)
+            totals["bytes_up"] += finish[0]
+            totals["bytes_down"] += finish[1]
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise KeyboardInterrupt(f"interrupted after {done} steps; {out} records it (status interrupted); "
+                                "continue from the last checkpoint with --resume") from None
     finally:
         if writer is not None:
-            writer.f.create_dataset("final_params", data=model.params)
-            writer.close(steps_done=step + 1, skipped_steps=totals["skipped"])
+            writer.close(final_params=None if status == "failed" else model.params, status=status,
+                         steps_done=done, skipped_steps=totals["skipped"], finish_bytes_up=finish[0],
+                         finish_bytes_down=finish[1])
         if bar is not None:
             bar.close()
         ps.close()
     if rank != 0:
         return None
-    summary = {"algorithm": cfg.algorithm, "steps": step + 1, "d": d, "n_workers": n,
+    summary = {"algorithm": cfg.algorithm, "steps": done, "d": d, "n_workers": n,
                "final_test_loss": last_eval["test_loss"], "final_test_accuracy": last_eval["test_accuracy"],
                "bytes_up_per_worker": totals["bytes_up"], "bytes_down_per_worker": totals["bytes_down"],
                "wall_s": time.perf_counter() - start, "out": out}
     print("# summary " + json.dumps(summary), flush=True)
     return summary
+
+
+@contextmanager
+def deferred_interrupt():
+    """Ctrl-C (SIGINT, which mpirun forwards to every rank) only sets a flag, which the loop checks on
+    all ranks together, so that they stop after the same step instead of one rank leaving the others
+    waiting in a collective; a second Ctrl-C interrupts at once."""
+    flag = threading.Event()
+
+    def handler(signum, frame):
+        flag.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def flush_results(comm, writer):
+    """Rank 0 writes the pending rows; if it cannot (a full disk), every rank ends here together."""
+    from .results import ResultsError
+    problem = None
+    if writer is not None:
+        try:
+            writer.flush()
+        except ResultsError as exc:
+            problem = exc.strerror
+    problem = comm.bcast(problem, root=0)
+    if problem:
+        raise JobError(problem)
 
 
 def evaluate_at(model, params, ds, loss_fn):
@@ -263,28 +310,53 @@ def handshake(comm, cfg, algo):
                            "start every rank with the same command and the same installed fobsgd_mpi")
 
 
-def save_checkpoint(comm, out, rank, step, model, opt, algos, sampler, totals, last_eval):
+def save_checkpoint(comm, cfg, rank, step, model, opt, algos, sampler, totals, last_eval, wall_s):
+    """Collective: every rank writes its checkpoint, and only if all succeeded do they replace the last one."""
     from . import checkpoint
     arrays = {"params": model.params, "momentum": opt.buf}
     for i, alg in enumerate(a for a in algos if a is not None):
         arrays.update({f"algo{i}.{k}": v for k, v in alg.state_arrays().items()})
-    meta = {"step": step, "totals": totals, "last_eval": last_eval}
+    meta = {"step": step, "totals": totals, "last_eval": last_eval, "wall_s": wall_s,
+            "run": run_identity(cfg, comm.Get_size())}
     if sampler is not None:
         sampler_meta, sampler_arrays = sampler.state()
         meta["sampler"] = sampler_meta
         arrays.update({f"sampler.{k}": v for k, v in sampler_arrays.items()})
-    checkpoint.save(out, rank, arrays, meta)
+    try:
+        checkpoint.write(cfg.out, rank, arrays, meta)
+        problem = None
+    except OSError as exc:
+        problem = f"rank {rank}: {exc.strerror or exc}"
+    problems = [p for p in comm.allgather(problem) if p]
+    if problems:
+        checkpoint.discard(cfg.out, rank)
+        raise JobError(f"cannot write the checkpoint of step {step} in {checkpoint.directory(cfg.out)} "
+                       f"({'; '.join(problems)}); the previous checkpoint is intact: free space, then --resume")
+    checkpoint.commit(cfg.out, rank)
     comm.Barrier()
 
 
+def run_identity(cfg, n_ranks):
+    """What a checkpoint must share with the run that resumes it (see checkpoint.MAY_CHANGE_ON_RESUME)."""
+    return {**json.loads(json.dumps(vars(cfg))), "n_ranks": n_ranks}
+
+
 def resume(comm, out, rank, model, opt, algos, sampler, totals, last_eval):
-    """Load this rank's checkpoint in place; returns the first step to run."""
+    """Load this rank's checkpoint in place; returns (the first step to run, wall seconds so far)."""
     from . import checkpoint
-    arrays, meta = checkpoint.load(out, rank)
+    try:
+        arrays, meta = checkpoint.load(out, rank)
+        problem = None if arrays["params"].shape == model.params.shape else \
+            f"rank {rank}'s checkpoint holds {arrays['params'].size} parameters, this model {model.d}"
+    except (OSError, ValueError) as exc:
+        problem = str(exc)
+    problems = [p for p in comm.allgather(problem) if p]
+    if problems:
+        raise JobError(f"cannot resume: {problems[0]}")
     steps = comm.allgather(meta["step"])
     if len(set(steps)) != 1:
         raise JobError(f"checkpoints of different steps {steps} in {checkpoint.directory(out)}; "
-                           "a checkpoint write was interrupted - restart without --resume")
+                       "a checkpoint write was interrupted - restart without --resume")
     model.params[:] = arrays["params"]
     opt.buf[:] = arrays["momentum"]
     for i, alg in enumerate(a for a in algos if a is not None):
@@ -294,7 +366,7 @@ def resume(comm, out, rank, model, opt, algos, sampler, totals, last_eval):
                                              if k.startswith("sampler.")})
     totals.update(meta["totals"])
     last_eval.update(meta["last_eval"])
-    return meta["step"] + 1
+    return meta["step"] + 1, meta["wall_s"]
 
 
 def build_algorithm(name, ps, model, cfg):
@@ -323,9 +395,11 @@ def check_replicas(comm, params, step):
 
 
 def output_problem(cfg):
-    """Why the results file cannot be written where asked, or None."""
+    """Why the results file cannot be written where asked, or None (any rank, before MPI starts)."""
     if not cfg.out:
         return None
+    if cfg.resume and not os.path.exists(cfg.out):
+        return f"--resume: {cfg.out} does not exist, so there is no run to continue; drop --resume to start one"
     if os.path.exists(cfg.out) and not (cfg.overwrite or cfg.resume):
         return f"{cfg.out} exists; pass --overwrite or choose another --out"
     folder = os.path.dirname(os.path.abspath(cfg.out))
@@ -336,6 +410,30 @@ def output_problem(cfg):
     if not os.access(folder, os.W_OK):
         return f"cannot write --out {cfg.out}: {folder} is not writable; choose a writable path"
     return None
+
+
+def claim_output(cfg, n_ranks):
+    """Rank 0, before anything is written: lock cfg.out for this job (so a second job cannot clobber
+    it), then check a --resume against its checkpoint, or remove an old run's checkpoints from a fresh
+    start. Returns the lock; raises OSError or ValueError with the reason it cannot."""
+    from . import checkpoint
+    from .results import OutputLock
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+    lock = OutputLock(cfg.out)
+    try:
+        if cfg.resume:
+            saved, current = checkpoint.load_meta(cfg.out, 0).get("run", {}), run_identity(cfg, n_ranks)
+            differ = checkpoint.mismatch(saved, current)
+            if differ:
+                raise ValueError(f"--resume: the checkpoint in {checkpoint.directory(cfg.out)} is of another "
+                                 "configuration: " + ", ".join(f"{k} {saved.get(k)!r} there, {current.get(k)!r} here"
+                                                               for k in differ))
+        elif os.path.exists(checkpoint.directory(cfg.out)):
+            shutil.rmtree(checkpoint.directory(cfg.out))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def main(argv=None):
@@ -350,23 +448,45 @@ def main(argv=None):
         if rank_from_environment() == 0:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    from .results import ResultsError
     from .transport import mpi
     MPI = mpi()
     comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
     if comm.Get_size() < 2:
         print("error: the parameter server needs at least 2 ranks (a server and a worker); "
               "start with `mpirun -n 4 python -m fobsgd_mpi.train`", file=sys.stderr)
         return EXIT_USAGE
+    lock = None
+    if rank == 0:
+        cfg.out = cfg.out or default_out(cfg, comm.Get_size())
+        try:
+            lock = claim_output(cfg, comm.Get_size())
+        except (OSError, ValueError) as exc:
+            problem = str(exc)
+    cfg.out, problem = comm.bcast((cfg.out, problem), root=0)
+    if problem:
+        if rank == 0:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    code = 0
     try:
         run(cfg, comm)
-    except JobError as exc:
-        if comm.Get_rank() == 0:
+    except (JobError, ResultsError) as exc:  # a ResultsError reaches here on rank 0 only, when closing
+        if rank == 0:
             print(f"error: {exc}", file=sys.stderr, flush=True)
-        return exc.exit_code
+        code = getattr(exc, "exit_code", 1)
+    except KeyboardInterrupt as exc:
+        if rank == 0:
+            print(f"{exc or 'interrupted'}", file=sys.stderr, flush=True)
+        code = EXIT_INTERRUPTED
     except Exception as exc:  # one rank's failure ends the job with its message, never a hang
-        print(f"error on rank {comm.Get_rank()}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        print(f"error on rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         comm.Abort(1)
-    return 0
+    finally:
+        if lock is not None:
+            lock.release()
+    return code
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Checkpoint / resume, failures, handshake, non-finite gradients, determinism (real mpirun)."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
+from fobsgd_mpi import checkpoint
 from fobsgd_mpi.jobs import job_env, mpirun_path
 
 from .mpi_helpers import ROOT, mpirun, train
@@ -30,8 +32,14 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(algorithm, tmp_pat
     whole, _ = train(3, tmp_path, *common, name="whole.h5")
     part, first = train(3, tmp_path, *common, "--stop-at", "24", name="part.h5")
     assert first["steps"] == 25
+    with h5py.File(part) as f:
+        assert (f.attrs["status"], f.attrs["steps_done"]) == ("stopped", 25)
     done = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", part, "--resume", *common)
     assert done.returncode == 0, done.stderr[-2000:]
+    with h5py.File(part) as f:
+        assert (f.attrs["status"], f.attrs["steps_done"]) == ("complete", 40)
+        wall = f["iterations/wall_s"][:]
+    assert (np.diff(wall) > 0).all(), "wall_s restarted at the resume"
     (ia, ea, pa), (ib, eb, pb) = curves(whole), curves(part)
     for k in CURVES:
         assert np.array_equal(ia[k], ib[k]), k
@@ -60,15 +68,22 @@ def test_handshake_refuses_ranks_with_different_configs(tmp_path):
 
 def test_non_finite_gradients_stop_or_skip(tmp_path):
     blow_up = ["--algorithm", "sgd", "--dataset", "synthetic-quadratic", "--model", "logreg", "--lr", "50",
-               "--momentum", "0", "--lr-schedule", "constant", "--steps", "60", "--eval-every", "5"]
+               "--momentum", "0", "--lr-schedule", "constant", "--steps", "60", "--eval-every", "5",
+               "--checkpoint-every", "10"]
     done = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", tmp_path / "stop.h5", *blow_up)
-    assert done.returncode != 0 and "NaN or Inf gradient at step" in done.stderr
-    with h5py.File(tmp_path / "stop.h5") as f:  # rows up to the failure survive
-        assert len(f["iterations/step"]) > 0
+    assert done.returncode == 1 and "NaN or Inf gradient at step" in done.stderr
+    with h5py.File(tmp_path / "stop.h5") as f:  # rows up to the failure survive; the failed step is not done
+        steps = f["iterations/step"][:]
+        assert len(steps) > 0 and np.array_equal(steps, np.arange(len(steps)))
+        assert (f.attrs["status"], f.attrs["steps_done"]) == ("failed", len(steps))
     out, summary = train(3, tmp_path, *blow_up, "--on-nonfinite", "skip", name="skip.h5")
     with h5py.File(out) as f:
         assert f.attrs["skipped_steps"] > 0
         assert len(f["iterations/step"]) == 60 - f.attrs["skipped_steps"]
+        assert (f.attrs["status"], f.attrs["steps_done"], summary["steps"]) == ("complete", 60, 60)
+        # a skipped step skips its update only, not the evaluation or checkpoint due after it
+        assert np.array_equal(f["evals/step"][:], np.arange(4, 60, 5))
+    assert checkpoint.load_meta(str(out), 0)["step"] == 59
 
 
 def _rank_pids(marker):
@@ -115,3 +130,112 @@ def test_killed_worker_ends_the_job_and_keeps_results(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     with h5py.File(out) as f:
         assert np.array_equal(f["iterations/step"][:], np.arange(stop + 1))
+
+
+def _start(out, *args):
+    cmd = [mpirun_path(), "-n", "3", sys.executable, "-m", "fobsgd_mpi.train", "--quiet", "--out", str(out), *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=job_env(), cwd=ROOT)
+
+
+def _wait_for_rows(out, job, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and job.poll() is None:
+        try:
+            with h5py.File(out, "r", locking=False) as f:
+                if len(f["evals/step"]) >= 2:
+                    return
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"no rows appeared in {out}")
+
+
+def test_overwrite_of_a_running_job_is_refused_and_ctrl_c_ends_it_cleanly(tmp_path):
+    out = tmp_path / "busy.h5"
+    job = _start(out, "--dataset", "digits", "--model", "logreg", "--steps", "100000", "--eval-every", "20")
+    try:
+        _wait_for_rows(out, job)
+        second = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", out, "--overwrite", "--steps", "5")
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert second.stderr.strip().count("\n") == 0
+        assert "is being written by a running job (pid " in second.stderr
+        assert job.poll() is None, "the running job must go on"
+        job.send_signal(signal.SIGINT)
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and stderr.strip().count("\n") == 0, stderr[-2000:]
+    with h5py.File(out) as f:  # intact, and it says where it stopped
+        steps = f["iterations/step"][:]
+        assert stderr.startswith(f"interrupted after {len(steps)} steps")
+        assert len(steps) >= 40 and np.array_equal(steps, np.arange(len(steps)))
+        assert (f.attrs["status"], f.attrs["steps_done"]) == ("interrupted", len(steps))
+        assert "final_params" in f
+
+
+def test_overwrite_clears_old_checkpoints_and_resume_checks_the_configuration(tmp_path):
+    args = ["--dataset", "digits", "--model", "logreg", "--steps", "20", "--eval-every", "5", "--checkpoint-every", "5"]
+    out, _ = train(3, tmp_path, *args, "--stop-at", "7")
+    refused = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", out, "--resume", *args, "--lr", "0.2", "--seed", "1")
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr[-2000:]
+    assert "another configuration: lr 0.02 there, 0.2 here, seed 0 there, 1 here" in refused.stderr
+    # how far and how often may change on a resume
+    done = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", out, "--resume", *args[:4], "--steps", "12",
+                  "--eval-every", "3", "--checkpoint-every", "6")
+    assert done.returncode == 0, done.stderr[-2000:]
+    with h5py.File(out) as f:
+        assert (f.attrs["status"], f.attrs["steps_done"]) == ("complete", 12)
+    assert checkpoint.load_meta(str(out), 0)["step"] == 11
+    train(3, tmp_path, *args[:4], "--steps", "3", "--overwrite")
+    assert not os.path.exists(checkpoint.directory(str(out)))
+
+
+def test_resume_without_a_results_file_is_refused_and_creates_nothing(tmp_path):
+    out = tmp_path / "none.h5"
+    done = subprocess.run([sys.executable, "-m", "fobsgd_mpi.train", "--out", str(out), "--resume"],
+                          capture_output=True, text=True, env=job_env(), cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "does not exist, so there is no run to continue" in done.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path, request):
+    """A tmpfs of request.param bytes, to fill."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    tried = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={request.param}", "tmpfs", str(mount)],
+                           capture_output=True, text=True)
+    if tried.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({tried.stderr.strip() or 'mount failed'}); needs root")
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)  # lazy: a killed job may still hold a file
+
+
+# the writer allocates each flush's space plus results.HEADROOM_BYTES (256 KiB) first: on 600 KiB the
+# first flush and checkpoint fit, the second flush does not
+@pytest.mark.parametrize("small_disk", ["600k"], indirect=True)
+def test_full_disk_ends_the_run_cleanly_and_keeps_file_and_checkpoint(small_disk, tmp_path):
+    out = small_disk / "full.h5"
+    args = ["--quiet", "--out", str(out), "--dataset", "digits", "--model", "logreg", "--steps", "100000",
+            "--eval-every", "20", "--checkpoint-every", "20"]
+    done = mpirun(3, "fobsgd_mpi.train", *args, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.strip().count("\n") == 0, done.stderr[-3000:]
+    assert "No space left on device" in done.stderr and done.stderr.startswith(f"error: cannot write {out}")
+    last = int(done.stderr.split("rows up to step ")[1].split(";")[0])
+    with h5py.File(out) as f:  # readable up to its last flush
+        assert np.array_equal(f["iterations/step"][:], np.arange(last + 1))
+        assert f.attrs["status"] == "failed" and f.attrs["steps_done"] > last
+    assert not [p for p in os.listdir(checkpoint.directory(str(out))) if p.endswith(".tmp")]
+    # the last checkpoint resumes on a disk with room
+    moved = tmp_path / "moved.h5"
+    shutil.copy(out, moved)
+    shutil.copytree(checkpoint.directory(str(out)), checkpoint.directory(str(moved)))
+    step = checkpoint.load_meta(str(moved), 0)["step"]
+    resumed = mpirun(3, "fobsgd_mpi.train", *args[:1], "--out", moved, "--resume", *args[3:], "--stop-at", step + 5)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    with h5py.File(moved) as f:
+        assert np.array_equal(f["iterations/step"][:], np.arange(step + 6))
