@@ -9,19 +9,20 @@ reduced to the server for the measurement only (not counted: training never need
 """
 import numpy as np
 
-from .base import PSAlgorithm, compress_with_server_error
+from .base import PSAlgorithm, ServerErrorFeedback
 from .registry import register
 
 
 @register("liec-sgd")
-class LIECSGD(PSAlgorithm):
+class LIECSGD(ServerErrorFeedback, PSAlgorithm):
     up_compressor = down_compressor = "scaled-sign"
+    compressor_defaults = {"sign_scale": "block"}  # SPEC 1.2: per bucket
     state_names = ("local_error", "server_error")
     shardable = True  # the exchange shards; the model averages still go through rank 0
 
     def __init__(self, ps, d, cfg):
         super().__init__(ps, d, cfg)
-        self.local_error = np.zeros(d, dtype=np.float32)
+        self.local_error = np.zeros(d if ps.is_worker else 0, dtype=np.float32)
         self.period = cfg.liec_period
         self.spread = 0.0
 
@@ -33,7 +34,7 @@ class LIECSGD(PSAlgorithm):
         self.local_error[:] = 0  # no gradient this round, so no error of its own to add
 
     def server(self, rows, step):
-        compress_with_server_error(self, self.sum_up(rows), step)
+        self.compress_with_server_error(self.sum_up(rows), step)
 
     def direction(self, down, step):
         out = self.down.decode(down, step, self.d, out=self.dir_buf)
@@ -61,8 +62,7 @@ class LIECSGD(PSAlgorithm):
         local = float(np.linalg.norm(params - average)) if self.ps.is_worker else 0.0
         params[:] = average
         self.spread = self.ps.comm.allreduce(local, op=self.ps.MPI.MAX)
-        if hasattr(self, "server_error"):  # only on ranks that serve
-            self.server_error[:] = 0
+        self.server_error[:] = 0
         return params.nbytes, params.nbytes
 
     def after_step(self, params, step):
