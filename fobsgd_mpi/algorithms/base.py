@@ -32,6 +32,7 @@ class PSAlgorithm:
         self.dir_buf = np.zeros(d, dtype=np.float32)
         self.weights = np.full(ps.n_workers, 1.0 / ps.n_workers, dtype=np.float32)
         self.servers = server_count(cfg.servers, ps.size)
+        self.params = None  # the flat parameters the updates apply to (bind)
         # server_layout: the blocks this rank reduces (all of them, or its shard); server_out: the
         # payload of the down compressor it reduces them into; serves: whether this rank reduces
         if self.servers == 1:
@@ -62,6 +63,11 @@ class PSAlgorithm:
 
     def direction(self, down, step):
         return self.down.decode(down, step, self.d, out=self.dir_buf)
+
+    def bind(self, params):
+        """The flat parameter vector the optimizer updates in place (algorithms that average the
+        models read and write it)."""
+        self.params = params
 
     def after_step(self, params, step):
         """Called after the optimizer step on every rank (periodic averaging hooks in here)."""
