@@ -15,7 +15,8 @@ import numpy as np
 
 from . import reference
 from .errors import NonFiniteError
-from .reference import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM, TIES_POSITIVE, TIES_RANDOM  # noqa: F401  (re-exported)
+from .reference import (LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM, TIES_POSITIVE,  # noqa: F401  (re-exported)
+                        TIES_RANDOM)
 
 try:
     from . import _native

@@ -161,7 +161,8 @@ class Compressor:
 
 
 class BlockCompressor(Compressor):
-    """A compressor over the blocks of a BlockLayout (block_size, min_block)."""
+    """A compressor over the blocks of a BlockLayout (block_size, min_block); its `_encode` also
+    takes the vector's layout."""
 
     Options = BlockOptions
 

@@ -1,6 +1,7 @@
 """QSGD (Alistarh et al. 2017): unbiased stochastic quantization to s levels per bucket.
 
-The bucket is --block-size (default 1024 here; the paper's "bucket size d", e.g. 512). Per bucket b: level l_j = floor(s |x_j| / ||x_b||_2 + u_j), u_j ~ U[0, 1) from the stream of
+The bucket is --block-size (1024 when unset; the paper's "bucket size d", e.g. 512).
+Per bucket b: level l_j = floor(s |x_j| / ||x_b||_2 + u_j), u_j ~ U[0, 1) from the stream of
 (seed, step, block, rank); x_hat_j = ||x_b||_2 sign(x_j) l_j / s. Sent with fixed-width packing:
 one sign bit plus ceil(log2(s + 1)) level bits per coordinate, one float32 norm per bucket.
 """
