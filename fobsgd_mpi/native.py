@@ -16,7 +16,8 @@ import numpy as np
 
 from . import reference
 from .errors import NonFiniteError
-from .reference import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM  # noqa: F401  (re-exported for callers)
+from .reference import (LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM, TIES_POSITIVE,  # noqa: F401  (re-exported)
+                        TIES_RANDOM)
 
 try:
     from . import _native
@@ -101,9 +102,11 @@ def aggregate_1bit(payloads, scales_offset, weights, layout, out, n_threads=1):
                                   out, n_threads), "aggregate_1bit")
 
 
-def scaled_sign_encode(x, layout, bits, scales, n_threads=1):
-    _check(_native.scaled_sign_encode(x, layout.offsets, layout.log_sizes, layout.d, bits, scales, n_threads),
-           "scaled_sign_encode")
+def scaled_sign_encode(x, layout, ties, seed, step, bits, scales, n_threads=1):
+    """Sign bits of x (an exact zero by the `ties` rule) into `bits`, and ||x_b||_1 / valid_b into
+    `scales` (None: plain sign, `bits` of ceil(d / 64) words)."""
+    _check(_native.scaled_sign_encode(x, layout.offsets, layout.log_sizes, layout.d, layout.block_ids, ties, seed,
+                                      step, bits, scales, n_threads), "scaled_sign_encode")
 
 
 def scaled_sign_decode(bits, scales, layout, out, weight=1.0, accumulate=False, n_threads=1):
@@ -111,20 +114,13 @@ def scaled_sign_decode(bits, scales, layout, out, weight=1.0, accumulate=False, 
                                       out, n_threads), "scaled_sign_decode")
 
 
-def pack_signs(x, words):
-    _check(_native.pack_signs(x, words), "pack_signs")
-
-
-def unpack_signs(words, a, out):
-    _check(_native.unpack_signs(words, a, out), "unpack_signs")
-
-
-def majority_vote(words, out):
-    _check(_native.majority_vote(words, out), "majority_vote")
+def majority_vote(words, layout, ties, seed, step, out):
+    _check(_native.majority_vote(words, layout.offsets, layout.log_sizes, layout.d, layout.block_ids, ties, seed,
+                                 step, out), "majority_vote")
 
 
 KERNELS = ("fwht_", "encode_1bit", "decode_1bit", "aggregate_1bit", "scaled_sign_encode", "scaled_sign_decode",
-           "pack_signs", "unpack_signs", "majority_vote")
+           "majority_vote")
 
 if _native is None:  # pragma: no cover
     warnings.warn(f"fobsgd_mpi._native is not built ({_missing}); using the numpy reference kernels, "

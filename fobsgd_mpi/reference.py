@@ -13,6 +13,7 @@ from . import rng
 from .errors import NonFiniteError
 
 LAMBDA_NORM, LAMBDA_MAX, LAMBDA_MIN = 0, 1, 2
+TIES_POSITIVE, TIES_RANDOM = 0, 1  # the sign of an exact zero / a tied vote: + always, or shared random
 
 
 def check_fwht_input(x):
@@ -109,15 +110,24 @@ def aggregate_1bit(payloads, scales_offset, weights, layout, out, n_threads=1):
         out[off : off + m] = acc
 
 
-def scaled_sign_encode(x, layout, bits, scales, n_threads=1):
-    xp = _padded(x, layout)
+def _tie_flags(ties, seed, step, block, m, purpose):
+    return np.ones(m, dtype=bool) if ties == TIES_POSITIVE else rng.shared_bits(seed, step, block, m, purpose)
+
+
+def scaled_sign_encode(x, layout, ties, seed, step, bits, scales, n_threads=1):
     for b, off, m, valid in layout.blocks():
-        xb = xp[off : off + m]
+        xb = x[off : off + valid]
         l1 = float(np.abs(xb.astype(np.float64)).sum())
         if not math.isfinite(l1):
             raise NonFiniteError("vector to encode holds NaN or Inf; fix the gradient before encoding")
-        _store_bits(bits, off, xb >= 0)
-        scales[b] = np.float32(l1 / valid) if valid else np.float32(0)
+        zero = _tie_flags(ties, seed, step, int(layout.block_ids[b]), valid, rng.PURPOSE_ZERO_SIGN)
+        flags = np.zeros(m, dtype=bool)
+        flags[:valid] = (xb > 0) | ((xb == 0) & zero)
+        held = min(m, 64 * len(bits) - off)  # a plain sign payload ends at ceil(d / 64) words
+        if held > 0:
+            _store_bits(bits, off, flags[:held])
+        if scales is not None:
+            scales[b] = np.float32(l1 / valid) if valid else np.float32(0)
 
 
 def scaled_sign_decode(bits, scales, layout, out, weight=1.0, accumulate=False, n_threads=1):
@@ -130,19 +140,16 @@ def scaled_sign_decode(bits, scales, layout, out, weight=1.0, accumulate=False, 
             out[off : off + valid] = xb
 
 
-def pack_signs(x, words):
-    flags = np.zeros(len(words) * 64, dtype=bool)
-    flags[: len(x)] = x >= 0
-    words[:] = np.packbits(flags, bitorder="little").view(np.uint64)
-
-
-def unpack_signs(words, a, out):
-    flags = np.unpackbits(words.view(np.uint8), bitorder="little")[: len(out)].astype(bool)
-    out[:] = np.where(flags, np.float32(a), -np.float32(a))
-
-
-def majority_vote(words, out):
-    """words: (n, n_words) uint64; a position votes + where at least half the inputs set it."""
+def majority_vote(words, layout, ties, seed, step, out):
+    """words: (n, n_words) uint64; a position votes + where more than half the inputs set it, and
+    where exactly half do (n even) as the tie rule says."""
     n = words.shape[0]
     counts = np.unpackbits(np.ascontiguousarray(words).view(np.uint8), axis=1, bitorder="little").sum(axis=0, dtype=np.int64)
-    out[:] = np.packbits(2 * counts >= n, bitorder="little").view(np.uint64)
+    flags = 2 * counts > n
+    if n % 2 == 0:
+        for b, off, m, _ in layout.blocks():
+            end = min(off + m, len(flags))
+            if end > off:
+                tie = _tie_flags(ties, seed, step, int(layout.block_ids[b]), end - off, rng.PURPOSE_VOTE_TIE)
+                flags[off:end] |= (2 * counts[off:end] == n) & tie
+    out[:] = np.packbits(flags, bitorder="little").view(np.uint64)

@@ -10,7 +10,9 @@ MASK = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
 SHARED_RANK = 0xFFFFFFFF
 PURPOSE_SIGN = 1
-PURPOSE_DITHER = 2
+PURPOSE_DITHER = 2  # 3: QSGD's dither (compressors/qsgd.py)
+PURPOSE_ZERO_SIGN = 4  # the sign an exact zero takes (sign, scaled sign)
+PURPOSE_VOTE_TIE = 5  # the side a tied majority vote takes
 
 
 def mix64(z):
@@ -40,10 +42,15 @@ def stream_words(key, count, start=0):
         return mix64(np.uint64(key) + counters * np.uint64(GOLDEN))
 
 
+def shared_bits(seed, step, block, m, purpose):
+    """Boolean mask of length m from the stream every rank shares (bit j%64 of word j//64)."""
+    words = stream_words(stream_key(seed, step, block, SHARED_RANK, purpose), (m + 63) // 64)
+    return np.unpackbits(words.view(np.uint8), bitorder="little")[:m].astype(bool)
+
+
 def rademacher_flips(seed, step, block, m):
     """Boolean mask of length m: True where the shared diagonal D has -1."""
-    words = stream_words(stream_key(seed, step, block, SHARED_RANK, PURPOSE_SIGN), (m + 63) // 64)
-    return np.unpackbits(words.view(np.uint8), bitorder="little")[:m].astype(bool)
+    return shared_bits(seed, step, block, m, PURPOSE_SIGN)
 
 
 def centred_uniforms(seed, step, block, rank, m):

@@ -69,20 +69,22 @@ def test_a_shard_has_the_layout_of_its_own_length(d, k):
 def test_block_ranges_cut_the_payload_of_a_shard(name, d, gen):
     """The bytes a sharded server sends server s out of a whole payload (block_ranges) are the
     payload of s's coordinates encoded on their own."""
-    c = compressors.get(name, block_size=1 << 12)
+    c = compressors.get(name, block_size=1 << 12, **({"sign_scale": "block"} if name == "scaled-sign" else {}))
     x = gen.standard_normal(d).astype(np.float32)
+    x[::5] = 0  # exact zeros draw their sign from their block's stream
     whole, lay = c.encode(x, 0, 1), c.layout(d)
     for s in range(min(3, lay.n_blocks)):
         blocks = np.arange(s, lay.n_blocks, 3)
         mine = np.concatenate([x[off : off + v] for off, v in zip(lay.offsets[blocks], lay.valid[blocks])])
         cut = np.concatenate([whole.buffer[off : off + n] for off, n in c.block_ranges(lay, blocks)])
-        alone = c.encode(mine, 0, 1)
+        alone = c.encode(mine, 0, 1, layout=lay.subset(blocks))
         assert c.spec_of(lay.subset(blocks)) == alone.spec and np.array_equal(cut, alone.buffer)
 
 
 @pytest.mark.parametrize("name", ["fo1bit", "dithered-sign", "scaled-sign", "sign", "qsgd"])
 def test_native_and_numpy_backends_agree(name, gen):
     x = gen.standard_normal(70_001).astype(np.float32)
+    x[::9] = 0
     n, r = compressors.get(name, backend="native"), compressors.get(name, backend="numpy")
     pn, pr = n.encode(x, 5, 2), r.encode(x, 5, 2)
     assert np.array_equal(pn.buffer, pr.buffer)
@@ -134,8 +136,9 @@ def test_qsgd_is_unbiased(gen):
 
 def test_scaled_sign_and_topk_are_exact_where_they_should_be(gen):
     x = np.array([3.0, -1.0, 2.0, -2.0] * 64, dtype=np.float32)
-    s = compressors.get("scaled-sign")
-    np.testing.assert_allclose(s.decode(s.encode(x, 0, 0), 0, len(x)), 2.0 * np.sign(x))
+    for scale in ("vector", "block"):
+        s = compressors.get("scaled-sign", sign_scale=scale)
+        np.testing.assert_allclose(s.decode(s.encode(x, 0, 0), 0, len(x)), 2.0 * np.sign(x))
     t = compressors.get("topk", ratio=0.25)
     y = gen.standard_normal(400).astype(np.float32)
     yh = t.decode(t.encode(y, 0, 0), 0, 400)
@@ -168,7 +171,7 @@ def test_bad_gradients_are_clear_errors(name):
         c.encode(np.ones((2, 5), dtype=np.float32), 0, 0)
 
 
-@pytest.mark.parametrize("name", ["fo1bit", "dithered-sign", "scaled-sign", "qsgd"])
+@pytest.mark.parametrize("name", ["fo1bit", "dithered-sign", "scaled-sign", "sign", "qsgd"])
 def test_nan_gradient_refused(name):
     x = np.ones(300, dtype=np.float32)
     x[3] = np.nan
@@ -185,3 +188,91 @@ def test_bad_options():
         compressors.get("fo1bit", block_size=1000)
     with pytest.raises(ValueError, match="ratio"):
         compressors.get("topk", ratio=0)
+
+
+# ---------------------------------------------------------------- zeros and ties (issue 13.1)
+@pytest.mark.parametrize("name", ["sign", "scaled-sign"])
+def test_exact_zeros_take_a_shared_random_sign(name, gen):
+    """A zero coordinate is no longer always +: about half go each way, the same on every rank
+    (the draw depends on seed, step and block only), new at each step; --sign-ties positive
+    keeps GRACE's `x >= 0`."""
+    d = 4096
+    x = np.zeros(d, dtype=np.float32)
+    x[::2] = gen.standard_normal(d // 2).astype(np.float32)
+    c = compressors.get(name, seed=3, block_size=1024)
+    signs = {rank: np.sign(c.decode(c.encode(x, 7, rank), 7, d)) for rank in (1, 2)}
+    assert np.array_equal(signs[1], signs[2])
+    zero = signs[1][1::2]
+    assert abs(np.mean(zero)) < 0.1 and np.array_equal(signs[1][::2], np.sign(x[::2]))
+    assert not np.array_equal(zero, np.sign(c.decode(c.encode(x, 8, 1), 8, d))[1::2])
+    positive = compressors.get(name, sign_ties="positive")
+    assert (np.sign(positive.decode(positive.encode(x, 7, 1), 7, d))[1::2] == 1).all()
+
+
+def test_a_dead_unit_no_longer_drifts_under_majority_vote():
+    """A zero gradient on every worker voted + at every step before (x >= 0), so the weight
+    moved by lr each step; now its steps are a seeded +-1 walk."""
+    d, n, steps = 512, 4, 200
+    def walk(c):
+        rows = lambda step: np.stack([c.encode(np.zeros(d, np.float32), step, r).buffer for r in range(n)])
+        return sum(c.decode(c.majority_vote(rows(t), t, d), t, d) for t in range(steps))
+
+    assert np.abs(walk(compressors.get("sign", block_size=256))).max() < 4 * math.sqrt(steps)
+    assert (walk(compressors.get("sign", block_size=256, sign_ties="positive")) == steps).all()
+
+
+def test_a_tied_vote_is_random_not_plus(gen):
+    """Two workers voting against each other in every coordinate: the old rule gave + everywhere."""
+    d = 2048
+    x = gen.standard_normal(d).astype(np.float32)
+    c = compressors.get("sign", block_size=1024, seed=5)
+    rows = np.stack([c.encode(x, 0, 1).buffer, c.encode(-x, 0, 2).buffer])
+    vote = c.decode(c.majority_vote(rows, 0, d), 0, d)
+    assert abs(vote.mean()) < 0.1
+    odd = np.stack([rows[0], rows[1], rows[0]])  # no tie with three: the majority wins
+    assert np.array_equal(c.decode(c.majority_vote(odd, 0, d), 0, d), np.sign(x))
+
+
+def test_scaled_sign_scale_per_vector_or_per_block():
+    """Per vector (EF-SGD and DoubleSqueeze papers, the default) every block carries ||x||_1 / d;
+    per block each its own mean."""
+    x = np.concatenate([np.full(256, 1.0), np.full(256, -3.0)]).astype(np.float32)
+    vec = compressors.get("scaled-sign", block_size=256)
+    blk = compressors.get("scaled-sign", block_size=256, sign_scale="block")
+    assert vec.encode(x, 0, 0).scales.tolist() == [2.0, 2.0] and blk.encode(x, 0, 0).scales.tolist() == [1.0, 3.0]
+    with pytest.raises(ValueError, match="sign_scale"):
+        compressors.get("scaled-sign", sign_scale="tensor")
+    with pytest.raises(ValueError, match="sign_ties"):
+        compressors.get("sign", sign_ties="zero")
+
+
+# ---------------------------------------------------------------- options (issue 13.3)
+@pytest.mark.parametrize("d, ratio, k", [(100, 0.07, 7), (1000, 0.001, 1), (300, 0.01, 3), (1_000_003, 0.01, 10_001),
+                                         (29, 0.1, 3), (100, 0.29, 29), (7, 1.0, 7), (10, 1e-9, 1)])
+def test_topk_keeps_exactly_ceil_d_times_ratio(d, ratio, k):
+    """Floats put 100 * 0.07 at 7.000000000000001 (ceil 8) and 100 * 0.29 at 28.999999999999996."""
+    assert compressors.get("topk", ratio=ratio).k(d) == k
+
+
+def _cfg(**values):
+    import argparse
+    base = dict(block_size=None, eta=1e-2, lambda_rule="min", seed=4, qsgd_levels=7, topk_ratio=0.05)
+    return argparse.Namespace(**{**base, **values})
+
+
+def test_each_compressor_reads_its_own_options_from_the_config():
+    assert compressors.from_config("qsgd", _cfg(block_size=512)).block_size == 512
+    q = compressors.from_config("qsgd", _cfg())
+    assert (q.block_size, q.levels, q.seed) == (1024, 7, 4)  # bucket: its own default when unset
+    f = compressors.from_config("fo1bit", _cfg(block_size=4096))
+    assert (f.block_size, f.lambda_rule, f.seed) == (4096, "min", 4)
+    assert compressors.from_config("dithered-sign", _cfg()).lambda_rule == "max"  # not --lambda-rule
+    assert compressors.from_config("topk", _cfg()).ratio == 0.05
+    s = compressors.from_config("scaled-sign", _cfg(), sign_scale="block")  # an algorithm's default
+    assert (s.sign_scale, s.sign_ties) == ("block", "random")
+    assert compressors.from_config("scaled-sign", _cfg(sign_scale="vector"), sign_scale="block").sign_scale == "vector"
+
+
+def test_block_size_for_topk_is_refused():
+    with pytest.raises(ValueError, match="topk works on the whole vector, so --block-size does not apply"):
+        compressors.from_config("topk", _cfg(block_size=1024))

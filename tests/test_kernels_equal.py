@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fobsgd_mpi import native, reference
+from fobsgd_mpi import native, reference, rng
 from fobsgd_mpi.errors import NonFiniteError
 from fobsgd_mpi.layout import BlockLayout
 
@@ -55,8 +55,7 @@ def test_decode_inverts_encode_of_its_own_bits(gen):
     """Encoding a vector that is exactly +-lambda in the flattened domain is lossless."""
     lay = BlockLayout(4096, 1024, 256)
     q = np.where(gen.random(lay.padded) < 0.5, -1.0, 1.0).astype(np.float32)
-    bits = np.zeros(lay.n_words, np.uint64)
-    native.pack_signs(q, bits)
+    bits = np.packbits(q > 0, bitorder="little").view(np.uint64)
     x = np.zeros(4096, np.float32)
     native.decode_1bit(bits, np.ones(lay.n_blocks, np.float32), lay, True, 1, 2, x)
     bits2, scales2 = np.zeros_like(bits), np.zeros(lay.n_blocks, np.float32)
@@ -81,15 +80,20 @@ def test_aggregate_identical(isa, n, gen):
     assert np.array_equal(outs[0], outs[1])
 
 
+TIES = [native.TIES_RANDOM, native.TIES_POSITIVE]
+
+
 @pytest.mark.parametrize("d", SIZES)
-def test_scaled_sign_identical(isa, d, gen):
+@pytest.mark.parametrize("ties", TIES)
+def test_scaled_sign_identical(isa, d, ties, gen):
     lay = layout_for(d)
     x = gen.standard_normal(d).astype(np.float32)
     x[::7] = 0.0
+    x[1::11] = -0.0
     res = []
     for k in (native, reference):
         bits, scales = np.zeros(lay.n_words, np.uint64), np.zeros(lay.n_blocks, np.float32)
-        k.scaled_sign_encode(x, lay, bits, scales)
+        k.scaled_sign_encode(x, lay, ties, 9, 4, bits, scales)
         out = np.ones(d, np.float32)
         k.scaled_sign_decode(bits, scales, lay, out, weight=2.0, accumulate=True)
         out2 = np.zeros(d, np.float32)
@@ -99,34 +103,74 @@ def test_scaled_sign_identical(isa, d, gen):
         assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("n", [1, 5, 64, 65, 1000])
-def test_pack_unpack_identical(isa, n, gen):
-    x = gen.standard_normal(n).astype(np.float32)
-    wn, wr = np.zeros((n + 63) // 64, np.uint64), np.zeros((n + 63) // 64, np.uint64)
-    native.pack_signs(x, wn)
-    reference.pack_signs(x, wr)
-    assert np.array_equal(wn, wr)
-    on, orf = np.zeros(n, np.float32), np.zeros(n, np.float32)
-    native.unpack_signs(wn, 1.5, on)
-    reference.unpack_signs(wr, 1.5, orf)
-    assert np.array_equal(on, orf)
-    assert np.array_equal(on, np.where(x >= 0, 1.5, -1.5).astype(np.float32))
+@pytest.mark.parametrize("d", [1, 5, 64, 65, 1000, 70_001])
+@pytest.mark.parametrize("ties", TIES)
+def test_plain_sign_identical(isa, d, ties, gen):
+    """Plain sign: scales None, bits of ceil(d / 64) words (the padded last block cut short)."""
+    lay = layout_for(d)
+    x = gen.standard_normal(d).astype(np.float32)
+    x[::3] = 0.0
+    words = []
+    for k in (native, reference):
+        w = np.full((d + 63) // 64, 7, np.uint64)
+        k.scaled_sign_encode(x, lay, ties, 9, 4, w, None)
+        words.append(w)
+    assert np.array_equal(*words)
+    flags = np.unpackbits(words[0].view(np.uint8), bitorder="little").astype(bool)
+    assert not flags[d:].any() and np.array_equal(flags[:d][x != 0], x[x != 0] > 0)
+    if ties == native.TIES_POSITIVE:
+        assert flags[:d][x == 0].all()
+
+
+def test_zeros_take_the_shared_stream_bits(isa):
+    """An all-zero vector encodes to exactly the bits of each block's stream (purpose 4) that
+    rng.shared_bits draws, so every rank and both backends agree."""
+    lay = layout_for(70_001)
+    bits = np.zeros(lay.n_words, np.uint64)
+    native.scaled_sign_encode(np.zeros(lay.d, np.float32), lay, native.TIES_RANDOM, 9, 4, bits, None)
+    got = np.unpackbits(bits.view(np.uint8), bitorder="little").astype(bool)
+    for b, off, m, valid in lay.blocks():
+        assert np.array_equal(got[off : off + valid], rng.shared_bits(9, 4, b, valid, rng.PURPOSE_ZERO_SIGN))
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 8, 33])
-def test_majority_vote_identical(isa, n, gen):
-    words = gen.integers(0, 2**63, (n, 17), dtype=np.uint64) * 2 + gen.integers(0, 2, (n, 17), dtype=np.uint64)
-    on, orf = np.zeros(17, np.uint64), np.zeros(17, np.uint64)
-    native.majority_vote(words, on)
-    reference.majority_vote(words, orf)
+@pytest.mark.parametrize("ties", TIES)
+def test_majority_vote_identical(isa, n, ties, gen):
+    lay = layout_for(4096)
+    words = gen.integers(0, 2, (n, lay.n_words * 64), dtype=np.uint8)
+    words[:, ::3] = np.arange(n)[:, None] % 2  # n even: a tie in every third position
+    words = np.packbits(words, axis=1, bitorder="little").view(np.uint64)
+    on, orf = np.zeros(lay.n_words, np.uint64), np.zeros(lay.n_words, np.uint64)
+    native.majority_vote(words, lay, ties, 9, 4, on)
+    reference.majority_vote(words, lay, ties, 9, 4, orf)
     assert np.array_equal(on, orf)
 
 
-def test_majority_tie_votes_plus():
+def test_majority_tie_votes_by_the_rule():
+    lay = BlockLayout(64, 64, 64)
     words = np.array([[0b01], [0b10]], dtype=np.uint64)
     out = np.zeros(1, np.uint64)
-    native.majority_vote(words, out)
-    assert out[0] == 0b11
+    native.majority_vote(words, lay, native.TIES_POSITIVE, 0, 0, out)
+    assert out[0] == 0b11  # GRACE: sum >= 0
+    native.majority_vote(words, lay, native.TIES_RANDOM, 5, 6, out)
+    tie = rng.shared_bits(5, 6, 0, 64, rng.PURPOSE_VOTE_TIE)
+    assert out[0] == int(tie[0]) | int(tie[1]) << 1
+
+
+@pytest.mark.parametrize("ties", TIES)
+def test_majority_vote_of_a_shard_is_that_of_the_whole(ties, gen):
+    """A server voting on its shard (a layout subset, blocks back to back) draws each block's tie
+    bits under its id in the whole vector, so the shards' votes are the whole vote cut."""
+    lay = BlockLayout(70_001, 1 << 12, 256)
+    n_words = (lay.d + 63) // 64
+    words = gen.integers(0, 2**63, (4, n_words), dtype=np.uint64)
+    whole = np.zeros(n_words, np.uint64)
+    native.majority_vote(words, lay, ties, 9, 4, whole)
+    blocks = np.arange(1, lay.n_blocks, 3)
+    cut = np.concatenate([np.arange(lay.offsets[b] // 64, -(-(lay.offsets[b] + lay.valid[b]) // 64)) for b in blocks])
+    part = np.zeros(len(cut), np.uint64)
+    native.majority_vote(np.ascontiguousarray(words[:, cut]), lay.subset(blocks), ties, 9, 4, part)
+    assert np.array_equal(part, whole[cut])
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -139,7 +183,7 @@ def test_non_finite_input_refused(k, bad):
     with pytest.raises(NonFiniteError, match="NaN or Inf"):
         k.encode_1bit(x, lay, True, k.LAMBDA_NORM, np.ones(lay.n_blocks), 0, 0, 0, bits, scales)
     with pytest.raises(NonFiniteError):
-        k.scaled_sign_encode(x, lay, bits, scales)
+        k.scaled_sign_encode(x, lay, k.TIES_RANDOM, 0, 0, bits, scales)
 
 
 def test_openmp_threads_give_the_same_bits(gen):

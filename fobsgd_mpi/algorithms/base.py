@@ -19,44 +19,38 @@ class PSAlgorithm:
     down_compressor = "identity"
     default_lr = 0.05
     state_names = ()  # attributes (float32 arrays) that carry over between iterations
+    compressor_defaults = {}  # compressor options this algorithm sets where the config leaves them unset
     shardable = False  # whether the server role can be split by blocks over --servers ranks
 
     def __init__(self, ps, d, cfg):
         self.ps = ps
         self.d = d
-        self.up = compressors.get(self.up_compressor, **self.options(self.up_compressor, cfg))
-        self.down = compressors.get(self.down_compressor, **self.options(self.down_compressor, cfg))
+        self.up = compressors.from_config(self.up_compressor, cfg, **self.compressor_defaults)
+        self.down = compressors.from_config(self.down_compressor, cfg, **self.compressor_defaults)
         self.up_buf = self.up.spec(d).empty()
         self.down_buf = self.down.spec(d).empty()
         self.dir_buf = np.zeros(d, dtype=np.float32)
         self.weights = np.full(ps.n_workers, 1.0 / ps.n_workers, dtype=np.float32)
         self.servers = server_count(cfg.servers, ps.size)
+        self.params = None  # the flat parameters the updates apply to (bind)
         # server_layout: the blocks this rank reduces (all of them, or its shard); server_out: the
-        # payload of the down compressor it reduces them into
+        # payload of the down compressor it reduces them into; serves: whether this rank reduces
         if self.servers == 1:
             self.uplink, self.downlink = ps.uplink(self.up_buf), ps.downlink(self.down_buf)
-            self.server_layout, self.server_out = self.up.layout(d), self.down_buf
+            blocked = isinstance(self.up, compressors.BlockCompressor)  # top-k's payload has no blocks
+            self.server_layout, self.server_out = self.up.layout(d) if blocked else None, self.down_buf
+            self.serves = ps.is_server
         else:
             if not self.shardable:
                 raise ValueError(f"--servers {cfg.servers} is not available for {cfg.algorithm}; use --servers 1")
             shard = ps.sharded(self.servers, self.up.layout(d), self.up, self.down, self.up_buf, self.down_buf)
             self.uplink, self.downlink = shard.uplink, shard.downlink
             self.server_layout, self.server_out = shard.layout, shard.out
+            self.serves = shard.serves
         # bytes one worker hands to MPI per iteration each way: the committed datatypes' sizes
         self.payload_bytes_up = ps.types(self.up.spec(d)).Get_size()
         self.payload_bytes_down = ps.types(self.down.spec(d)).Get_size()
         self.bytes_up_worker = self.bytes_down_worker = 0
-
-    @staticmethod
-    def options(name, cfg):
-        opts = {"block_size": cfg.block_size}
-        if name in ("fo1bit", "dithered-sign"):
-            opts.update(eta=cfg.eta, seed=cfg.seed, **({"lambda_rule": cfg.lambda_rule} if name == "fo1bit" else {}))
-        if name == "qsgd":
-            opts = {"levels": cfg.qsgd_levels, "seed": cfg.seed}
-        if name == "topk":
-            opts = {"ratio": cfg.topk_ratio}
-        return opts
 
     # ---------------------------------------------------------------- hooks
     def encode_up(self, grad, step):
@@ -70,6 +64,11 @@ class PSAlgorithm:
     def direction(self, down, step):
         return self.down.decode(down, step, self.d, out=self.dir_buf)
 
+    def bind(self, params):
+        """The flat parameter vector the optimizer updates in place (algorithms that average the
+        models read and write it)."""
+        self.params = params
+
     def after_step(self, params, step):
         """Called after the optimizer step on every rank (periodic averaging hooks in here)."""
 
@@ -78,7 +77,7 @@ class PSAlgorithm:
         return (self.up_buf.spec, self.down_buf.spec)
 
     def state_arrays(self):
-        return {name: getattr(self, name) for name in self.state_names if hasattr(self, name)}
+        return {name: getattr(self, name) for name in self.state_names}
 
     def load_state(self, arrays):
         for name in self.state_names:
@@ -149,19 +148,27 @@ class ErrorFeedbackUplink:
 
     state_names = ("error",)
 
+    def __init__(self, ps, d, cfg):
+        super().__init__(ps, d, cfg)
+        self.error = np.zeros(d if ps.is_worker else 0, dtype=np.float32)
+
     def encode_up(self, grad, step):
-        if not hasattr(self, "error"):
-            self.error = np.zeros(self.d, dtype=np.float32)
         corrected = grad + self.error
         payload = self.up.encode(corrected, step, self.ps.rank, out=self.up_buf)
         self.error = corrected - self.up.decode(payload, step, self.d)
 
 
-def compress_with_server_error(alg, v, step):
-    """Server side of bidirectional error feedback: send C(v + e_s), keep the residual. `v` is
-    the vector of the coordinates this rank serves (alg.server_layout)."""
-    if not hasattr(alg, "server_error"):
-        alg.server_error = np.zeros(len(v), dtype=np.float32)
-    v = v + alg.server_error
-    down = alg.down.encode(v, step, SERVER_STREAM, out=alg.server_out)
-    alg.server_error = v - alg.down.decode(down, step, len(v))
+class ServerErrorFeedback:
+    """Server side of bidirectional error feedback: send C(v + e_s), keep e_s = v + e_s - C(v + e_s)
+    over the coordinates this rank serves (server_layout)."""
+
+    state_names = ("server_error",)
+
+    def __init__(self, ps, d, cfg):
+        super().__init__(ps, d, cfg)
+        self.server_error = np.zeros(self.server_layout.d if self.serves else 0, dtype=np.float32)
+
+    def compress_with_server_error(self, v, step):
+        v = v + self.server_error
+        down = self.down.encode(v, step, SERVER_STREAM, out=self.server_out, layout=self.server_layout)
+        self.server_error = v - self.down.decode(down, step, len(v))

@@ -1,4 +1,7 @@
-"""EF-SGD / MEM-SGD: scaled sign with error feedback up, fp32 mean down."""
+"""EF-SGD / MEM-SGD (Karimireddy et al. 2019): scaled sign with error feedback up, fp32 mean down.
+
+The scale is per whole vector by default, as the paper scales each tensor (--sign-scale block:
+per --block-size block)."""
 from .base import ErrorFeedbackUplink, PSAlgorithm
 from .registry import register
 

@@ -1,4 +1,6 @@
-"""signSGD with majority vote (Bernstein et al. 2019): sign up, the majority's sign down."""
+"""signSGD with majority vote (Bernstein et al. 2019): sign up, the majority's sign down.
+
+Zeros and tied votes take a seeded random sign shared by every rank (--sign-ties; compressors/sign.py)."""
 from .base import PSAlgorithm
 from .registry import register
 
@@ -10,4 +12,4 @@ class SignSGDMajorityVote(PSAlgorithm):
     shardable = True
 
     def server(self, rows, step):
-        self.up.majority_vote(rows, self.server_layout.d, out=self.server_out)
+        self.up.majority_vote(rows, step, self.server_layout, out=self.server_out)

@@ -46,6 +46,10 @@ class SplitExchange:
     def load_state(self, arrays):
         self.head.load_state(arrays)
 
+    def bind(self, params):
+        self.head.bind(params[: self.d_head])
+        self.tail.bind(params[self.d_head :])
+
     def after_step(self, params, step):
         self.head.after_step(params[: self.d_head], step)
 

@@ -9,5 +9,5 @@
     (1000,)
 """
 from . import fo1bit, identity, qsgd, scaled_sign, sign, topk  # noqa: F401  (registers them)
-from .base import Compressor, Payload, PayloadSpec  # noqa: F401
-from .registry import get, names, register  # noqa: F401
+from .base import BlockCompressor, BlockOptions, Compressor, Options, Payload, PayloadSpec  # noqa: F401
+from .registry import from_config, get, names, register  # noqa: F401

@@ -12,31 +12,38 @@ Flattening spreads a sparse x over the block, so the variance per block is about
 (2 ln(2m/eta) - 1) ||x||^2 instead of the m ||x||_inf^2 that dithered sign pays without it.
 """
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import rng
 from ..native import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM
+from .base import BlockOptions, flag
 from .onebit import OneBitCompressor
 from .registry import register
 
 LAMBDA_RULES = {"norm": LAMBDA_NORM, "max": LAMBDA_MAX, "min": LAMBDA_MIN}
 
 
+@dataclass(frozen=True)
+class FlatOptions(BlockOptions):
+    eta: float = 1e-2
+    lambda_rule: str = "norm"
+    seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.lambda_rule not in LAMBDA_RULES:
+            raise ValueError(f"lambda_rule must be one of {', '.join(LAMBDA_RULES)}, got {self.lambda_rule!r}")
+        if not 0 < self.eta < 1:
+            raise ValueError(f"eta must lie in (0, 1), got {self.eta!r}")
+
+
 @register("fo1bit")
 class FlattenedOneBit(OneBitCompressor):
     rotate = True
     bits_up = 1.0
-
-    def __init__(self, eta=1e-2, lambda_rule="norm", seed=0, **options):
-        super().__init__(**options)
-        if lambda_rule not in LAMBDA_RULES:
-            raise ValueError(f"lambda_rule must be one of {', '.join(LAMBDA_RULES)}, got {lambda_rule!r}")
-        if not 0 < eta < 1:
-            raise ValueError(f"eta must lie in (0, 1), got {eta!r}")
-        self.eta = float(eta)
-        self.lambda_rule = lambda_rule
-        self.seed = int(seed)
+    Options = FlatOptions
 
     def lambda_factors(self, layout):
         """sqrt(2 ln(2m / eta) / m) per block (the "norm" rule's lambda / ||x||_2)."""
@@ -46,8 +53,8 @@ class FlattenedOneBit(OneBitCompressor):
         self.kernels.encode_1bit(x, layout, rotate, LAMBDA_RULES[self.lambda_rule], self.lambda_factors(layout),
                                  self.seed, step, rank, payload.bits, payload.scales, self.n_threads)
 
-    def _encode(self, x, step, rank, payload):
-        self._quantize(x, self.layout(len(x)), self.rotate, step, rank, payload)
+    def _encode(self, x, step, rank, payload, lay):
+        self._quantize(x, lay, self.rotate, step, rank, payload)
 
     def encode_flat(self, v, step, rank, d, out=None):
         """Re-quantize a server sum v (padded length, already in the encoded domain) without
@@ -81,5 +88,6 @@ class DitheredSign(FlattenedOneBit):
 
     rotate = False
 
-    def __init__(self, lambda_rule="max", **options):
-        super().__init__(lambda_rule=lambda_rule, **options)
+    @dataclass(frozen=True)
+    class Options(FlatOptions):
+        lambda_rule: str = field(default="max", metadata=flag(None))  # the unbiased rule, whatever --lambda-rule says

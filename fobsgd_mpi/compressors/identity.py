@@ -1,12 +1,13 @@
-"""No compression: float32 values (the fp32 baseline's payload)."""
+"""No compression: float32 values (the fp32 baseline's payload). Its blocks only say how a
+sharded server splits the vector."""
 import numpy as np
 
-from .base import Compressor, PayloadSpec
+from .base import BlockCompressor, PayloadSpec
 from .registry import register
 
 
 @register("identity")
-class Identity(Compressor):
+class Identity(BlockCompressor):
     bits_up = 32.0
 
     def spec(self, d):
@@ -15,7 +16,7 @@ class Identity(Compressor):
     def block_ranges(self, layout, blocks):
         return [(4 * int(layout.offsets[b]), 4 * int(layout.valid[b])) for b in blocks]
 
-    def _encode(self, x, step, rank, payload):
+    def _encode(self, x, step, rank, payload, lay):
         payload.values[:] = x
 
     def _decode(self, payload, step, d, out, weight, accumulate):

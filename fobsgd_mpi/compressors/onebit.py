@@ -1,10 +1,10 @@
 """Payloads of packed sign bits plus one float32 scale per block, and their server-side sum."""
 import numpy as np
 
-from .base import Compressor, PayloadSpec
+from .base import BlockCompressor, PayloadSpec
 
 
-class OneBitCompressor(Compressor):
+class OneBitCompressor(BlockCompressor):
     """bits (uint64, one bit per padded coordinate) + scales (float32, one per block)."""
 
     def spec(self, d):

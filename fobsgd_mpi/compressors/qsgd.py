@@ -1,29 +1,41 @@
 """QSGD (Alistarh et al. 2017): unbiased stochastic quantization to s levels per bucket.
 
+The bucket is --block-size (1024 when unset; the paper's "bucket size d", e.g. 512).
 Per bucket b: level l_j = floor(s |x_j| / ||x_b||_2 + u_j), u_j ~ U[0, 1) from the stream of
 (seed, step, block, rank); x_hat_j = ||x_b||_2 sign(x_j) l_j / s. Sent with fixed-width packing:
 one sign bit plus ceil(log2(s + 1)) level bits per coordinate, one float32 norm per bucket.
 """
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import rng
-from .base import Compressor, PayloadSpec
+from .base import BlockCompressor, BlockOptions, PayloadSpec, flag
 from .registry import register
 
 PURPOSE_QSGD = 3
 
 
+@dataclass(frozen=True)
+class QSGDOptions(BlockOptions):
+    block_size: int = 1024
+    levels: int = field(default=15, metadata=flag("qsgd_levels"))
+    seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.levels, int) or not 1 <= self.levels <= 2**15 - 1:
+            raise ValueError(f"qsgd levels must be an integer in 1..32767, got {self.levels!r}")
+
+
 @register("qsgd")
-class QSGD(Compressor):
-    def __init__(self, levels=15, seed=0, block_size=1024, **options):
-        super().__init__(block_size=block_size, **options)
-        if not isinstance(levels, int) or not 1 <= levels <= 2**15 - 1:
-            raise ValueError(f"qsgd levels must be an integer in 1..32767, got {levels!r}")
-        self.levels = levels
-        self.seed = int(seed)
-        self.width = 1 + math.ceil(math.log2(levels + 1))
+class QSGD(BlockCompressor):
+    Options = QSGDOptions
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.width = 1 + math.ceil(math.log2(self.levels + 1))
         self.bits_up = float(self.width)
 
     def spec(self, d):
@@ -31,8 +43,7 @@ class QSGD(Compressor):
         return PayloadSpec((("codes", np.uint64, -(-lay.padded * self.width // 64)),
                             ("norms", np.float32, lay.n_blocks)))
 
-    def _encode(self, x, step, rank, payload):
-        lay = self.layout(len(x))
+    def _encode(self, x, step, rank, payload, lay):
         if not np.isfinite(x).all():
             from ..errors import NonFiniteError
             raise NonFiniteError("vector to encode holds NaN or Inf; fix the gradient before encoding")

@@ -1,4 +1,4 @@
-"""Name -> compressor; get() builds one with its options."""
+"""Name -> compressor; get() builds one with its options, from_config() with a run's config."""
 from ..registry import Registry
 
 COMPRESSORS = Registry("compressor")
@@ -12,3 +12,9 @@ def get(name, **options):
         return cls(**options)
     except TypeError as exc:
         raise ValueError(f"bad options for compressor {name!r}: {exc}") from None
+
+
+def from_config(name, cfg, **defaults):
+    """The compressor `name` with the options a run's config sets (each compressor's Options);
+    `defaults` fill the options the config leaves unset."""
+    return COMPRESSORS.get(name).from_config(cfg, **defaults)

@@ -1,23 +1,40 @@
-"""Top-k sparsification: the k largest-magnitude coordinates as (uint32 index, float32 value)."""
+"""Top-k sparsification: the k largest-magnitude coordinates as (uint32 index, float32 value).
+
+k = ceil(d * ratio), at least 1, with the ratio taken exactly as the decimal it was written as
+(0.07 is 7/100, so d = 100 keeps 7; float arithmetic gives 100 * 0.07 = 7.000000000000001 and
+keeps 8). GRACE keeps int(d * ratio), the floor, so where d * ratio is not a whole number it keeps
+one coordinate fewer than this. Top-k selects over the whole vector: it has no blocks.
+"""
 import math
+from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
-from .base import Compressor, PayloadSpec
+from .base import Compressor, Options, PayloadSpec, flag
 from .registry import register
+
+
+@dataclass(frozen=True)
+class TopKOptions(Options):
+    ratio: float = field(default=0.01, metadata=flag("topk_ratio"))
+
+    def __post_init__(self):
+        if not 0 < self.ratio <= 1:
+            raise ValueError(f"topk ratio must lie in (0, 1], got {self.ratio!r}")
 
 
 @register("topk")
 class TopK(Compressor):
-    def __init__(self, ratio=0.01, **options):
+    Options = TopKOptions
+
+    def __init__(self, **options):
         super().__init__(**options)
-        if not 0 < ratio <= 1:
-            raise ValueError(f"topk ratio must lie in (0, 1], got {ratio!r}")
-        self.ratio = float(ratio)
-        self.bits_up = 64 * self.ratio
+        self.exact_ratio = Fraction(str(self.ratio))  # a float's str is the shortest decimal that is it
+        self.bits_up = 64 * float(self.ratio)
 
     def k(self, d):
-        return max(1, math.ceil(self.ratio * d))
+        return max(1, math.ceil(d * self.exact_ratio))
 
     def spec(self, d):
         k = self.k(d)

@@ -28,6 +28,10 @@ enum {
 
 enum { FOBSGD_LAMBDA_NORM = 0, FOBSGD_LAMBDA_MAX = 1, FOBSGD_LAMBDA_MIN = 2 };
 
+/* What sign an exact zero (and a tied majority vote) takes: a seeded random +-1 from the block's
+ * stream of (seed, step, block) that every rank shares, or + (as `x >= 0`, GRACE's rule). */
+enum { FOBSGD_TIES_POSITIVE = 0, FOBSGD_TIES_RANDOM = 1 };
+
 typedef struct {
     const int64_t *offsets;
     const int32_t *log_sizes;
@@ -66,21 +70,22 @@ int fobsgd_aggregate_1bit(const uint8_t *payloads, int64_t n, int64_t stride,
                           int64_t scales_offset, const float *weights, fobsgd_layout layout,
                           float *out, int n_threads);
 
-/* Scaled sign: bit = [x >= 0] (padding counts as 0), scale = ||x_b||_1 / valid_b. */
-int fobsgd_scaled_sign_encode(const float *x, fobsgd_layout layout, uint64_t *bits, float *scales,
+/* Scaled sign: bit = [x > 0], an exact zero by the `ties` rule (stream purpose 4), 0 past d;
+ * scale = ||x_b||_1 / valid_b. With scales NULL, plain sign bits. `bits` holds n_words words: the
+ * padded length's for the one-bit payload, ceil(d / 64) for plain sign (its words past are not
+ * written). */
+int fobsgd_scaled_sign_encode(const float *x, fobsgd_layout layout, int ties, uint64_t seed,
+                              uint64_t step, uint64_t *bits, int64_t n_words, float *scales,
                               int n_threads);
 /* out[:d] (+)= weight * scale_b * (2 b - 1); scales may be NULL (scale 1). */
 int fobsgd_scaled_sign_decode(const uint64_t *bits, const float *scales, fobsgd_layout layout,
                               float weight, int accumulate, float *out, int n_threads);
 
-/* Bit packing: words[j/64] bit j%64 = [x_j >= 0]; trailing bits of the last word are 0. */
-int fobsgd_pack_signs(const float *x, int64_t n, uint64_t *words);
-/* out_j = bit ? a : -a */
-int fobsgd_unpack_signs(const uint64_t *words, int64_t n, float a, float *out);
-/* Bitwise majority over n payloads of n_words words, `stride` words apart: out bit = 1 where at
- * least half of the inputs have it (a tie votes +). */
+/* Bitwise majority over n payloads of n_words words, `stride` words apart, laid out in `layout`'s
+ * blocks: out bit = 1 where more than half of the inputs have it; a tie (n even) by the `ties`
+ * rule (stream purpose 5). */
 int fobsgd_majority_vote(const uint64_t *words, int64_t n, int64_t stride, int64_t n_words,
-                         uint64_t *out);
+                         fobsgd_layout layout, int ties, uint64_t seed, uint64_t step, uint64_t *out);
 
 #ifdef __cplusplus
 }

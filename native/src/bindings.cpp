@@ -105,21 +105,29 @@ PYBIND11_MODULE(_native, m) {
        py::arg("n_threads"));
 
     m.def("scaled_sign_encode", [](arr<float> x, arr<int64_t> offsets, arr<int32_t> log_sizes, int64_t d,
-                                   arr<uint64_t> bits, arr<float> scales, int n_threads) {
-        fobsgd_layout lay = layout_of(offsets, log_sizes, d);
+                                   arr<int64_t> block_ids, int ties, uint64_t seed, uint64_t step, arr<uint64_t> bits,
+                                   py::object scales, int n_threads) {
+        fobsgd_layout lay = layout_of(offsets, log_sizes, d, block_ids);
         const float *px = data_of(x, "x", d);
-        uint64_t *pb = data_of(bits, "bits", padded_length(lay) / 64);
-        float *ps = data_of(scales, "scales", lay.n_blocks);
+        float *ps = nullptr;
+        arr<float> s;
+        if (!scales.is_none()) {
+            s = scales.cast<arr<float>>();
+            ps = data_of(s, "scales", lay.n_blocks);
+        }
+        uint64_t *pb = data_of(bits, "bits", ps ? padded_length(lay) / 64 : (d + 63) / 64);
+        const int64_t n_words = bits.size();
         py::gil_scoped_release nogil;
-        return fobsgd_scaled_sign_encode(px, lay, pb, ps, n_threads);
+        return fobsgd_scaled_sign_encode(px, lay, ties, seed, step, pb, n_words, ps, n_threads);
     }, py::arg("x").noconvert(), py::arg("offsets").noconvert(), py::arg("log_sizes").noconvert(), py::arg("d"),
-       py::arg("bits").noconvert(), py::arg("scales").noconvert(), py::arg("n_threads"));
+       py::arg("block_ids").noconvert(), py::arg("ties"), py::arg("seed"), py::arg("step"),
+       py::arg("bits").noconvert(), py::arg("scales"), py::arg("n_threads"));
 
     m.def("scaled_sign_decode", [](arr<uint64_t> bits, py::object scales, arr<int64_t> offsets,
                                    arr<int32_t> log_sizes, int64_t d, float weight, bool accumulate,
                                    arr<float> out, int n_threads) {
         fobsgd_layout lay = layout_of(offsets, log_sizes, d);
-        const uint64_t *pb = data_of(bits, "bits", padded_length(lay) / 64);
+        const uint64_t *pb = data_of(bits, "bits", (d + 63) / 64);  // decode reads bits below d only
         const float *ps = nullptr;
         arr<float> s;
         if (!scales.is_none()) {
@@ -133,28 +141,17 @@ PYBIND11_MODULE(_native, m) {
        py::arg("log_sizes").noconvert(), py::arg("d"), py::arg("weight"), py::arg("accumulate"),
        py::arg("out").noconvert(), py::arg("n_threads"));
 
-    m.def("pack_signs", [](arr<float> x, arr<uint64_t> words) {
-        const int64_t n = x.size();
-        const float *px = x.data();
-        uint64_t *pw = data_of(words, "words", (n + 63) / 64);
-        py::gil_scoped_release nogil;
-        return fobsgd_pack_signs(px, n, pw);
-    }, py::arg("x").noconvert(), py::arg("words").noconvert());
-
-    m.def("unpack_signs", [](arr<uint64_t> words, float a, arr<float> out) {
-        const int64_t n = out.size();
-        const uint64_t *pw = data_of(words, "words", (n + 63) / 64);
-        float *po = out.mutable_data();
-        py::gil_scoped_release nogil;
-        return fobsgd_unpack_signs(pw, n, a, po);
-    }, py::arg("words").noconvert(), py::arg("a"), py::arg("out").noconvert());
-
-    m.def("majority_vote", [](arr<uint64_t> words, arr<uint64_t> out) {
+    m.def("majority_vote", [](arr<uint64_t> words, arr<int64_t> offsets, arr<int32_t> log_sizes, int64_t d,
+                              arr<int64_t> block_ids, int ties, uint64_t seed, uint64_t step, arr<uint64_t> out) {
         if (words.ndim() != 2) throw std::invalid_argument("words must be 2-D (n, n_words)");
+        fobsgd_layout lay = layout_of(offsets, log_sizes, d, block_ids);
         const int64_t n = words.shape(0), n_words = words.shape(1);
+        if (n_words < (d + 63) / 64) throw std::invalid_argument("vote rows are too short for this layout");
         const uint64_t *pw = words.data();
         uint64_t *po = data_of(out, "out", n_words);
         py::gil_scoped_release nogil;
-        return fobsgd_majority_vote(pw, n, n_words, n_words, po);
-    }, py::arg("words").noconvert(), py::arg("out").noconvert());
+        return fobsgd_majority_vote(pw, n, n_words, n_words, lay, ties, seed, step, po);
+    }, py::arg("words").noconvert(), py::arg("offsets").noconvert(), py::arg("log_sizes").noconvert(),
+       py::arg("d"), py::arg("block_ids").noconvert(), py::arg("ties"), py::arg("seed"), py::arg("step"),
+       py::arg("out").noconvert());
 }

@@ -90,21 +90,18 @@ int fobsgd_aggregate_1bit(const uint8_t *payloads, int64_t n, int64_t stride,
                           float *out, int n_threads) {
     return active->aggregate_1bit(payloads, n, stride, scales_offset, weights, layout, out, n_threads);
 }
-int fobsgd_scaled_sign_encode(const float *x, fobsgd_layout layout, uint64_t *bits, float *scales,
+int fobsgd_scaled_sign_encode(const float *x, fobsgd_layout layout, int ties, uint64_t seed,
+                              uint64_t step, uint64_t *bits, int64_t n_words, float *scales,
                               int n_threads) {
-    return active->scaled_sign_encode(x, layout, bits, scales, n_threads);
+    return active->scaled_sign_encode(x, layout, ties, seed, step, bits, n_words, scales, n_threads);
 }
 int fobsgd_scaled_sign_decode(const uint64_t *bits, const float *scales, fobsgd_layout layout,
                               float weight, int accumulate, float *out, int n_threads) {
     return active->scaled_sign_decode(bits, scales, layout, weight, accumulate, out, n_threads);
 }
-int fobsgd_pack_signs(const float *x, int64_t n, uint64_t *words) { return active->pack_signs(x, n, words); }
-int fobsgd_unpack_signs(const uint64_t *words, int64_t n, float a, float *out) {
-    return active->unpack_signs(words, n, a, out);
-}
 int fobsgd_majority_vote(const uint64_t *words, int64_t n, int64_t stride, int64_t n_words,
-                         uint64_t *out) {
-    return active->majority_vote(words, n, stride, n_words, out);
+                         fobsgd_layout layout, int ties, uint64_t seed, uint64_t step, uint64_t *out) {
+    return active->majority_vote(words, n, stride, n_words, layout, ties, seed, step, out);
 }
 
 }  // extern "C"

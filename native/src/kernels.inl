@@ -47,11 +47,13 @@ inline vu32 lane_bits() {
 
 #if defined(__AVX512F__)
 inline uint32_t ge_mask(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+inline uint32_t gt_mask(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
 inline vf select_bits(uint64_t bits, vf on, vf off) {
     return _mm512_mask_blend_ps((__mmask16)bits, off, on);
 }
 #elif defined(__AVX2__)
 inline uint32_t ge_mask(vf a, vf b) { return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)); }
+inline uint32_t gt_mask(vf a, vf b) { return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }
 inline vf select_bits(uint64_t bits, vf on, vf off) {
     vu32 m = ((vu32){} + (uint32_t)bits) & lane_bits();
     return m != 0 ? on : off;
@@ -60,6 +62,11 @@ inline vf select_bits(uint64_t bits, vf on, vf off) {
 inline uint32_t ge_mask(vf a, vf b) {
     uint32_t m = 0;
     for (int l = 0; l < WF; ++l) m |= (uint32_t)(a[l] >= b[l]) << l;
+    return m;
+}
+inline uint32_t gt_mask(vf a, vf b) {
+    uint32_t m = 0;
+    for (int l = 0; l < WF; ++l) m |= (uint32_t)(a[l] > b[l]) << l;
     return m;
 }
 inline vf select_bits(uint64_t bits, vf on, vf off) {
@@ -411,22 +418,39 @@ int aggregate_1bit(const uint8_t *payloads, int64_t n, int64_t stride, int64_t s
     return FOBSGD_OK;
 }
 
-// ---------------------------------------------------------------- scaled sign, packing, vote
-int scaled_sign_encode(const float *x, fobsgd_layout lay, uint64_t *bits, float *scales, int n_threads) {
+// ---------------------------------------------------------------- scaled sign, plain sign, vote
+// The bits of a word of 64 sign bits or votes that went neither way (an exact zero, a tied
+// vote): all + for FOBSGD_TIES_POSITIVE, else word `i` of the block's shared stream `purpose`.
+inline uint64_t tie_word(int ties, uint64_t key, int64_t i) {
+    return ties == FOBSGD_TIES_POSITIVE ? ~(uint64_t)0 : stream_word(key, (uint64_t)i);
+}
+inline uint64_t tie_key(const fobsgd_layout &lay, int64_t b, uint64_t seed, uint64_t step, uint64_t purpose) {
+    return stream_key(seed, step, block_id(lay, b), kSharedRank, purpose);
+}
+// Words of block k that the payload holds: up to its end, or to n_words for a shorter payload.
+inline int64_t block_words(const Block &k, int64_t n_words) { return min64(k.m, 64 * n_words - k.off) / 64; }
+
+int scaled_sign_encode(const float *x, fobsgd_layout lay, int ties, uint64_t seed, uint64_t step,
+                       uint64_t *bits, int64_t n_words, float *scales, int n_threads) {
     int status = FOBSGD_OK;
     const vf zero = {};
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_threads > 1)
     for (int64_t b = 0; b < lay.n_blocks; ++b) {
         const Block k = block_at(lay, b);
         const float *xb = x + k.off;
+        const uint64_t key = tie_key(lay, b, seed, step, kPurposeZeroSign);
         vd acc_l1 = {};
-        for (int64_t j = 0; j < k.m; j += 64) {
-            uint64_t word = 0;
+        for (int64_t i = 0; i < block_words(k, n_words); ++i) {
+            const int64_t j = 64 * i;
+            uint64_t pos = 0, nonneg = 0;
             for (int l = 0; l < 64; l += WF) {
                 vf v = load_padded(xb, j + l, k.valid);
                 acc_l1 = add_abs(acc_l1, v);
-                word |= (uint64_t)ge_mask(v, zero) << l;
+                pos |= (uint64_t)gt_mask(v, zero) << l;
+                nonneg |= (uint64_t)ge_mask(v, zero) << l;
             }
+            uint64_t word = pos | (nonneg & ~pos & tie_word(ties, key, i));
+            if (k.valid - j < 64) word &= k.valid > j ? ((uint64_t)1 << (k.valid - j)) - 1 : 0;
             bits[(k.off + j) / 64] = word;
         }
         const double l1 = lane_sum(acc_l1);
@@ -434,7 +458,7 @@ int scaled_sign_encode(const float *x, fobsgd_layout lay, uint64_t *bits, float 
 #pragma omp atomic write
             status = FOBSGD_ENONFINITE;
         }
-        scales[b] = k.valid ? (float)(l1 / (double)k.valid) : 0.0f;
+        if (scales) scales[b] = k.valid ? (float)(l1 / (double)k.valid) : 0.0f;
     }
     return status;
 }
@@ -460,62 +484,43 @@ int scaled_sign_decode(const uint64_t *bits, const float *scales, fobsgd_layout 
     return FOBSGD_OK;
 }
 
-int pack_signs(const float *x, int64_t n, uint64_t *words) {
-    const vf zero = {};
-    for (int64_t j = 0; j < n; j += 64) {
-        uint64_t word = 0;
-        for (int l = 0; l < 64 && j + l < n; l += WF) {
-            uint64_t m = ge_mask(load_padded(x, j + l, n), zero);
-            if (j + l + WF > n) m &= ((uint64_t)1 << (n - j - l)) - 1;
-            word |= m << l;
-        }
-        words[j / 64] = word;
-    }
-    return FOBSGD_OK;
-}
-
-int unpack_signs(const uint64_t *words, int64_t n, float a, float *out) {
-    const vf av = (vf){} + a;
-    for (int64_t j = 0; j < n; j += WF) {
-        const vf v = select_bits(words[j / 64] >> (j % 64), av, negate(av));
-        if (j + WF <= n) vstore(out + j, v);
-        else
-            for (int t = 0; j + t < n; ++t) out[j + t] = v[t];
-    }
-    return FOBSGD_OK;
-}
-
 // Bit-sliced counters: planes[p] holds bit p of the per-position count; one add ripples a carry.
-int majority_vote(const uint64_t *words, int64_t n, int64_t stride, int64_t n_words, uint64_t *out) {
+// Then + where count > n/2, and where count == n/2 (a tie, n even) the tie rule decides.
+int majority_vote(const uint64_t *words, int64_t n, int64_t stride, int64_t n_words, fobsgd_layout lay,
+                  int ties, uint64_t seed, uint64_t step, uint64_t *out) {
     if (n <= 0 || n >= ((int64_t)1 << 31)) return FOBSGD_EINVAL;
     const int n_planes = ilog2((int)n) + 1;
-    const uint64_t threshold = (uint64_t)(n + 1) / 2;  // count >= ceil(n/2): a tie votes +
-    for (int64_t w = 0; w < n_words; ++w) {
-        uint64_t planes[32] = {};
-        for (int64_t i = 0; i < n; ++i) {
-            uint64_t carry = words[i * stride + w];
-            for (int p = 0; p < n_planes && carry; ++p) {
-                const uint64_t sum = planes[p] ^ carry;
-                carry &= planes[p];
-                planes[p] = sum;
+    const uint64_t half = (uint64_t)n / 2;
+    for (int64_t b = 0; b < lay.n_blocks; ++b) {
+        const Block k = block_at(lay, b);
+        const uint64_t key = tie_key(lay, b, seed, step, kPurposeVoteTie);
+        for (int64_t i = 0; i < block_words(k, n_words); ++i) {
+            const int64_t w = k.off / 64 + i;
+            uint64_t planes[32] = {};
+            for (int64_t r = 0; r < n; ++r) {
+                uint64_t carry = words[r * stride + w];
+                for (int p = 0; p < n_planes && carry; ++p) {
+                    const uint64_t sum = planes[p] ^ carry;
+                    carry &= planes[p];
+                    planes[p] = sum;
+                }
             }
-        }
-        uint64_t gt = 0, eq = ~(uint64_t)0;
-        for (int p = n_planes - 1; p >= 0; --p) {
-            if ((threshold >> p) & 1) {
-                eq &= planes[p];
-            } else {
-                gt |= eq & planes[p];
-                eq &= ~planes[p];
+            uint64_t gt = 0, eq = ~(uint64_t)0;  // count > half, count == half
+            for (int p = n_planes - 1; p >= 0; --p) {
+                if ((half >> p) & 1) {
+                    eq &= planes[p];
+                } else {
+                    gt |= eq & planes[p];
+                    eq &= ~planes[p];
+                }
             }
+            out[w] = gt | (n % 2 ? 0 : eq & tie_word(ties, key, i));
         }
-        out[w] = gt | eq;
     }
     return FOBSGD_OK;
 }
 
 extern const KernelTable table = {
     FOBSGD_ISA_NAME, fwht<float>,       fwht<double>,       encode_1bit,  decode_1bit,
-    aggregate_1bit,  scaled_sign_encode, scaled_sign_decode, pack_signs,   unpack_signs,
-    majority_vote,
+    aggregate_1bit,  scaled_sign_encode, scaled_sign_decode, majority_vote,
 };

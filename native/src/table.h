@@ -14,11 +14,11 @@ struct KernelTable {
                        int, float *, float *, int);
     int (*aggregate_1bit)(const uint8_t *, int64_t, int64_t, int64_t, const float *, fobsgd_layout,
                           float *, int);
-    int (*scaled_sign_encode)(const float *, fobsgd_layout, uint64_t *, float *, int);
+    int (*scaled_sign_encode)(const float *, fobsgd_layout, int, uint64_t, uint64_t, uint64_t *, int64_t, float *,
+                              int);
     int (*scaled_sign_decode)(const uint64_t *, const float *, fobsgd_layout, float, int, float *, int);
-    int (*pack_signs)(const float *, int64_t, uint64_t *);
-    int (*unpack_signs)(const uint64_t *, int64_t, float, float *);
-    int (*majority_vote)(const uint64_t *, int64_t, int64_t, int64_t, uint64_t *);
+    int (*majority_vote)(const uint64_t *, int64_t, int64_t, int64_t, fobsgd_layout, int, uint64_t, uint64_t,
+                         uint64_t *);
 };
 namespace generic { extern const KernelTable table; }
 namespace avx2 { extern const KernelTable table; }
