@@ -1,7 +1,10 @@
-"""The examples in the docstrings and in README.md run and print what they say."""
+"""The examples in the docstrings and in README.md run and print what they say, and every
+committed reference result has one command in benchmarks/make_reference.sh that parses."""
 import doctest
+import importlib.util
 import pathlib
 import re
+import shlex
 
 import pytest
 
@@ -23,3 +26,20 @@ def test_readme_python_example_runs(capsys):
     for code in blocks:
         exec(compile(code, "README.md", "exec"), {})
     assert "1.0008" in capsys.readouterr().out  # the bits per coordinate the README promises
+
+
+def reference_commands():
+    """(script, argv) of each `run benchmarks/X.py ...` line of benchmarks/make_reference.sh."""
+    text = (ROOT / "benchmarks" / "make_reference.sh").read_text().replace("\\\n", " ")
+    return [(m[1], shlex.split(m[2].replace("$OUT", "results/reference")))
+            for m in re.finditer(r"^run (benchmarks/\w+\.py) (.*)$", text, re.M)]
+
+
+def test_every_reference_file_has_one_command_that_parses():
+    made = []
+    for script, argv in reference_commands():
+        spec = importlib.util.spec_from_file_location("bench", ROOT / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        made.append(module.parser().parse_args(argv).out)
+    assert sorted(made) == sorted(str(p.relative_to(ROOT)) for p in (ROOT / "results" / "reference").glob("*.h5"))
