@@ -43,3 +43,19 @@ def test_every_reference_file_has_one_command_that_parses():
         spec.loader.exec_module(module)
         made.append(module.parser().parse_args(argv).out)
     assert sorted(made) == sorted(str(p.relative_to(ROOT)) for p in (ROOT / "results" / "reference").glob("*.h5"))
+
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "results" / "README.md"]
+PATHLIKE = re.compile(r"`((?:\.\./|[\w.-]+/)[\w./-]*\.(?:py|sh|md|h5|png|toml|sbatch|pbs|txt|h|in))`")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_docs_name_only_files_in_the_repository(doc):
+    """Links resolve from the page, `code paths` from the repository root (but outputs a run
+    makes under results/, outside results/reference/); none leaves the repository."""
+    text = doc.read_text()
+    links = [(doc.parent / m).resolve() for m in re.findall(r"\]\(([^)#]+)\)", text) if "://" not in m]
+    paths = [(ROOT / m).resolve() for m in PATHLIKE.findall(text)
+             if not m.startswith("results/") or m.startswith("results/reference/")]
+    for path in links + paths:
+        assert path.is_relative_to(ROOT) and path.exists(), f"{doc.name} names {path}, not in the repository"
