@@ -7,9 +7,10 @@ unshaped run. From each run's HDF5 file: iterations per second (median step), th
 of each phase, bytes each way per worker, and the modelled exchange time. Over shaped links also
 the busiest interface's bytes per training step and, apart, at start-up (MPI connections, the
 data shards, the first step): the launcher counts a whole run, so each point runs once more
-stopped after one step, and the difference is what the later steps moved. Prints one table and writes results/bandwidth_sweep-*.h5 (or
---out) with up to three PNGs: throughput against bandwidth (one line per algorithm), speed-up over
-fp32 sgd, and time per iteration against n.
+stopped after one step, and the difference is what the later steps moved. Prints one table and
+writes results/bandwidth_sweep-*.h5 (or --out) with up to three PNGs: throughput against
+bandwidth (one line per algorithm), speed-up over fp32 sgd with as many servers, and time per
+iteration against n.
 
     python benchmarks/bandwidth_sweep.py --quick                      # CI-sized: 2 algorithms, 100mbit + none
     python benchmarks/bandwidth_sweep.py --bandwidths 10mbit 100mbit 1gbit 10gbit none \\
@@ -64,26 +65,30 @@ def rate_of(bandwidth):
 def plots(records, stem):
     """<stem>-throughput.png and -speedup.png against the link speed (the largest d and n swept;
     with two link speeds or more), -scaling.png against n (the largest d; with two ranks counts or
-    more)."""
+    more). Returns the paths written."""
     ok = [r for r in records if not r["error"]]
     if not ok:
-        return
+        return []
     d, n = max(r["d"] for r in ok), max(r["ranks"] for r in ok)  # the largest model, the most ranks swept
     what = f"synthetic-logreg, wide-mlp, d = {d:,}"
     shaped = sorted({r["bandwidth"] for r in ok if r["bandwidth"] != "none"}, key=rate_of)
-    by_bw = {}
-    for r in ok:
+    by_bw = {}  # (algorithm, servers) -> {bandwidth: it/s}
+    for r in sorted(ok, key=lambda r: rate_of(r["bandwidth"])):
         if r["d"] == d and r["ranks"] == n and r["bandwidth"] in shaped:
-            by_bw.setdefault(f"{r['algorithm']} servers={r['servers']}", {})[r["bandwidth"]] = r["it_per_s"]
-    fp32 = by_bw.get("sgd servers=1")
+            by_bw.setdefault((r["algorithm"], r["servers"]), {})[r["bandwidth"]] = r["it_per_s"]
+    written = []
     if len(shaped) > 1:
-        line_plot({k: ([rate_of(b) / 1e6 for b in shaped if b in v], [v[b] for b in shaped if b in v])
-                   for k, v in by_bw.items()}, f"{stem}-throughput.png", "link bandwidth [Mbit/s]",
+        written.append(f"{stem}-throughput.png")
+        line_plot({f"{a} servers={k}": ([rate_of(b) / 1e6 for b in v], list(v.values()))
+                   for (a, k), v in by_bw.items()}, written[-1], "link bandwidth [Mbit/s]",
                   "throughput [iterations/s]", f"{what}, n = {n} ranks, per-node links")
-    if len(shaped) > 1 and fp32:
-        line_plot({k: ([rate_of(b) / 1e6 for b in shaped if b in v and b in fp32],
-                       [v[b] / fp32[b] for b in shaped if b in v and b in fp32]) for k, v in by_bw.items()},
-                  f"{stem}-speedup.png", "link bandwidth [Mbit/s]", "speed-up over fp32 sgd, one server [x]",
+    # like with like: each algorithm over fp32 sgd with as many servers
+    speedup = {f"{a} servers={k}": ([rate_of(b) / 1e6 for b in v if b in fp32],
+                                    [v[b] / fp32[b] for b in v if b in fp32])
+               for (a, k), v in by_bw.items() if (fp32 := by_bw.get(("sgd", k)))}
+    if len(shaped) > 1 and speedup:
+        written.append(f"{stem}-speedup.png")
+        line_plot(speedup, written[-1], "link bandwidth [Mbit/s]", "speed-up over fp32 sgd, as many servers [x]",
                   f"{what}, n = {n} ranks, per-node links")
     by_n = {}
     for r in ok:
@@ -92,8 +97,10 @@ def plots(records, stem):
                                                                                                   r["step_ms"]))
     if len({r["ranks"] for r in ok}) > 1:
         links = ", ".join(sorted({r["bandwidth"] for r in ok}, key=rate_of))
-        line_plot({k: tuple(zip(*sorted(v))) for k, v in by_n.items()}, f"{stem}-scaling.png", "ranks [processes]",
+        written.append(f"{stem}-scaling.png")
+        line_plot({k: tuple(zip(*sorted(v))) for k, v in by_n.items()}, written[-1], "ranks [processes]",
                   "time per iteration [ms]", f"{what}, per-node links of {links}", base=2)
+    return written
 
 
 def parser():
@@ -152,8 +159,8 @@ def main(argv=None):
     units = {"it_per_s": "iterations/s", "step_ms": "ms", "modelled_comm_ms": "ms", "bytes_up": "bytes per worker per step",
              "bytes_down": "bytes per worker per step", **{f"{ph}_ms": "ms" for ph in PHASES}, **LINK_UNITS}
     save_records(path, "bandwidth_sweep", records, units, meta=vars(args))
-    plots(records, os.path.splitext(path)[0])
-    print(f"# wrote {path} and its PNGs; runs in {workdir}")
+    pngs = plots(records, os.path.splitext(path)[0])
+    print(f"# wrote {', '.join([path, *pngs])}; runs in {workdir}")
 
 
 if __name__ == "__main__":

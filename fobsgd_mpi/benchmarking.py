@@ -97,7 +97,8 @@ def link_traffic(full, one_step, steps):
     ranks = list(full)
     per_step = [[(full[r][i] - one_step[r][i]) / (steps - 1) for r in ranks] for i in (0, 1)]
     return {"node_tx_per_step": max(per_step[0]), "node_rx_per_step": max(per_step[1]),
-            "node_tx_startup": max(one_step[r][0] for r in ranks), "node_rx_startup": max(one_step[r][1] for r in ranks)}
+            "node_tx_startup": max(one_step[r][0] for r in ranks),
+            "node_rx_startup": max(one_step[r][1] for r in ranks)}
 
 
 LINK_UNITS = {"node_tx_per_step": "bytes per training step (steps 2..N) sent by the busiest rank's interface",

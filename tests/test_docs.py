@@ -1,7 +1,6 @@
 """The examples in the docstrings and in README.md run and print what they say, and every
 committed reference result has one command in benchmarks/make_reference.sh that parses."""
 import doctest
-import importlib.util
 import pathlib
 import re
 import shlex
@@ -10,6 +9,8 @@ import pytest
 
 import fobsgd_mpi.compressors
 import fobsgd_mpi.native
+
+from .test_plots import benchmark
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -38,10 +39,7 @@ def reference_commands():
 def test_every_reference_file_has_one_command_that_parses():
     made = []
     for script, argv in reference_commands():
-        spec = importlib.util.spec_from_file_location("bench", ROOT / script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        made.append(module.parser().parse_args(argv).out)
+        made.append(benchmark(pathlib.Path(script).stem).parser().parse_args(argv).out)
     assert sorted(made) == sorted(str(p.relative_to(ROOT)) for p in (ROOT / "results" / "reference").glob("*.h5"))
 
 

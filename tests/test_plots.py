@@ -1,5 +1,6 @@
 """Plots say what was run and in which units, and benchmark records say which commit made them:
 checked on the matplotlib objects and the HDF5 attributes, from tiny files written here."""
+import importlib.util
 import json
 import re
 
@@ -9,8 +10,17 @@ import pytest
 
 from fobsgd_mpi import report
 from fobsgd_mpi.benchmarking import line_plot, link_traffic, save_records
+from fobsgd_mpi.jobs import ROOT
 
 UNIT = re.compile(r"\[.+\]")
+
+
+def benchmark(name):
+    """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_run(path, algorithm, wall_s):
@@ -61,6 +71,21 @@ def test_line_plot_title_units_and_scales(tmp_path):
     assert narrow.get_xscale() == narrow.get_yscale() == "linear"
     with pytest.raises(ValueError, match="no \\[unit\\]"):
         line_plot({"a": ([1], [1])}, str(tmp_path / "r.png"), "ranks", "y [ms]", "t")
+
+
+def test_speedup_compares_like_with_like(tmp_path, monkeypatch):
+    sweep = benchmark("bandwidth_sweep")
+    drawn = {}
+    monkeypatch.setattr(sweep, "line_plot",
+                        lambda series, path, *rest, **kw: drawn.update({path.rsplit("-", 1)[1]: series}))
+    rate = {"10mbit": 1, "100mbit": 10}
+    records = [{"algorithm": a, "servers": k, "bandwidth": b, "ranks": 9, "d": 1000, "error": "",
+                "step_ms": 1.0, "it_per_s": rate[b] * (2 if a == "fo-sgd" else 1) * (3 if k == "all" else 1)}
+               for a in ("fo-sgd", "sgd") for k in ("1", "all") for b in ("100mbit", "10mbit")]
+    written = sweep.plots(records, str(tmp_path / "s"))
+    assert written == [str(tmp_path / f"s-{p}.png") for p in ("throughput", "speedup")]
+    assert drawn["speedup.png"]["fo-sgd servers=all"] == ([10, 100], [2, 2])  # over sgd servers=all, not 6
+    assert drawn["throughput.png"]["sgd servers=1"] == ([10, 100], [1, 10])  # in order of link speed
 
 
 def test_records_carry_the_git_commit(tmp_path):
