@@ -112,12 +112,22 @@ LOG_SPAN = 8  # an axis whose largest value is this many times its smallest or m
 
 def log_axes(ax, base=10):
     """Log scale on each axis whose plotted values are all positive and span LOG_SPAN or more
-    (`base` for x): ranks 2..16, bytes or seconds over decades."""
-    for axis in "xy":
-        values = np.concatenate([np.asarray(getattr(line, f"get_{axis}data")(), float) for line in ax.lines])
+    (`base` for x): ranks 2..16, bytes or seconds over decades. Under two decades the ticks are
+    1-2-5 (or powers of `base`) in plain numbers, and minor ticks are never labelled."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for name in "xy":
+        values = np.concatenate([np.asarray(getattr(line, f"get_{name}data")(), float) for line in ax.lines])
         values = values[np.isfinite(values)]
-        if values.size and values.min() > 0 and values.max() >= LOG_SPAN * values.min():
-            getattr(ax, f"set_{axis}scale")("log", **({"base": base} if axis == "x" else {}))
+        if not (values.size and values.min() > 0 and values.max() >= LOG_SPAN * values.min()):
+            continue
+        b = base if name == "x" else 10
+        getattr(ax, f"set_{name}scale")("log", base=b)
+        axis = getattr(ax, f"{name}axis")
+        if values.max() < 100 * values.min():
+            axis.set_major_locator(LogLocator(b, subs=(1, 2, 5) if b == 10 else (1,)))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
 
 
 def check_units(*labels):
