@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 NATIVE := $(wildcard native/include/*.h native/src/*)
 NP ?= 4
 
-.PHONY: install train test test-fast demo bench bench-deps clean
+.PHONY: install train test test-fast demo bench bench-deps reference clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ test: install
 bench: bench-deps
 	$(BIN)/python benchmarks/fwht.py
 	$(BIN)/python benchmarks/codec.py
+
+# Every file in results/reference/ from the current commit (root, hours): see benchmarks/make_reference.sh
+reference: install
+	PYTHON=$(BIN)/python benchmarks/make_reference.sh
 
 clean:
 	rm -rf build *.egg-info fobsgd_mpi/_native*.so $(VENV)/.built

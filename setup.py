@@ -58,6 +58,7 @@ setup(
     long_description=open(os.path.join(here, "README.md")).read() if os.path.exists(os.path.join(here, "README.md")) else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["fobsgd_mpi", "fobsgd_mpi.*"]),
+    package_data={"fobsgd_mpi": ["job_templates/*.in"]},  # sweep.py's SLURM / PBS templates
     python_requires=">=3.10",
     install_requires=[
         "numpy>=1.24",

@@ -4,9 +4,13 @@ Every point is a short training job (synthetic-logreg data, a wide MLP whose --w
 through `python -m fobsgd_mpi.launch`, over real tbf-shaped per-node links (root needed), or
 unshaped (bandwidth "none"), or with --model-network only the alpha-beta model beside an
 unshaped run. From each run's HDF5 file: iterations per second (median step), the median time
-of each phase, bytes each way per worker, and the modelled exchange time. Prints one table and
-writes results/bandwidth_sweep-*.h5 with three PNGs: throughput against bandwidth (one line per
-algorithm), speed-up over fp32 sgd, and time per iteration against n.
+of each phase, bytes each way per worker, and the modelled exchange time. Over shaped links also
+the busiest interface's bytes per training step and, apart, at start-up (MPI connections, the
+data shards, the first step): the launcher counts a whole run, so each point runs once more
+stopped after one step, and the difference is what the later steps moved. Prints one table and
+writes results/bandwidth_sweep-*.h5 (or --out) with up to three PNGs: throughput against
+bandwidth (one line per algorithm), speed-up over fp32 sgd with as many servers, and time per
+iteration against n.
 
     python benchmarks/bandwidth_sweep.py --quick                      # CI-sized: 2 algorithms, 100mbit + none
     python benchmarks/bandwidth_sweep.py --bandwidths 10mbit 100mbit 1gbit 10gbit none \\
@@ -19,8 +23,8 @@ import tempfile
 import h5py
 
 from fobsgd_mpi import algorithms, jobs
-from fobsgd_mpi.benchmarking import (STARTUP_ITERATIONS, format_table, line_plot, results_path, save_records,
-                                     steady_median, steady_step_s)
+from fobsgd_mpi.benchmarking import (LINK_UNITS, STARTUP_ITERATIONS, format_table, line_plot, link_traffic,
+                                     results_path, save_records, steady_median, steady_step_s)
 from fobsgd_mpi.launch import link_bytes, parse_rate
 
 PHASES = ("compute", "encode", "comm", "server", "decode")
@@ -39,9 +43,11 @@ def run_point(workdir, algorithm, bandwidth, width, ranks, servers, steps, model
     if done.returncode:
         return {**point, "error": jobs.error_line(done)}
     links = link_bytes(done.stdout)
-    if links:  # the interfaces' counters over the whole run (start-up and evaluation included)
-        point["node_tx_per_step"] = max(tx for tx, _ in links.values()) / steps
-        point["node_rx_per_step"] = max(rx for _, rx in links.values()) / steps
+    if links:  # the counters cover the whole run: a one-step run of the same job tells start-up from steps
+        one = jobs.launch(*launch, "--", *train, "--steps", "1", "--out", out[:-3] + "-1step.h5", timeout=3600)
+        if one.returncode:
+            return {**point, "error": "one-step run: " + jobs.error_line(one)}
+        point.update(link_traffic(links, link_bytes(one.stdout), steps))
     with h5py.File(out) as f:
         it = f["iterations"]
         step_s = steady_step_s(it["wall_s"][:])
@@ -57,37 +63,47 @@ def rate_of(bandwidth):
 
 
 def plots(records, stem):
+    """<stem>-throughput.png and -speedup.png against the link speed (the largest d and n swept;
+    with two link speeds or more), -scaling.png against n (the largest d; with two ranks counts or
+    more). Returns the paths written."""
     ok = [r for r in records if not r["error"]]
     if not ok:
-        return
+        return []
     d, n = max(r["d"] for r in ok), max(r["ranks"] for r in ok)  # the largest model, the most ranks swept
+    what = f"synthetic-logreg, wide-mlp, d = {d:,}"
     shaped = sorted({r["bandwidth"] for r in ok if r["bandwidth"] != "none"}, key=rate_of)
-    by_bw = {}
-    for r in ok:
+    by_bw = {}  # (algorithm, servers) -> {bandwidth: it/s}
+    for r in sorted(ok, key=lambda r: rate_of(r["bandwidth"])):
         if r["d"] == d and r["ranks"] == n and r["bandwidth"] in shaped:
-            by_bw.setdefault(f"{r['algorithm']} servers={r['servers']}", {})[r["bandwidth"]] = r["it_per_s"]
-    fp32 = next((v for k, v in by_bw.items() if k.startswith("sgd ")), None)
-    series = {k: ([rate_of(b) / 1e6 for b in shaped if b in v], [v[b] for b in shaped if b in v])
-              for k, v in by_bw.items()}
-    if series:
-        line_plot(series, f"{stem}-throughput.png", "link bandwidth [Mbit/s]", "iterations per second",
-                  title=f"d = {d:,}, {n} ranks, per-node links", logx=True, base=10)
-    if fp32:
-        speedup = {k: ([rate_of(b) / 1e6 for b in shaped if b in v and b in fp32], [v[b] / fp32[b] for b in shaped
-                                                                                 if b in v and b in fp32])
-                   for k, v in by_bw.items()}
-        line_plot(speedup, f"{stem}-speedup.png", "link bandwidth [Mbit/s]", "speed-up over fp32 sgd",
-                  title=f"d = {d:,}, {n} ranks", logx=True, base=10)
+            by_bw.setdefault((r["algorithm"], r["servers"]), {})[r["bandwidth"]] = r["it_per_s"]
+    written = []
+    if len(shaped) > 1:
+        written.append(f"{stem}-throughput.png")
+        line_plot({f"{a} servers={k}": ([rate_of(b) / 1e6 for b in v], list(v.values()))
+                   for (a, k), v in by_bw.items()}, written[-1], "link bandwidth [Mbit/s]",
+                  "throughput [iterations/s]", f"{what}, n = {n} ranks, per-node links")
+    # like with like: each algorithm over fp32 sgd with as many servers
+    speedup = {f"{a} servers={k}": ([rate_of(b) / 1e6 for b in v if b in fp32],
+                                    [v[b] / fp32[b] for b in v if b in fp32])
+               for (a, k), v in by_bw.items() if (fp32 := by_bw.get(("sgd", k)))}
+    if len(shaped) > 1 and speedup:
+        written.append(f"{stem}-speedup.png")
+        line_plot(speedup, written[-1], "link bandwidth [Mbit/s]", "speed-up over fp32 sgd, as many servers [x]",
+                  f"{what}, n = {n} ranks, per-node links")
     by_n = {}
     for r in ok:
         if r["d"] == d:
             by_n.setdefault(f"{r['algorithm']} servers={r['servers']} {r['bandwidth']}", []).append((r["ranks"],
                                                                                                   r["step_ms"]))
-    line_plot({k: tuple(zip(*sorted(v))) for k, v in by_n.items()}, f"{stem}-scaling.png", "ranks",
-              "time per iteration [ms]", title=f"d = {d:,}", logx=True)
+    if len({r["ranks"] for r in ok}) > 1:
+        links = ", ".join(sorted({r["bandwidth"] for r in ok}, key=rate_of))
+        written.append(f"{stem}-scaling.png")
+        line_plot({k: tuple(zip(*sorted(v))) for k, v in by_n.items()}, written[-1], "ranks [processes]",
+                  "time per iteration [ms]", f"{what}, per-node links of {links}", base=2)
+    return written
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algorithms", nargs="+", default=["fo-sgd", "sgd", "signsgd-mv", "liec-sgd", "qsgd"])
     p.add_argument("--bandwidths", nargs="+", default=["10mbit", "100mbit", "1gbit", "10gbit", "none"])
@@ -98,10 +114,18 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--model-network", action="store_true", help="no shaping: the alpha-beta model beside unshaped runs")
     p.add_argument("--quick", action="store_true", help="fo-sgd and sgd, 100mbit and none, d of about 100k, 3 ranks")
+    p.add_argument("--out", help="the HDF5 file to write (PNGs beside it); default results/bandwidth_sweep-<time>.h5")
+    return p
+
+
+def main(argv=None):
+    p = parser()
     args = p.parse_args(argv)
     if args.quick:
         args.algorithms, args.bandwidths, args.widths, args.ranks, args.servers, args.steps = (
             ["fo-sgd", "sgd"], ["100mbit", "none"], [180], [3], ["1", "all"], 5)
+    if args.steps < 2:
+        p.error("--steps must be >= 2 (one-step runs measure the start-up traffic)")
     for b in args.bandwidths:
         if b != "none":
             parse_rate(b)
@@ -128,15 +152,15 @@ def main(argv=None):
                                  ("bytes_up", "up [B]", "{:,}"), ("bytes_down", "down [B]", "{:,}"),
                                  ("node_tx_per_step", "busiest tx/step [B]", "{:,.0f}"),
                                  ("node_rx_per_step", "busiest rx/step [B]", "{:,.0f}"),
+                                 ("node_tx_startup", "busiest tx start-up [B]", "{:,.0f}"),
+                                 ("node_rx_startup", "busiest rx start-up [B]", "{:,.0f}"),
                                  ("error", "error", "{}")]))
-    path = results_path("bandwidth_sweep")
+    path = results_path("bandwidth_sweep", args.out)
     units = {"it_per_s": "iterations/s", "step_ms": "ms", "modelled_comm_ms": "ms", "bytes_up": "bytes per worker per step",
-             "bytes_down": "bytes per worker per step", **{f"{ph}_ms": "ms" for ph in PHASES},
-             "node_tx_per_step": "bytes per step sent by the busiest rank's interface (counters / steps)",
-             "node_rx_per_step": "bytes per step received by the busiest rank's interface (counters / steps)"}
+             "bytes_down": "bytes per worker per step", **{f"{ph}_ms": "ms" for ph in PHASES}, **LINK_UNITS}
     save_records(path, "bandwidth_sweep", records, units, meta=vars(args))
-    plots(records, os.path.splitext(path)[0])
-    print(f"# wrote {path} and its PNGs; runs in {workdir}")
+    pngs = plots(records, os.path.splitext(path)[0])
+    print(f"# wrote {', '.join([path, *pngs])}; runs in {workdir}")
 
 
 if __name__ == "__main__":

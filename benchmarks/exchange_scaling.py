@@ -7,7 +7,8 @@ gradient once, then times only the algorithm's own exchange, started together af
 over real tbf-shaped per-node links (python -m fobsgd_mpi.launch, root needed). It reports the
 slowest rank's median exchange time, the alpha-beta model's figure for it, and the ratio to the
 smallest n: the part of "time per iteration within 1.5x from n = 2 to 16" that the sharded
-server is responsible for. Prints a table; writes results/exchange_scaling-*.h5 and a PNG.
+server is responsible for. Prints a table; writes results/exchange_scaling-*.h5 (or --out) and a
+PNG beside it.
 
     python benchmarks/exchange_scaling.py [--ranks 2 4 8 16] [--bandwidth 100mbit] [--d 1048576]
 """
@@ -27,7 +28,7 @@ from fobsgd_mpi.netmodel import NetworkModel
 
 def rank_program(args):
     """One job (one algorithm, one server count): time `args.reps` exchanges on every rank; rank
-    0 writes the result to args.out."""
+    0 writes the result to args.rank_out."""
     from fobsgd_mpi import algorithms, train
     from fobsgd_mpi.transport import ParameterServer, mpi
 
@@ -48,7 +49,7 @@ def rank_program(args):
         alg.downlink.run()
         times.append(comm.allreduce(MPI.Wtime() - start, op=MPI.MAX))
     if ps.rank == 0:
-        with open(args.out, "w") as f:
+        with open(args.rank_out, "w") as f:
             json.dump({"exchange_s": float(np.median(times[args.warmup:])), "bytes_up": alg.payload_bytes_up,
                        "bytes_down": alg.payload_bytes_down, "servers": alg.servers}, f)
     ps.close()
@@ -59,7 +60,7 @@ def run_point(workdir, algorithm, servers, ranks, args):
     done = jobs.launch("-n", ranks, "--bandwidth", args.bandwidth, "--latency", args.latency, "--",
                        sys.executable, os.path.abspath(__file__), "--rank-program", "--algorithms", algorithm,
                        "--servers", servers, "--d", args.d, "--block-size", args.block_size, "--reps", args.reps,
-                       "--warmup", args.warmup, "--out", out, timeout=1800)
+                       "--warmup", args.warmup, "--rank-out", out, timeout=1800)
     point = {"algorithm": algorithm, "servers": servers, "ranks": ranks}
     if done.returncode:
         return {**point, "error": jobs.error_line(done)}
@@ -72,7 +73,7 @@ def run_point(workdir, algorithm, servers, ranks, args):
             "bytes_up": got["bytes_up"], "bytes_down": got["bytes_down"], "error": ""}
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algorithms", nargs="+", default=["fo-sgd", "sgd"])
     p.add_argument("--servers", nargs="+", default=["1", "all"])
@@ -83,9 +84,14 @@ def main(argv=None):
     p.add_argument("--block-size", type=int, default=16384)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", help="the HDF5 file to write (PNG beside it); default results/exchange_scaling-<time>.h5")
     p.add_argument("--rank-program", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    p.add_argument("--rank-out", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     if args.rank_program:
         return rank_program(args)
     parse_rate(args.bandwidth)
@@ -110,7 +116,7 @@ def main(argv=None):
                                  ("vs_fewest_ranks", "vs fewest ranks", "{:.2f}x"),
                                  ("bytes_up", "up [B]", "{:,}"), ("bytes_down", "down [B]", "{:,}"),
                                  ("error", "error", "{}")]))
-    path = results_path("exchange_scaling")
+    path = results_path("exchange_scaling", args.out)
     save_records(path, "exchange_scaling", records, {"exchange_ms": "ms", "modelled_ms": "ms",
                                                      "bytes_up": "B per rank", "bytes_down": "B per rank"},
                  meta=vars(args))
@@ -118,8 +124,9 @@ def main(argv=None):
     for r in ok:
         series.setdefault(f"{r['algorithm']} servers={r['servers']}", []).append((r["ranks"], r["exchange_ms"]))
     if series:
-        line_plot({k: tuple(zip(*sorted(v))) for k, v in series.items()}, f"{os.path.splitext(path)[0]}.png", "ranks",
-                  "exchange time [ms]", title=f"d = {args.d:,}, {args.bandwidth} per-node links", logx=True)
+        line_plot({k: tuple(zip(*sorted(v))) for k, v in series.items()}, f"{os.path.splitext(path)[0]}.png",
+                  "ranks [processes]", "exchange time [ms]", f"one exchange alone, every rank a worker, d = {args.d:,}, "
+                  f"{args.bandwidth} per-node links", base=2)
     print(f"# wrote {path} and its PNG")
     return 1 if len(ok) < len(records) else 0
 

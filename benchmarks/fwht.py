@@ -82,7 +82,7 @@ def run(min_log, max_log, repeats):
 def plot(records, path):
     logs = [r["log_n"] for r in records]
     line_plot({k[:-2]: (logs, [r[k] * 1e3 for r in records]) for k in records[0] if k.endswith("_s")}, path,
-              "log2 length (float32)", "time per transform [ms], best of N", "In-place FWHT, one thread")
+              "length [log2 of float32 elements]", "time per transform, best of N [ms]", "in-place FWHT, one thread")
 
 
 def main(argv=None):

@@ -57,7 +57,8 @@ def main(argv=None):
         for d in sorted({r["d"] for r in records}):
             pts = [r for r in records if r["algorithm"] == a and r["d"] == d]
             series[f"{a}, d={d:,}"] = ([r["workers"] for r in pts], [r["server_ms"] for r in pts])
-    line_plot(series, os.path.splitext(path)[0] + ".png", "workers", "server time per iteration [ms]", logx=True)
+    line_plot(series, os.path.splitext(path)[0] + ".png", "workers [processes]", "server time per iteration [ms]",
+              "synthetic-logreg, wide-mlp, unshaped, ranks sharing this machine's cores", base=2)
     print(f"# wrote {path} and .png")
 
 

@@ -5,8 +5,10 @@ MNIST-1D, an MLP of --width 1000 (d = 1.05M), R ranks that all compute (the harn
 schedule and epochs. Harness algorithms run through `python -m fobsgd_mpi.launch -- <train
 flags>` (fo-sgd@all: with --servers all), the peers are `python -m fobsgd_mpi.ddp` (torch DDP on gloo: no hook, the fp16 hook,
 PowerSGD of rank 1 and 4). Every run stops at its first evaluation reaching --target. Prints a
-table per bandwidth (time to target, steps, final accuracy, bytes each rank's interface sent),
-writes results/time_to_accuracy-*.h5 and, per bandwidth, accuracy against wall-clock (PNG).
+table per bandwidth (time to target, steps, final accuracy, and the bytes the busiest interface
+sent per step and, apart, at start-up: each run is run once more stopped after one step, see
+benchmarking.link_traffic), writes results/time_to_accuracy-*.h5 (or --out) and, per bandwidth,
+accuracy and loss against iterations, bytes and wall-clock (PNGs, the target as a dashed line).
 
     python benchmarks/time_to_accuracy.py --quick          # 2 ranks, 100mbit, a few algorithms (CI-sized)
     python benchmarks/time_to_accuracy.py                  # 8 ranks, 100mbit and 1gbit, everything
@@ -20,7 +22,7 @@ import h5py
 import numpy as np
 
 from fobsgd_mpi import jobs, report
-from fobsgd_mpi.benchmarking import format_table, results_path, save_records
+from fobsgd_mpi.benchmarking import LINK_UNITS, format_table, link_traffic, results_path, save_records
 from fobsgd_mpi.launch import link_bytes
 
 PEERS = {"ddp-fp32": ["--hook", "none"], "ddp-fp16": ["--hook", "fp16"],
@@ -31,17 +33,16 @@ PEERS = {"ddp-fp32": ["--hook", "none"], "ddp-fp16": ["--hook", "fp16"],
 def run(workdir, name, bandwidth, args):
     out = os.path.join(workdir, f"{name}-{bandwidth}.h5")
     common = ["--dataset", "mnist1d", "--model", "mlp", "--width", args.width, "--epochs", args.epochs,
-              "--eval-every", args.eval_every, "--target-accuracy", args.target, "--seed", args.seed, "--quiet",
-              "--out", out]
+              "--eval-every", args.eval_every, "--target-accuracy", args.target, "--seed", args.seed, "--quiet"]
     if name in PEERS:
         job = [sys.executable, "-m", "fobsgd_mpi.ddp", *PEERS[name], "--lr", args.peer_lr, *common]
     else:
         algorithm, _, servers = name.partition("@")
         job = ["--algorithm", algorithm, "--servers", servers or "1", "--server-also-works", "--check-every", "0",
                *common]
-    done = jobs.launch("-n", args.ranks, "--bandwidth", bandwidth, "--", *job, timeout=args.timeout)
+    launch = ["-n", args.ranks, "--bandwidth", bandwidth, "--"]
+    done = jobs.launch(*launch, *job, "--out", out, timeout=args.timeout)
     rec = {"name": name, "bandwidth": bandwidth, "ranks": args.ranks, "target": args.target}
-    links = link_bytes(done.stdout)
     if done.returncode or not os.path.exists(out):
         return {**rec, "error": jobs.error_line(done)}, None
     with h5py.File(out) as f:
@@ -51,12 +52,17 @@ def run(workdir, name, bandwidth, args):
                     "steps_to_target": int(steps[hit[0]]) + 1 if hit.size else None,
                     "final_accuracy": float(acc[-1]), "wall_s": float(wall[-1]),
                     "step_ms": 1e3 * float(np.median(np.diff(f["iterations/wall_s"][1:]))), "error": ""})
-    if links:
-        rec["max_tx_mb"] = max(tx for tx, _ in links.values()) / 1e6
+        ran = len(f["iterations/step"])
+    links = link_bytes(done.stdout)
+    if links and ran > 1:  # the counters cover the whole run: a one-step run tells start-up from steps
+        one = jobs.launch(*launch, *job, "--steps", "1", "--out", out[:-3] + "-1step.h5", timeout=args.timeout)
+        if one.returncode:
+            return {**rec, "error": "one-step run: " + jobs.error_line(one)}, out
+        rec.update(link_traffic(links, link_bytes(one.stdout), ran))
     return rec, out
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bandwidths", nargs="+", default=["100mbit", "1gbit"])
     p.add_argument("--algorithms", nargs="*", default=["fo-sgd", "fo-sgd@all", "liec-sgd", "sgd", "signsgd-mv", "ef-sgd"],
@@ -71,7 +77,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=int, default=3600, help="seconds per run")
     p.add_argument("--quick", action="store_true", help="2 ranks, 100mbit, width 256, fo-sgd, sgd and ddp-fp32")
-    args = p.parse_args(argv)
+    p.add_argument("--out", help="the HDF5 file to write (PNGs beside it); default results/time_to_accuracy-<time>.h5")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     if args.quick:
         args.bandwidths, args.algorithms, args.peers, args.ranks, args.width, args.epochs, args.target = (
             ["100mbit"], ["fo-sgd", "sgd"], ["ddp-fp32"], 2, 256, 2, 0.3)
@@ -89,12 +100,13 @@ def main(argv=None):
     print(format_table(records, [("bandwidth", "link", "{}"), ("name", "method", "{}"), ("d", "d", "{:,}"),
                                  ("time_to_target_s", "time to target [s]", "{:.1f}"),
                                  ("steps_to_target", "steps", "{}"), ("step_ms", "step [ms]", "{:.1f}"),
-                                 ("final_accuracy", "last acc", "{:.3f}"), ("max_tx_mb", "max tx/rank [MB]", "{:.1f}"),
+                                 ("final_accuracy", "last acc", "{:.3f}"),
+                                 ("node_tx_per_step", "busiest tx/step [B]", "{:,.0f}"),
+                                 ("node_tx_startup", "busiest tx start-up [B]", "{:,.0f}"),
                                  ("error", "error", "{}")]))
-    path = results_path("time_to_accuracy")
+    path = results_path("time_to_accuracy", args.out)
     save_records(path, "time_to_accuracy", records, {"time_to_target_s": "s", "wall_s": "s", "step_ms": "ms",
-                                                      "max_tx_mb": "MB sent by the busiest rank's interface",
-                                                      "final_accuracy": "fraction"}, meta=vars(args))
+                                                      "final_accuracy": "fraction", **LINK_UNITS}, meta=vars(args))
     for bandwidth, runs in files.items():
         report.plot([dict(report.load(out), algorithm=name) for name, out in runs],
                     f"{os.path.splitext(path)[0]}-{bandwidth}")

@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import time
 
 import numpy as np
@@ -62,13 +63,17 @@ def format_table(records, columns):
 
 
 def save_records(path, name, records, units, meta=None):
-    """Write records as one dataset per key under group `name` of a new HDF5 file `path`."""
+    """Write records as one dataset per key under group `name` of a new HDF5 file `path`; the root
+    attributes say when, where and from which git commit."""
     import h5py
+
+    from .results import git_commit
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with h5py.File(path, "w") as f:
         f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
         f.attrs["machine"] = f"{platform.node()} {platform.machine()} {platform.processor()}"
+        f.attrs["git_commit"] = git_commit()
         f.attrs["meta"] = json.dumps(meta or {})
         g = f.create_group(name)
         for key in dict.fromkeys(k for r in records for k in r):
@@ -82,32 +87,85 @@ def save_records(path, name, records, units, meta=None):
     return path
 
 
-def line_plot(series, path, xlabel, ylabel, title=None, logx=False, logy=True, base=2):
-    """One PNG of named lines: series is {label: (xs, ys)}."""
+def link_traffic(full, one_step, steps):
+    """The busiest interface's bytes per training step and at start-up, each way.
+
+    full and one_step are the launcher's counters ({rank: (tx, rx)}, launch.link_bytes) of a run of
+    `steps` steps and of the same run stopped after its first step. Start-up is all of the one-step
+    run: MPI connections, the data shards, the handshake and the first step, which also opens
+    connections; each rank's later steps moved (full - one_step) / (steps - 1) a step."""
+    ranks = list(full)
+    per_step = [[(full[r][i] - one_step[r][i]) / (steps - 1) for r in ranks] for i in (0, 1)]
+    return {"node_tx_per_step": max(per_step[0]), "node_rx_per_step": max(per_step[1]),
+            "node_tx_startup": max(one_step[r][0] for r in ranks),
+            "node_rx_startup": max(one_step[r][1] for r in ranks)}
+
+
+LINK_UNITS = {"node_tx_per_step": "bytes per training step (steps 2..N) sent by the busiest rank's interface",
+              "node_rx_per_step": "bytes per training step (steps 2..N) received by the busiest rank's interface",
+              "node_tx_startup": "bytes sent by the busiest rank's interface up to the end of the first step",
+              "node_rx_startup": "bytes received by the busiest rank's interface up to the end of the first step"}
+
+
+LOG_SPAN = 8  # an axis whose largest value is this many times its smallest or more is drawn log
+
+
+def log_axes(ax, base=10):
+    """Log scale on each axis whose plotted values are all positive and span LOG_SPAN or more
+    (`base` for x): ranks 2..16, bytes or seconds over decades. Under two decades the ticks are
+    1-2-5 (or powers of `base`) in plain numbers, and minor ticks are never labelled."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for name in "xy":
+        values = np.concatenate([np.asarray(getattr(line, f"get_{name}data")(), float) for line in ax.lines])
+        values = values[np.isfinite(values)]
+        if not (values.size and values.min() > 0 and values.max() >= LOG_SPAN * values.min()):
+            continue
+        b = base if name == "x" else 10
+        getattr(ax, f"set_{name}scale")("log", base=b)
+        axis = getattr(ax, f"{name}axis")
+        if values.max() < 100 * values.min():
+            axis.set_major_locator(LogLocator(b, subs=(1, 2, 5) if b == 10 else (1,)))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
+
+
+def check_units(*labels):
+    """Every axis label names its unit in brackets: 'time per iteration [ms]'."""
+    for label in labels:
+        if not re.search(r"\[.+\]", label):
+            raise ValueError(f"axis label {label!r} has no [unit]")
+
+
+def line_plot(series, path, xlabel, ylabel, title, base=10):
+    """One PNG of named lines, series {label: (xs, ys)}; log axes where the values span decades
+    (log_axes).
+    Returns the (closed) matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    check_units(xlabel, ylabel)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", label=label)
-    if logx:
-        ax.set_xscale("log", base=base)
-    if logy:
-        ax.set_yscale("log")
+    log_axes(ax, base)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return fig
 
 
-def results_path(stem):
-    """results/<stem>-<UTC time>.h5: one file per run, never overwritten."""
+def results_path(stem, out=None):
+    """`out` if given (a benchmark's --out, replaced if there), else results/<stem>-<UTC time>.h5:
+    one file per run, never overwritten."""
+    if out:
+        return out
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
     return os.path.join("results", f"{stem}-{stamp}.h5")

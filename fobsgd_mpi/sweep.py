@@ -1,25 +1,29 @@
 """Expand a grid of training runs into a SLURM or PBS job array and a results index.
 
-    python -m fobsgd_mpi.sweep grid.toml [--scheduler slurm|pbs] [--out-dir results/sweep-NAME]
+    python -m fobsgd_mpi.sweep grid.toml [--scheduler slurm|pbs] [--ranks-per-node 1] [--out-dir results/sweep-NAME]
 
 grid.toml: `name`, `ranks` (workers + 1), `time`; a [grid] table of lists (every combination is
 one array task) and a [fixed] table of single values, both keyed by fobsgd_mpi.train's long flags.
 Writes OUT_DIR/jobs.txt (one task's flags per line), OUT_DIR/index.csv (task, grid values, result
 file) and OUT_DIR/sweep.sbatch or sweep.pbs; submit that with sbatch or qsub. Every task is
 checked against the training CLI first, so a typo fails here and not an hour into the queue.
+Each task asks for one rank per node by default, so the exchange crosses the nodes' links (what
+a per-node-link measurement needs); --ranks-per-node packs more. The script templates ship
+inside the package (fobsgd_mpi/job_templates/).
 """
 import argparse
 import csv
 import itertools
+import math
 import os
 import shlex
 import sys
 import tomllib
+from importlib import resources
 
 from . import train
 
 TEMPLATES = {"slurm": "slurm_sweep.sbatch.in", "pbs": "pbs_sweep.pbs.in"}
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def flag(key, value):
@@ -57,8 +61,7 @@ def expand(grid_file, out_dir):
 
 
 def render(template, values):
-    with open(os.path.join(HERE, "..", "job_scripts", template)) as f:
-        text = f.read()
+    text = (resources.files(__package__) / "job_templates" / template).read_text()
     for k, v in values.items():
         text = text.replace(f"@{k}@", str(v))
     return text
@@ -69,8 +72,13 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("grid")
     p.add_argument("--scheduler", choices=sorted(TEMPLATES), default="slurm")
+    p.add_argument("--ranks-per-node", type=int, default=1,
+                   help="MPI ranks on one node (default 1: every rank has its own node and link)")
     p.add_argument("--out-dir", default=None)
     args = p.parse_args(argv)
+    if args.ranks_per_node < 1:
+        print(f"error: --ranks-per-node must be >= 1, got {args.ranks_per_node}", file=sys.stderr)
+        return 2
     try:
         with open(args.grid, "rb") as f:
             name = tomllib.load(f).get("name", "sweep")
@@ -99,6 +107,7 @@ def main(argv=None):
     with open(script, "w") as f:
         f.write(render(TEMPLATES[args.scheduler], {
             "NAME": name, "N_TASKS": len(tasks), "LAST_TASK": len(tasks) - 1, "RANKS": ranks,
+            "RANKS_PER_NODE": args.ranks_per_node, "NODES": math.ceil(ranks / args.ranks_per_node),
             "TIME": spec.get("time", "01:00:00"), "OUT_DIR": out_dir, "WORKDIR": os.getcwd(),
             "PYTHON": sys.executable}))
     os.chmod(script, 0o755)

@@ -1,0 +1,36 @@
+#!/bin/bash
+# Remakes every committed reference result in results/reference/ from the current commit: one
+# benchmark command per HDF5 file (its PNGs beside it), each file recording the commit in its
+# git_commit attribute. README's figures come from these files. Needs root (shaped links) and
+# several hours on a 2-core machine. `make reference` calls it; PYTHON picks the interpreter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+OUT=results/reference
+if [ "${1:-}" != "--force" ] && ! git diff --quiet HEAD; then
+    echo "error: uncommitted changes; commit first so git_commit names the code (or pass --force)" >&2
+    exit 2
+fi
+run() { echo "+ $*" >&2; "$PYTHON" "$@"; }
+
+# Throughput against link speed, d = 1,032,404, 9 ranks (-throughput.png, -speedup.png)
+run benchmarks/bandwidth_sweep.py --algorithms fo-sgd sgd signsgd-mv liec-sgd \
+    --bandwidths 10mbit 100mbit 1gbit 10gbit none --widths 580 --ranks 9 --servers 1 all --steps 5 \
+    --out $OUT/bandwidth_sweep.h5
+# Time per iteration against n at 100 Mbit (-scaling.png)
+run benchmarks/bandwidth_sweep.py --algorithms fo-sgd sgd --bandwidths 100mbit --widths 580 \
+    --ranks 3 5 9 17 --servers 1 all --steps 5 --out $OUT/bandwidth_sweep_ranks.h5
+# d = 25,171,904, 9 ranks
+run benchmarks/bandwidth_sweep.py --algorithms fo-sgd sgd --bandwidths 100mbit 1gbit --widths 2890 \
+    --ranks 9 --servers 1 all --steps 3 --out $OUT/bandwidth_sweep_25m.h5
+# The exchange alone against n, d = 2^20, at each link speed (sgd left out at 10 Mbit: hours)
+run benchmarks/exchange_scaling.py --algorithms fo-sgd signsgd-mv sgd --ranks 2 4 8 16 --reps 10 \
+    --bandwidth 100mbit --out $OUT/exchange_scaling.h5
+run benchmarks/exchange_scaling.py --algorithms fo-sgd signsgd-mv --ranks 2 4 8 16 --reps 10 \
+    --bandwidth 10mbit --out $OUT/exchange_scaling_10mbit.h5
+run benchmarks/exchange_scaling.py --algorithms fo-sgd signsgd-mv sgd --ranks 2 4 8 16 --reps 10 \
+    --bandwidth 1gbit --out $OUT/exchange_scaling_1gbit.h5
+run benchmarks/exchange_scaling.py --algorithms fo-sgd signsgd-mv sgd --ranks 2 4 8 16 --reps 10 \
+    --bandwidth 10gbit --out $OUT/exchange_scaling_10gbit.h5
+# Time to 0.5 test accuracy against torch DDP, 8 ranks, 100 Mbit and 1 Gbit (-<link>-accuracy.png)
+run benchmarks/time_to_accuracy.py --out $OUT/time_to_accuracy.h5
