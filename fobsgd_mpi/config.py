@@ -220,11 +220,18 @@ TRAIN = (
     Option("--steps", INT, None, "iterations; overrides --epochs", bounds=(1, BIG)),
     Option("--eval-every", INT, 50, "test-set evaluation period in steps", bounds=(1, BIG)),
     Option("--check-every", INT, 25, "cross-rank parameter checksum period (0: never)", bounds=(0, BIG)),
-    Option("--block-size", INT, 1 << 16, "flattening / bucket block, a power of two", bounds=(64, 2**30),
-           rule=_power_of_two),
+    Option("--block-size", INT, None, "flattening / bucket block, a power of two; none: each compressor's own "
+                                      "(2^16 for the one-bit codecs and fp32 shards, 1024 for QSGD's bucket; "
+                                      "refused by topk-ef)", bounds=(64, 2**30), rule=_power_of_two),
     Option("--eta", FLOAT, 1e-2, "FO-SGD clipping probability bound in lambda", bounds=(0, 1), ends="()"),
     Option("--lambda-rule", STR, "min", "FO-SGD scale: norm = ||x|| sqrt(2 ln(2m/eta)/m), max = max|y| (unbiased), "
                                         "min = the smaller", choices=("norm", "max", "min")),
+    Option("--sign-ties", STR, "random", "sign of an exact zero and of a tied majority vote: random = a seeded +-1 "
+                                          "shared by all ranks; positive = +1 (GRACE's x >= 0)",
+           choices=("random", "positive")),
+    Option("--sign-scale", STR, None, "scale of the scaled sign: one per whole vector or per block; none: the "
+                                      "algorithm's own (vector for ef-sgd and doublesqueeze, block for liec-sgd)",
+           choices=("vector", "block")),
     Option("--liec-period", INT, 32, "LIEC-SGD full-precision averaging period H", bounds=(1, BIG)),
     Option("--qsgd-levels", INT, 15, "QSGD quantization levels s", bounds=(1, 32767)),
     Option("--topk-ratio", FLOAT, 0.01, "fraction of coordinates top-k sends", bounds=(0, 1), ends="(]"),

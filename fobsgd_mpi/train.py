@@ -28,7 +28,6 @@ from .config import parse_config, slow_ranks
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, JobError, UsageError
 from .launcher_env import rank_from_environment
 from .netmodel import NetworkModel
-from .layout import BlockLayout
 
 def participants(cfg, step, workers):
     """The workers of this round: all, or a subset drawn from (seed, step), the same on every rank."""
@@ -107,7 +106,6 @@ def run(cfg, comm):
                              cfg.min_compress_numel)
     loss_fn = models.loss_for(ds.n_classes)
     d = model.d
-    BlockLayout(d, cfg.block_size, min(256, cfg.block_size))
 
     sampler = None
     if ps.is_worker:
@@ -123,6 +121,8 @@ def run(cfg, comm):
     network = NetworkModel.from_environment()
     algo = build_algorithm(cfg.algorithm, ps, model, cfg)
     warmup = build_algorithm("sgd", ps, model, cfg) if cfg.warmup_steps else None
+    for exchange in filter(None, (algo, warmup)):
+        exchange.bind(model.params)
     handshake(comm, cfg, algo)
     opt = Optimizer(d, cfg)
     timer = PhaseTimer()

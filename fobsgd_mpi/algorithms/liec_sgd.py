@@ -112,9 +112,6 @@ class LIECSGD(ServerErrorFeedback, PSAlgorithm):
         self.spread = self.ps.comm.allreduce(local, op=self.ps.MPI.MAX)
         return params.nbytes
 
-    def after_step(self, params, step):
-        self.bind(params)  # TEMPORARY BRIDGE until the training loop calls bind(model.params) itself
-
     def evaluated_params(self, params, step):
         return params if self.identical_after(step) else self.worker_average(params, everywhere=False)
 

@@ -85,16 +85,6 @@ class BlockOptions(Options):
         BlockLayout(1, self.block_size, min(self.min_block, self.block_size))  # validates the sizes now
 
 
-# TEMPORARY BRIDGE: train.py still defaults --block-size to 2^16 instead of None ("the
-# compressor's own"), so that value counts as unset; drop this once the config schema does.
-_UNSET = {"block_size": DEFAULT_MAX_BLOCK}
-
-
-def _given(cfg, key):
-    value = getattr(cfg, key, None)
-    return None if value is None or value == _UNSET.get(key) else value
-
-
 class Compressor:
     """encode(x, step, rank) -> Payload; decode(payload, step) -> x_hat (float32, length d).
 
@@ -120,9 +110,9 @@ class Compressor:
         (None), `defaults` (an algorithm's own) or else the Options default. A block size given to
         a compressor without blocks is refused."""
         taken = {f.name: f.metadata.get("flag", f.name) for f in fields(cls.Options)}
-        if "block_size" not in taken and _given(cfg, "block_size") is not None:
+        if "block_size" not in taken and getattr(cfg, "block_size", None) is not None:
             raise ValueError(f"{cls.name} works on the whole vector, so --block-size does not apply to it")
-        values = {name: _given(cfg, key) for name, key in taken.items() if key is not None}
+        values = {name: getattr(cfg, key, None) for name, key in taken.items() if key is not None}
         values = {name: defaults.get(name) if v is None else v for name, v in values.items()}
         return cls(**{name: v for name, v in values.items() if v is not None})
 
