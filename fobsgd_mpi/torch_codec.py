@@ -11,14 +11,15 @@ holding the uint64 bits (uint64 tensors are accepted too), little-endian within 
 reference's, so a payload is byte-for-byte what the numpy and native kernels produce.
 
 The random streams are rng.py's generator in int64 arithmetic: products and sums wrap mod 2^64
-as uint64's do, and right shifts are masked to be logical, so every device draws the same signs
-and dither. Equality with the other backends:
-  - bits, lambdas, aggregated sums, fwht_, scaled sign, pack / unpack / vote, QSGD codes and
-    decoded values: bit-identical to the reference (same operations in the same order), except
-    that sums of squares or of |x| over a block run in float64 in torch's own order (as numpy and
-    the native kernels each use theirs): the float32 scale rounded from them is the same unless
-    the sums, which differ by about 1e-14 relatively, straddle a float32 rounding boundary (steps
-    of about 1e-7), i.e. in about one block in 10^6. Replicas still agree: every rank decodes
+as uint64's do, and right shifts are masked to be logical, so every device draws the same signs,
+dither and tie bits. Equality with the other backends:
+  - bits, lambdas, aggregated sums, fwht_, sign and scaled sign (an exact zero, +0 or -0, takes
+    the --sign-ties rule's bit), majority vote (a tie likewise), QSGD codes and decoded values:
+    bit-identical to the reference (same operations in the same order), except that sums of
+    squares or of |x| over a block run in float64 in torch's own order (as numpy and the native
+    kernels each use theirs): the float32 scale rounded from them is the same unless the sums,
+    which differ by about 1e-14 relatively, straddle a float32 rounding boundary (steps of about
+    1e-7), i.e. in about one block in 10^6. Replicas still agree: every rank decodes
     the one payload the server sent, and decoding gives the same bits everywhere (next point);
   - decode_1bit with rotation: bit-identical to native decode_1bit (and to the CUDA kernel's
     formula), within 1e-5 of the reference (see there);
@@ -33,7 +34,7 @@ import torch
 
 from . import rng
 from .errors import NonFiniteError
-from .reference import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM  # noqa: F401  (re-exported for callers)
+from .reference import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM, TIES_POSITIVE, TIES_RANDOM  # noqa: F401  (re-exported)
 
 PURPOSE_QSGD = 3  # compressors.qsgd's stream purpose
 
@@ -76,10 +77,15 @@ def stream_words(keys, count):
     return mix64(keys[:, None] + counters * GOLDEN)
 
 
+def shared_bits(seed, step, blocks, m, purpose):
+    """(len(blocks), m) bool from the streams every rank shares (rng.shared_bits)."""
+    keys = stream_keys(seed, step, blocks, rng.SHARED_RANK, purpose)
+    return unpack_bits(stream_words(keys, (m + 63) // 64))[:, :m]
+
+
 def rademacher_flips(seed, step, blocks, m):
     """(len(blocks), m) bool, True where the shared diagonal D has -1 (rng.rademacher_flips)."""
-    keys = stream_keys(seed, step, blocks, rng.SHARED_RANK, rng.PURPOSE_SIGN)
-    return unpack_bits(stream_words(keys, (m + 63) // 64))[:, :m]
+    return shared_bits(seed, step, blocks, m, rng.PURPOSE_SIGN)
 
 
 def centred_uniforms(seed, step, blocks, rank, m):
@@ -90,12 +96,6 @@ def centred_uniforms(seed, step, blocks, rank, m):
 
 
 # ---------------------------------------------------------------- bits on the wire
-def sign_bits(v):
-    """The wire's sign bit of v (set = +). Exact zeros count as +: every encoder's zero rule and
-    the majority vote's tie rule live here."""
-    return v >= 0
-
-
 def unpack_bits(words):
     """(..., n) words (any integer type) -> (..., n * bits per word) bool, in wire order: bit j of
     byte k is coordinate 8k + j."""
@@ -110,7 +110,9 @@ def pack_bits(flags):
 
 
 def _store_bits(words, flags):
-    words.view(torch.int64).copy_(pack_bits(flags))
+    """Pack `flags` into `words`, cut to the words it holds (a plain sign payload ends at
+    ceil(d / 64) words, before the padded length)."""
+    words.view(torch.int64).copy_(pack_bits(flags[: 64 * words.shape[-1]]))
 
 
 # ---------------------------------------------------------------- layout helpers
@@ -210,7 +212,7 @@ def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, 
             peak = y.abs().amax(1)
             lam = peak if rule == LAMBDA_MAX else torch.minimum(lam, peak)
         tau = lam[:, None] * centred_uniforms(seed, step, ids[b0:b1], rank, m)
-        _run_view(flags, run)[:] = sign_bits(y + tau)
+        _run_view(flags, run)[:] = (y + tau) >= 0
         scales[b0:b1] = lam
     _store_bits(bits, flags)
 
@@ -251,15 +253,31 @@ def aggregate_1bit(payloads, scales_offset, weights, layout, out, n_threads=1):
     out[: layout.padded] = acc
 
 
-# ---------------------------------------------------------------- scaled sign, packing, vote
-def scaled_sign_encode(x, layout, bits, scales, n_threads=1):
-    """reference.scaled_sign_encode: sign bits, and ||x_b||_1 / valid_b per block."""
-    xp = _padded(x, layout)
-    l1 = _block_sums(xp.double().abs(), layout)
+# ---------------------------------------------------------------- sign, scaled sign, vote
+def _tie_flags(ties, seed, step, layout, purpose, n, device):
+    """The side an exact zero or a tied vote takes at the first n padded coordinates: + everywhere
+    (TIES_POSITIVE), or else bit j of the block's shared stream of `purpose`, under the block's
+    id (reference._tie_flags, all blocks at once)."""
+    if ties == TIES_POSITIVE:
+        return torch.ones(n, dtype=torch.bool, device=device)
+    ids = torch.as_tensor(layout.block_ids, device=device)
+    return torch.cat([shared_bits(seed, step, ids[b0:b1], m, purpose).flatten() for b0, b1, _, m in _runs(layout)])[:n]
+
+
+def scaled_sign_encode(x, layout, ties, seed, step, bits, scales, n_threads=1):
+    """reference.scaled_sign_encode: sign bits of x[:d] (an exact zero, +0 or -0, by the `ties`
+    rule; bits past d 0) and ||x_b||_1 / valid_b per block into `scales` (None: plain sign, and
+    `bits` may end at ceil(d / 64) words)."""
+    d = layout.d
+    l1 = _block_sums(_padded(x, layout).double().abs(), layout)
     _require_finite(torch.isfinite(l1).all(), "vector to encode")
-    valid = torch.as_tensor(layout.valid, device=x.device)
-    scales[:] = torch.where(valid > 0, l1 / valid, 0.0).float()
-    _store_bits(bits, sign_bits(xp))
+    flags = torch.zeros(layout.padded, dtype=torch.bool, device=x.device)
+    zero = _tie_flags(ties, seed, step, layout, rng.PURPOSE_ZERO_SIGN, d, x.device)
+    flags[:d] = (x[:d] > 0) | ((x[:d] == 0) & zero)
+    _store_bits(bits, flags)
+    if scales is not None:
+        valid = torch.as_tensor(layout.valid, device=x.device)
+        scales[:] = torch.where(valid > 0, l1 / valid, 0.0).float()
 
 
 def scaled_sign_decode(bits, scales, layout, out, weight=1.0, accumulate=False, n_threads=1):
@@ -271,22 +289,16 @@ def scaled_sign_decode(bits, scales, layout, out, weight=1.0, accumulate=False, 
     _write(out, torch.where(flags, a, -a), accumulate)
 
 
-def pack_signs(x, words):
-    flags = torch.zeros(words.shape[-1] * 64, dtype=torch.bool, device=x.device)
-    flags[: len(x)] = sign_bits(x)
-    _store_bits(words, flags)
-
-
-def unpack_signs(words, a, out):
-    a = _f32(a)
-    out[:] = torch.where(unpack_bits(words)[: len(out)], a, -a)
-
-
-def majority_vote(words, out):
-    """words: (n, n_words); a position votes + where at least half the inputs set it (a tie is a
-    zero count difference, so it follows sign_bits' zero rule)."""
-    counts = unpack_bits(words).sum(0)
-    _store_bits(out, sign_bits(2 * counts - words.shape[0]))
+def majority_vote(words, layout, ties, seed, step, out):
+    """words: (n, n_words) with n_words up to layout.n_words; a position votes + where more than
+    half the inputs set it, and where exactly half do (n even) as the `ties` rule says, drawing
+    under each block's id (so a server's shard, a layout subset, votes as the whole would)."""
+    n = words.shape[0]
+    counts2 = 2 * unpack_bits(words).sum(0)
+    flags = counts2 > n
+    if n % 2 == 0:
+        flags |= (counts2 == n) & _tie_flags(ties, seed, step, layout, rng.PURPOSE_VOTE_TIE, len(flags), words.device)
+    _store_bits(out, flags)
 
 
 # ---------------------------------------------------------------- QSGD and top-k (compressors/)

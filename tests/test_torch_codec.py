@@ -12,11 +12,30 @@ from fobsgd_mpi.errors import NonFiniteError  # noqa: E402
 from fobsgd_mpi.layout import BlockLayout  # noqa: E402
 
 SIZES = [1, 63, 64, 300, 4096, 70_001, 200_003]  # all but 4096 pad their last block
+TIES = [tc.TIES_RANDOM, tc.TIES_POSITIVE]
+RULES = [tc.LAMBDA_NORM, tc.LAMBDA_MAX, tc.LAMBDA_MIN]
 
 
 def layout_for(d):
     """Blocks up to 2^16 for the largest d (full 2^16 blocks, then a tail from 2^15 down)."""
     return BlockLayout(d, max_block=1 << 16 if d > 100_000 else 1 << 10, min_block=64 if d < 5000 else 256)
+
+
+def shard_layout():
+    """One server's shard: every third block of 70,001 coordinates, ending with the padded last
+    block, in runs of two sizes (1024, then 256), each block keeping its global id."""
+    lay = layout_for(70_001)
+    return lay.subset(np.arange(lay.n_blocks - 1, -1, -3)[::-1])
+
+
+LAYOUTS = {**{str(d): layout_for(d) for d in SIZES}, "shard": shard_layout()}
+
+
+def with_zeros(x):
+    """x with exact +0 and -0 sprinkled in (every 7th and every 11th from 1)."""
+    x[::7] = 0.0
+    x[1::11] = -0.0
+    return x
 
 
 def words(t):
@@ -31,9 +50,13 @@ def test_streams_equal_rng(seed, step, rank):
     for m in (1, 63, 64, 1000):
         flips = tc.rademacher_flips(seed, step, ids, m).numpy()
         unif = tc.centred_uniforms(seed, step, ids, rank, m).numpy()
+        zero, tie = (tc.shared_bits(seed, step, ids, m, p).numpy()
+                     for p in (rng.PURPOSE_ZERO_SIGN, rng.PURPOSE_VOTE_TIE))
         for i, b in enumerate(blocks):
             assert np.array_equal(flips[i], rng.rademacher_flips(seed, step, b, m))
             assert np.array_equal(unif[i], rng.centred_uniforms(seed, step, b, rank, m))
+            assert np.array_equal(zero[i], rng.shared_bits(seed, step, b, m, rng.PURPOSE_ZERO_SIGN))
+            assert np.array_equal(tie[i], rng.shared_bits(seed, step, b, m, rng.PURPOSE_VOTE_TIE))
     keys = tc.stream_keys(seed, step, ids, rank, 9)
     expected = [rng.stream_words(rng.stream_key(seed, step, b, rank, 9), 33) for b in blocks]
     assert np.array_equal(words(tc.stream_words(keys, 33)), np.stack(expected))
@@ -70,9 +93,9 @@ def encode(k, x, lay, rotate, rule, seed=7, step=3, rank=2):
     return bits, scales
 
 
-@pytest.mark.parametrize("d", SIZES)
-@pytest.mark.parametrize("rotate", [True, False])
-@pytest.mark.parametrize("rule", [tc.LAMBDA_NORM, tc.LAMBDA_MAX, tc.LAMBDA_MIN])
+# Every size both ways; the lambda rule cycles so each rule meets padded layouts, rotated or not.
+@pytest.mark.parametrize("d, rotate, rule", [(d, rotate, RULES[(i + rotate) % 3])
+                                             for i, d in enumerate(SIZES) for rotate in (True, False)])
 def test_encode_identical_bits_and_scales(d, rotate, rule, gen):
     x = gen.standard_normal(d).astype(np.float32)
     lay = layout_for(d)
@@ -140,51 +163,83 @@ def test_server_aggregate_and_requantize_identical(gen):
     assert np.array_equal(words(bits), expected.bits) and np.array_equal(scales.numpy(), expected.scales)
 
 
-@pytest.mark.parametrize("d", SIZES)
-def test_scaled_sign_identical(d, gen):
-    lay = layout_for(d)
-    x = gen.standard_normal(d).astype(np.float32)
-    x[::7] = 0.0
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("ties", TIES, ids=["random", "positive"])
+def test_scaled_and_plain_sign_identical(name, ties, gen):
+    """Scaled sign (n_words words and a scale per block) and plain sign (scales None, ceil(d / 64)
+    words, the padded last block cut short): bits, zeros' bits, bits past d (0), scales and
+    decoded values as the reference's."""
+    lay = LAYOUTS[name]
+    d = lay.d
+    x = with_zeros(gen.standard_normal(d).astype(np.float32))
+    tx = torch.from_numpy(x)
     bits, scales = np.zeros(lay.n_words, np.uint64), np.zeros(lay.n_blocks, np.float32)
-    reference.scaled_sign_encode(x, lay, bits, scales)
-    tbits, tscales = torch.zeros(lay.n_words, dtype=torch.int64), torch.zeros(lay.n_blocks)
-    tc.scaled_sign_encode(torch.from_numpy(x), lay, tbits, tscales)
+    reference.scaled_sign_encode(x, lay, ties, 9, 4, bits, scales)
+    tbits, tscales = torch.full((lay.n_words,), 7, dtype=torch.int64), torch.zeros(lay.n_blocks)
+    tc.scaled_sign_encode(tx, lay, ties, 9, 4, tbits, tscales)
     assert np.array_equal(words(tbits), bits) and np.array_equal(tscales.numpy(), scales)
-    for s in (scales, None):
+    plain, tplain = np.zeros((d + 63) // 64, np.uint64), torch.full(((d + 63) // 64,), 7, dtype=torch.uint64)
+    reference.scaled_sign_encode(x, lay, ties, 9, 4, plain, None)
+    tc.scaled_sign_encode(tx, lay, ties, 9, 4, tplain, None)  # uint64 word tensors work as int64 ones do
+    assert np.array_equal(words(tplain), plain)
+    for b, s, tb, ts in ((bits, scales, tbits, tscales), (bits, None, tbits, None), (plain, None, tplain, None)):
         out = np.ones(d, np.float32)
-        reference.scaled_sign_decode(bits, s, lay, out, weight=2.0, accumulate=True)
+        reference.scaled_sign_decode(b, s, lay, out, weight=2.0, accumulate=True)
         tout = torch.ones(d)
-        tc.scaled_sign_decode(tbits, None if s is None else tscales, lay, tout, weight=2.0, accumulate=True)
+        tc.scaled_sign_decode(tb, ts, lay, tout, weight=2.0, accumulate=True)
         assert np.array_equal(tout.numpy(), out)
 
 
-@pytest.mark.parametrize("n", [1, 5, 64, 65, 1000])
-def test_pack_unpack_identical(n, gen):
-    x = gen.standard_normal(n).astype(np.float32)
-    x[::5] = 0.0
-    w = np.zeros((n + 63) // 64, np.uint64)
-    reference.pack_signs(x, w)
-    tw = torch.zeros(len(w), dtype=torch.uint64)  # uint64 word tensors work as well as int64 ones
-    tc.pack_signs(torch.from_numpy(x), tw)
-    assert np.array_equal(words(tw), w)
-    out, tout = np.zeros(n, np.float32), torch.zeros(n)
-    reference.unpack_signs(w, 1.5, out)
-    tc.unpack_signs(tw, 1.5, tout)
-    assert np.array_equal(tout.numpy(), out)
+@pytest.mark.parametrize("ties", TIES, ids=["random", "positive"])
+def test_zeros_take_the_rule_and_the_shared_stream(ties):
+    """All +0 and -0: each block's valid coordinates get that block's shared stream bits under its
+    global id (purpose 4), or all + with TIES_POSITIVE; padding and bits past d stay 0."""
+    lay = shard_layout()
+    x = torch.zeros(lay.d)
+    x[1::2] = -0.0
+    bits = torch.zeros(lay.n_words, dtype=torch.int64)
+    tc.scaled_sign_encode(x, lay, ties, 9, 4, bits, None)
+    got = np.unpackbits(words(bits).view(np.uint8), bitorder="little").astype(bool)
+    for b, off, m, valid in lay.blocks():
+        want = rng.shared_bits(9, 4, int(lay.block_ids[b]), valid, rng.PURPOSE_ZERO_SIGN)
+        assert np.array_equal(got[off : off + valid], want if ties == tc.TIES_RANDOM else np.ones(valid, bool))
+    assert not got[lay.d :].any() and lay.padded > lay.d
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 8, 33])
-def test_majority_vote_identical(n, gen):
-    w = gen.integers(0, 2**63, (n, 17), dtype=np.uint64) * 2 + gen.integers(0, 2, (n, 17), dtype=np.uint64)
-    out = np.zeros(17, np.uint64)
-    reference.majority_vote(w, out)
-    tout = torch.zeros(17, dtype=torch.int64)
-    tc.majority_vote(torch.from_numpy(w), tout)
+# The whole vector's plain sign payload (ceil(d / 64) words), a padded layout's n_words words, and
+# one server's shard of the whole payload (ties drawn under global block ids).
+VOTE_LAYOUTS = {"whole": (LAYOUTS["70001"], (70_001 + 63) // 64), "padded": (LAYOUTS["300"], LAYOUTS["300"].n_words),
+                "shard": (LAYOUTS["shard"], (LAYOUTS["shard"].d + 63) // 64)}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 33])
+@pytest.mark.parametrize("name", VOTE_LAYOUTS)
+@pytest.mark.parametrize("ties", TIES, ids=["random", "positive"])
+def test_majority_vote_identical(n, name, ties, gen):
+    """Random votes with a tie (n even) at every third position."""
+    lay, n_words = VOTE_LAYOUTS[name]
+    flags = gen.integers(0, 2, (n, n_words * 64), dtype=np.uint8)
+    flags[:, ::3] = np.arange(n)[:, None] % 2
+    w = np.packbits(flags, axis=1, bitorder="little").view(np.uint64)
+    out = np.zeros(n_words, np.uint64)
+    reference.majority_vote(w, lay, ties, 9, 4, out)
+    tout = torch.zeros(n_words, dtype=torch.int64)
+    tc.majority_vote(torch.from_numpy(w), lay, ties, 9, 4, tout)
     assert np.array_equal(words(tout), out)
 
 
-@pytest.mark.parametrize("d", [1, 300, 70_001])
-@pytest.mark.parametrize("levels", [1, 15, 255])
+def test_majority_tie_votes_by_the_rule():
+    lay = BlockLayout(64, 64, 64)
+    w = torch.tensor([[0b01], [0b10]], dtype=torch.int64)
+    out = torch.zeros(1, dtype=torch.int64)
+    tc.majority_vote(w, lay, tc.TIES_POSITIVE, 0, 0, out)
+    assert out.item() == 0b11  # GRACE: sum >= 0
+    tc.majority_vote(w, lay, tc.TIES_RANDOM, 5, 6, out)
+    tie = rng.shared_bits(5, 6, 0, 64, rng.PURPOSE_VOTE_TIE)
+    assert out.item() == int(tie[0]) | int(tie[1]) << 1
+
+
+@pytest.mark.parametrize("d, levels", [(1, 1), (300, 15), (300, 255), (70_001, 1), (70_001, 255)])
 def test_qsgd_identical(d, levels, gen):
     c = compressors.get("qsgd", levels=levels, seed=3, backend="numpy")
     x = gen.standard_normal(d).astype(np.float32)
@@ -221,7 +276,7 @@ def test_non_finite_input_refused():
     with pytest.raises(NonFiniteError, match="NaN or Inf"):
         tc.encode_1bit(x, lay, True, tc.LAMBDA_NORM, np.ones(lay.n_blocks), 0, 0, 0, bits, scales)
     with pytest.raises(NonFiniteError):
-        tc.scaled_sign_encode(x, lay, bits, scales)
+        tc.scaled_sign_encode(x, lay, tc.TIES_RANDOM, 0, 0, bits, scales)
 
 
 def test_backend_for_chooses_by_array_type():
