@@ -39,7 +39,7 @@ def test_slow_ranks_run_and_are_recorded(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--slow-ranks", "2-3"], "is not rank:factor"),
-    (["--slow-ranks", "1:0.5"], "factor must be >= 1"),
+    (["--slow-ranks", "1:0.5"], "a factor in [1, 1000]"),
     (["--slow-ranks", "0:2"], "not workers"),
     (["--participation", "0"], "--participation must lie in (0, 1]"),
 ])
