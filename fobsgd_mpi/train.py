@@ -168,10 +168,12 @@ def run(cfg, comm):
                         if rank in slow:  # a straggler: its compute takes `factor` times as long
                             time.sleep((slow[rank] - 1) * (time.perf_counter() - t0))
                 bad = works and not (np.isfinite(loss) and np.isfinite(model.grads).all())
-                flags = comm.allgather((bad, interrupted.is_set()))
-                if any(stop for _, stop in flags):  # every rank leaves here, after the same step
+                mine = np.array([bad, interrupted.is_set(), loss if works and not bad else 0.0])
+                ranks_state = np.empty((comm.Get_size(), 3))
+                comm.Allgather(mine, ranks_state)
+                if ranks_state[:, 1].any():  # every rank leaves here, after the same step
                     raise KeyboardInterrupt
-                bad_ranks = [r for r, (b, _) in enumerate(flags) if b]
+                bad_ranks = np.flatnonzero(ranks_state[:, 0]).tolist()
                 if bad_ranks and cfg.on_nonfinite == "stop":
                     raise JobError(f"NaN or Inf gradient at step {step} on rank(s) {bad_ranks}; lower "
                                    "--lr, or pass --on-nonfinite skip to drop such steps")
@@ -183,17 +185,16 @@ def run(cfg, comm):
                     with timer("optimizer"):
                         opt.step(model.params, direction, learning_rate(cfg, step, total))
                     active.after_step(model.params, step)
-                    stats = np.array([timer.seconds[p] for p in timer.PHASES] + [loss if works else 0.0])
-                    peak = np.empty_like(stats)
-                    comm.Reduce(stats[:-1].copy(), peak[:-1], op=ps.MPI.MAX, root=0)
-                    loss_sum = comm.reduce(stats[-1], op=ps.MPI.SUM, root=0)
+                    seconds = np.array([timer.seconds[p] for p in timer.PHASES])
+                    peak = np.empty_like(seconds)
+                    comm.Reduce(seconds, peak, op=ps.MPI.MAX, root=0)
                     if cfg.check_every and (step + 1) % cfg.check_every == 0 and active.identical_after(step):
                         check_replicas(comm, model.params, step)
                     if rank == 0:
                         totals["bytes_up"] += active.bytes_up_worker
                         totals["bytes_down"] += active.bytes_down_worker
                         row = {"step": step, "wall_s": time.perf_counter() - start,
-                               "train_loss": loss_sum / len(active_workers), "participants": len(active_workers),
+                               "train_loss": ranks_state[:, 2].sum() / len(active_workers), "participants": len(active_workers),
                                "modelled_comm_s": network.exchange_seconds(
                                    active.bytes_up_worker, active.bytes_down_worker, len(active_workers),
                                    comm.Get_size(), active.servers, 0 in active_workers) if network else float("nan"),
@@ -222,10 +223,12 @@ def run(cfg, comm):
                 if checkpoint_now:
                     save_checkpoint(comm, cfg, rank, step, model, opt, (algo, warmup), sampler, totals, last_eval,
                                     time.perf_counter() - start)
-                if cfg.target_accuracy is not None and done % cfg.eval_every == 0 and \
-                        comm.bcast(last_eval["test_accuracy"] >= cfg.target_accuracy, root=0):
-                    total = done
-                    break
+                if cfg.target_accuracy is not None and done % cfg.eval_every == 0:
+                    reached = np.array([last_eval["test_accuracy"] >= cfg.target_accuracy])
+                    comm.Bcast(reached, root=0)
+                    if reached[0]:
+                        total = done
+                        break
         status = "complete" if done == total else "stopped"  # stopped: a --stop-at pause
         if status == "complete":
             finish = algo.finish(model.params, done - 1)
