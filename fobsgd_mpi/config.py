@@ -251,7 +251,9 @@ TRAIN = (
     Option("--seed", INT, 0, "seed of the model, data split, batches and random streams", bounds=(0, SEED_MAX)),
     Option("--out", STR, None, "HDF5 file; none: results/<algorithm>-<dataset>-<model>-n<N>-<time>.h5"),
     Option("--overwrite", BOOL, False, "replace an existing --out file"),
-    Option("--quiet", BOOL, False, "no progress bar"),
+    Option("--quiet", BOOL, False, "no progress bar or progress lines"),
+    Option("--log-every", FLOAT, 10.0, "seconds between rank 0's progress lines when stderr is not a terminal "
+                                       "(under mpirun); a terminal gets a progress bar", bounds=(0, 1e6)),
     Option("--checkpoint-every", INT, 0, "write an atomic per-rank checkpoint every N steps (0: never)",
            bounds=(0, BIG)),
     Option("--resume", BOOL, False, "continue the run in --out from its last checkpoint"),

@@ -146,10 +146,10 @@ def run(cfg, comm):
         print(f"# fobsgd_mpi: {cfg.algorithm} on {cfg.dataset}/{cfg.model}, d = {d:,}, {n} workers, "
               f"{total} steps -> {out}", flush=True)
         print("# config " + json.dumps(vars(cfg), sort_keys=True), flush=True)
-    bar = None
-    if rank == 0 and not cfg.quiet and sys.stderr.isatty():
-        from tqdm import tqdm
-        bar = tqdm(total=total, initial=first, unit="it", dynamic_ncols=True)
+    progress = None
+    if rank == 0 and not cfg.quiet:
+        from .progress import Progress
+        progress = Progress(total, first, samples_per_step, cfg.log_every)
 
     start = time.perf_counter() - elapsed  # wall time runs on across a resume
     last = min(total, cfg.stop_at + 1) if cfg.stop_at is not None else total
@@ -168,10 +168,13 @@ def run(cfg, comm):
                         if rank in slow:  # a straggler: its compute takes `factor` times as long
                             time.sleep((slow[rank] - 1) * (time.perf_counter() - t0))
                 bad = works and not (np.isfinite(loss) and np.isfinite(model.grads).all())
-                flags = comm.allgather((bad, interrupted.is_set()))
-                if any(stop for _, stop in flags):  # every rank leaves here, after the same step
+                mine = np.array([bad, interrupted.is_set(), loss if works and not bad else 0.0])
+                ranks_state = np.empty((comm.Get_size(), 3))
+                comm.Allgather(mine, ranks_state)
+                if ranks_state[:, 1].any():  # every rank leaves here, after the same step
                     raise KeyboardInterrupt
-                bad_ranks = [r for r, (b, _) in enumerate(flags) if b]
+                bad_ranks = np.flatnonzero(ranks_state[:, 0]).tolist()
+                train_loss = ranks_state[:, 2].sum() / len(active_workers)
                 if bad_ranks and cfg.on_nonfinite == "stop":
                     raise JobError(f"NaN or Inf gradient at step {step} on rank(s) {bad_ranks}; lower "
                                    "--lr, or pass --on-nonfinite skip to drop such steps")
@@ -183,17 +186,16 @@ def run(cfg, comm):
                     with timer("optimizer"):
                         opt.step(model.params, direction, learning_rate(cfg, step, total))
                     active.after_step(model.params, step)
-                    stats = np.array([timer.seconds[p] for p in timer.PHASES] + [loss if works else 0.0])
-                    peak = np.empty_like(stats)
-                    comm.Reduce(stats[:-1].copy(), peak[:-1], op=ps.MPI.MAX, root=0)
-                    loss_sum = comm.reduce(stats[-1], op=ps.MPI.SUM, root=0)
+                    seconds = np.array([timer.seconds[p] for p in timer.PHASES])
+                    peak = np.empty_like(seconds)
+                    comm.Reduce(seconds, peak, op=ps.MPI.MAX, root=0)
                     if cfg.check_every and (step + 1) % cfg.check_every == 0 and active.identical_after(step):
                         check_replicas(comm, model.params, step)
                     if rank == 0:
                         totals["bytes_up"] += active.bytes_up_worker
                         totals["bytes_down"] += active.bytes_down_worker
                         row = {"step": step, "wall_s": time.perf_counter() - start,
-                               "train_loss": loss_sum / len(active_workers), "participants": len(active_workers),
+                               "train_loss": train_loss, "participants": len(active_workers),
                                "modelled_comm_s": network.exchange_seconds(
                                    active.bytes_up_worker, active.bytes_down_worker, len(active_workers),
                                    comm.Get_size(), active.servers, 0 in active_workers) if network else float("nan"),
@@ -202,12 +204,10 @@ def run(cfg, comm):
                         row.update({f"{p}_s": peak[i] for i, p in enumerate(timer.PHASES) if p != "server"})
                         row["server_s"] = timer.seconds["server"]
                         writer.append("iterations", row)
-                        if bar is not None:
-                            bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{last_eval['test_accuracy']:.3f}",
-                                            MB_up=f"{totals['bytes_up'] / 1e6:.1f}")
                 done = step + 1
-                if bar is not None:
-                    bar.update(1)
+                if progress is not None:
+                    progress.update(done, train_loss, last_eval["test_accuracy"], totals["bytes_up"],
+                                    totals["bytes_down"])
                 evaluate_now = done % cfg.eval_every == 0 or done == total
                 checkpoint_now = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
                 if evaluate_now:
@@ -222,10 +222,12 @@ def run(cfg, comm):
                 if checkpoint_now:
                     save_checkpoint(comm, cfg, rank, step, model, opt, (algo, warmup), sampler, totals, last_eval,
                                     time.perf_counter() - start)
-                if cfg.target_accuracy is not None and done % cfg.eval_every == 0 and \
-                        comm.bcast(last_eval["test_accuracy"] >= cfg.target_accuracy, root=0):
-                    total = done
-                    break
+                if cfg.target_accuracy is not None and done % cfg.eval_every == 0:
+                    reached = np.array([last_eval["test_accuracy"] >= cfg.target_accuracy])
+                    comm.Bcast(reached, root=0)
+                    if reached[0]:
+                        total = done
+                        break
         status = "complete" if done == total else "stopped"  # stopped: a --stop-at pause
         if status == "complete":
             finish = algo.finish(model.params, done - 1)
@@ -240,8 +242,8 @@ def run(cfg, comm):
             writer.close(final_params=None if status == "failed" else model.params, status=status,
                          steps_done=done, skipped_steps=totals["skipped"], finish_bytes_up=finish[0],
                          finish_bytes_down=finish[1])
-        if bar is not None:
-            bar.close()
+        if progress is not None:
+            progress.close()
         ps.close()
     if rank != 0:
         return None

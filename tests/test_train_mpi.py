@@ -250,3 +250,17 @@ def test_liec_evaluates_and_ends_on_the_average_model(tmp_path):
     model.params[:] = params
     _, final_acc = model.evaluate(ds.x_test, ds.y_test, torch.nn.functional.cross_entropy, 4)
     assert final_acc == acc  # the last evaluation saw exactly the model the run hands over
+
+
+def test_progress_lines_under_mpirun_and_quiet_silences_them(tmp_path):
+    """mpirun's stderr is a pipe, where tqdm draws nothing: rank 0 prints progress lines instead."""
+    common = ["--dataset", "synthetic-logreg", "--model", "logreg", "--steps", "6", "--eval-every", "3"]
+    done = mpirun(3, "fobsgd_mpi.train", "--out", tmp_path / "a.h5", "--log-every", "0", *common, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == [f"{k}/6" for k in range(1, 7)]
+    for field in ("it/s", "samples/s", "loss", "test acc", "MB up", "down", "ETA"):
+        assert field in lines[-1]
+    quiet = mpirun(3, "fobsgd_mpi.train", "--out", tmp_path / "b.h5", "--log-every", "0", "--quiet", *common,
+                   timeout=240)
+    assert quiet.returncode == 0 and "step " not in quiet.stderr
