@@ -13,7 +13,8 @@ import numpy as np
 # options a resumed run may change: how far it runs, how often it evaluates, checks and saves,
 # and how it reports; every other option (and the number of ranks) must match the checkpoint's
 MAY_CHANGE_ON_RESUME = frozenset({"steps", "epochs", "stop_at", "eval_every", "checkpoint_every", "check_every",
-                                  "target_accuracy", "quiet", "log_every", "out", "overwrite", "resume", "config"})
+                                  "target_accuracy", "quiet", "log_every", "save_model", "out", "overwrite", "resume",
+                                  "config"})
 
 
 def directory(out):

@@ -251,6 +251,8 @@ TRAIN = (
     Option("--seed", INT, 0, "seed of the model, data split, batches and random streams", bounds=(0, SEED_MAX)),
     Option("--out", STR, None, "HDF5 file; none: results/<algorithm>-<dataset>-<model>-n<N>-<time>.h5"),
     Option("--overwrite", BOOL, False, "replace an existing --out file"),
+    Option("--save-model", STR, None, "write the final model's state_dict here (torch.save; loads without "
+                                      "fobsgd_mpi into the same torch module)"),
     Option("--quiet", BOOL, False, "no progress bar or progress lines"),
     Option("--log-every", FLOAT, 10.0, "seconds between rank 0's progress lines when stderr is not a terminal "
                                        "(under mpirun); a terminal gets a progress bar", bounds=(0, 1e6)),

@@ -244,6 +244,9 @@ def run(cfg, comm):
                          finish_bytes_down=finish[1])
         if progress is not None:
             progress.close()
+        if rank == 0 and cfg.save_model and status in ("complete", "stopped"):
+            import torch
+            torch.save(model.module.state_dict(), cfg.save_model)
         ps.close()
     if rank != 0:
         return None
@@ -397,20 +400,21 @@ def check_replicas(comm, params, step):
 
 
 def output_problem(cfg):
-    """Why the results file cannot be written where asked, or None (any rank, before MPI starts)."""
-    if not cfg.out:
-        return None
-    if cfg.resume and not os.path.exists(cfg.out):
+    """Why the results file or the saved model cannot be written where asked, or None (any rank,
+    before MPI starts)."""
+    if cfg.out and cfg.resume and not os.path.exists(cfg.out):
         return f"--resume: {cfg.out} does not exist, so there is no run to continue; drop --resume to start one"
-    if os.path.exists(cfg.out) and not (cfg.overwrite or cfg.resume):
+    if cfg.out and os.path.exists(cfg.out) and not (cfg.overwrite or cfg.resume):
         return f"{cfg.out} exists; pass --overwrite or choose another --out"
-    folder = os.path.dirname(os.path.abspath(cfg.out))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        return f"cannot create the folder of --out {cfg.out} ({exc.strerror}); choose a writable path"
-    if not os.access(folder, os.W_OK):
-        return f"cannot write --out {cfg.out}: {folder} is not writable; choose a writable path"
+    for flag, path in (("--out", cfg.out), ("--save-model", cfg.save_model)):
+        if path:
+            folder = os.path.dirname(os.path.abspath(path))
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                return f"cannot create the folder of {flag} {path} ({exc.strerror}); choose a writable path"
+            if not os.access(folder, os.W_OK):
+                return f"cannot write {flag} {path}: {folder} is not writable; choose a writable path"
     return None
 
 

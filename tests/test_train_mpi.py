@@ -264,3 +264,16 @@ def test_progress_lines_under_mpirun_and_quiet_silences_them(tmp_path):
     quiet = mpirun(3, "fobsgd_mpi.train", "--out", tmp_path / "b.h5", "--log-every", "0", "--quiet", *common,
                    timeout=240)
     assert quiet.returncode == 0 and "step " not in quiet.stderr
+
+
+def test_save_model_writes_a_plain_state_dict_of_the_final_model(tmp_path):
+    out, _ = train(3, tmp_path, "--dataset", "synthetic-logreg", "--model", "mlp", "--width", "16", "--steps", "4",
+                   "--save-model", tmp_path / "m.pt")
+    with h5py.File(out) as f:
+        final = f["final_params"][:]
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    ds = data.load("synthetic-logreg", 0)
+    module = models.build("mlp", ds.n_features, ds.n_classes or ds.y_train.shape[1], 16, 0)
+    module.load_state_dict(state)
+    np.testing.assert_array_equal(np.concatenate([p.detach().reshape(-1).numpy() for p in module.parameters()]),
+                                  final)
