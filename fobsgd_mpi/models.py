@@ -57,6 +57,7 @@ class FlatModel:
     def gradient(self, x, y, loss_fn):
         """Fills self.grads with the minibatch gradient; returns the loss."""
         self.grads[:] = 0
+        self.module.train()
         loss = loss_fn(self.module(torch.from_numpy(x)), torch.from_numpy(y))
         loss.backward()
         return float(loss.detach())
@@ -67,8 +68,14 @@ class FlatModel:
 
 @torch.no_grad()
 def evaluate(module, x, y, loss_fn, classes):
-    """(loss, accuracy) of `module` on (x, y); accuracy is NaN for regression (classes = 0)."""
-    out = module(torch.from_numpy(x))
+    """(loss, accuracy) of `module` on (x, y) in eval mode (dropout off, batch norm on its running
+    statistics), its mode restored after; accuracy is NaN for regression (classes = 0)."""
+    training = module.training
+    module.eval()
+    try:
+        out = module(torch.from_numpy(x))
+    finally:
+        module.train(training)
     loss = float(loss_fn(out, torch.from_numpy(y)))
     acc = float((out.argmax(1).numpy() == y).mean()) if classes else float("nan")
     return loss, acc
