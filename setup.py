@@ -4,6 +4,7 @@ The kernels in native/src/kernels.inl are compiled once per instruction set, eac
 unit with its own flags, and picked at run time (native/src/dispatch.cpp) - never -march=native,
 so one build runs on every node of a mixed cluster.
 """
+import glob
 import os
 import platform
 import re
@@ -42,6 +43,7 @@ class BuildPerISA(build_ext):
 native = Pybind11Extension(
     "fobsgd_mpi._native",
     ["native/src/bindings.cpp", "native/src/dispatch.cpp"],
+    depends=sorted(glob.glob("native/src/*") + glob.glob("native/include/*")),  # rebuild when a kernel changes
     include_dirs=["native/include", "native/src"],
     define_macros=DEFINES,
     cxx_std=17,

@@ -5,15 +5,33 @@ call (so machine noise hits them alike); every contender timed in this run.
 Prints the table and the ratios, writes results/fwht-<time>.h5 and .png.
 
     python benchmarks/fwht.py [--min-log 10] [--max-log 24] [--repeats 30]
+
+Timing is thread CPU time (time.thread_time): on a shared, loaded machine wall-clock times of a
+millisecond and up mostly measure the scheduler.
+
+    python benchmarks/fwht.py --tune [--max-log 24]
+
+instead times the FWHT schedules of native/src/fwht.inl per log2 n for every instruction set this
+CPU has (benchmarks/fwht_tune.cpp, compiled with setup.py's flags for that set) after checking
+every schedule bit for bit against the plain stage loop, and rewrites native/src/fwht_plan.h, the
+table the kernels dispatch on; the entries of instruction sets this CPU lacks are kept.
 """
 import argparse
+import datetime
 import os
+import platform
+import re
+import subprocess
 import sys
+import tempfile
+import time
 
-import numpy as np
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread for every contender (thread CPU time)
 
-from fobsgd_mpi import native, reference
-from fobsgd_mpi.benchmarking import best_time, best_times_interleaved, format_table, line_plot, results_path, save_records
+import numpy as np  # noqa: E402
+
+from fobsgd_mpi import native, reference  # noqa: E402
+from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records
 
 
 def contenders():
@@ -56,6 +74,33 @@ def contenders():
     return out
 
 
+def cpu_times_interleaved(fns, repeats):
+    """Best thread-CPU seconds per named fn(), interleaved round by round; each timed call follows an
+    untimed one of the same fn. fns: name -> (prepare or None, fn). Short calls are looped."""
+    best = dict.fromkeys(fns, float("inf"))
+    loops = {}
+    for name, (prepare, fn) in fns.items():
+        if prepare:
+            prepare()
+        fn()  # the first call may fault pages in: size the loop on the fastest of a few
+        one = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            one = min(one, time.perf_counter() - t0)
+        loops[name] = max(1, min(1000, int(2e-4 / max(one, 1e-9))))
+    for _ in range(repeats):
+        for name, (prepare, fn) in fns.items():
+            if prepare:
+                prepare()
+            fn()
+            t0 = time.thread_time()
+            for _ in range(loops[name]):
+                fn()
+            best[name] = min(best[name], (time.thread_time() - t0) / loops[name])
+    return best
+
+
 def run(min_log, max_log, repeats):
     records = []
     for log_n in range(min_log, max_log + 1):
@@ -65,18 +110,110 @@ def run(min_log, max_log, repeats):
         fns = {"copy": (None, lambda: np.copyto(y, x))}
         fns.update({name: (prepare, lambda fn=fn: fn(x)) for name, (prepare, fn) in contenders().items()
                     if not (slow and name in ("numpy", "torch"))})
-        times = best_times_interleaved(fns, repeats)
+        times = cpu_times_interleaved(fns, repeats if log_n < 20 else max(5, repeats >> (log_n - 19)))
         if slow:
-            times.update({name: best_time(lambda fn=fn: fn(x), 2) for name, (_, fn) in contenders().items()
-                          if name in ("numpy", "torch")})
+            times.update(cpu_times_interleaved({name: (None, lambda fn=fn: fn(x)) for name, (_, fn) in contenders().items()
+                                                if name in ("numpy", "torch")}, 2))
         rec = {"log_n": log_n, **{f"{name}_s": t for name, t in times.items()}}
         native.set_isa(None)
+        ours = rec[f"native-{native.isa()}_s"]  # what dispatch runs on this CPU
         peers = [rec[k] for k in ("fht-cpu_s", "ffht_s") if k in rec]
-        best_native = min(v for k, v in rec.items() if k.startswith("native-"))
-        rec["speedup_vs_best_peer"] = min(peers) / best_native if peers else None
-        rec["native_over_copy"] = best_native / rec["copy_s"]
+        rec["speedup_vs_fht-cpu"] = rec["fht-cpu_s"] / ours if "fht-cpu_s" in rec else None
+        rec["speedup_vs_ffht"] = rec["ffht_s"] / ours if "ffht_s" in rec else None
+        rec["speedup_vs_best_peer"] = min(peers) / ours if peers else None
+        rec["native_over_copy"] = ours / rec["copy_s"]
         records.append(rec)
     return records
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLAN_H = os.path.join(ROOT, "native", "src", "fwht_plan.h")
+# setup.py's per-instruction-set flags and FOBSGD_VBYTES of isa_*.cpp
+TUNE_FLAGS = {"generic": (16, []), "avx2": (32, ["-mavx2", "-mfma"]),
+              "avx512": (64, ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl"])}
+COMMON = ["-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math", "-fopenmp", "-Wno-psabi",
+          "-DFOBSGD_X86_ISAS=1", "-Inative/include", "-Inative/src"]
+FIELDS = ("r0", "radix", "c1", "tile", "strip")
+
+
+def read_plans():
+    """isa -> (comment, float plans[31], double plans[31]) from fwht_plan.h."""
+    text = open(PLAN_H).read()
+    out = {}
+    block = r"^#(?:(?:el)?if FOBSGD_VBYTES == \d+|else) +// (\w+): (.*?)\n(.*?)(?=^#)"
+    for m in re.finditer(block, text, re.S | re.M):
+        isa, comment, body = m.groups()
+        rows = re.findall(r"\{(-?\d+), (-?\d+), (-?\d+), (-?\d+), (-?\d+)\}", body)
+        plans = [tuple(map(int, r)) for r in rows]
+        out[isa] = (comment, plans[:31], plans[31:62])
+    return out
+
+
+def write_plans(plans, header):
+    lines = [f"// {line}" for line in header] + [
+        "// FWHT schedule per (instruction set, dtype, log2 n): {r0, radix, c1, tile, strip}, see fwht.inl.",
+        "// Written by python benchmarks/fwht.py --tune; do not edit by hand."]
+    for i, isa in enumerate(("avx512", "avx2", "generic")):
+        comment, f32, f64 = plans[isa]
+        vbytes = TUNE_FLAGS[isa][0]
+        lines.append(f"#if FOBSGD_VBYTES == {vbytes}  // {isa}: {comment}" if i == 0 else
+                     f"#elif FOBSGD_VBYTES == {vbytes}  // {isa}: {comment}" if isa != "generic" else
+                     f"#else  // {isa}: {comment}")
+        lines.append("static const FwhtPlan kFwhtPlan[2][31] = {")
+        for name, table in (("float32", f32), ("float64", f64)):
+            lines.append(f"    {{  // {name}, log2 n = 0..30")
+            for k in range(0, 31, 8):
+                lines.append("        " + " ".join("{%d, %d, %d, %d, %d}," % p for p in table[k:k + 8]))
+            lines.append("    },")
+        lines.append("};")
+    lines.append("#endif")
+    open(PLAN_H, "w").write("\n".join(lines) + "\n")
+
+
+def tune(min_log, max_log, repeats):
+    plans = read_plans()
+    measured = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for isa in native.supported_isas():
+            vbytes, flags = TUNE_FLAGS[isa]
+            exe = os.path.join(tmp, f"fwht_tune_{isa}")
+            subprocess.run(["g++", *COMMON, *flags, f"-DFOBSGD_VBYTES={vbytes}", f'-DFOBSGD_ISA_NAME="{isa}"',
+                            "benchmarks/fwht_tune.cpp", "-o", exe], cwd=ROOT, check=True)
+            check = subprocess.run([exe, "check", str(min(max_log, 22))], capture_output=True, text=True)
+            print(check.stdout.strip(), flush=True)
+            if check.returncode:
+                raise SystemExit(f"{isa}: a schedule differs from the stage loop; plan table not written")
+            lw = {16: 2, 32: 3, 64: 4}[vbytes]
+            lo = max(min_log, lw + 5)
+            found = {}
+            for log_n in range(lo, max_log + 1):
+                reps = max(5, min(repeats, repeats >> max(0, log_n - 16)))
+                out = subprocess.run([exe, "tune", str(log_n), str(log_n), str(reps)], capture_output=True, text=True,
+                                     check=True).stdout.split()
+                found[log_n] = tuple(map(int, out[2:7]))
+                print(f"{isa} 2^{log_n}: plan {dict(zip(FIELDS, found[log_n]))}  {float(out[7]):.0f} ns "
+                      f"(previous table {float(out[8]):.0f} ns)", flush=True)
+            # sizes below the measured range keep this table's plans; those above take the largest measured
+            old = plans[isa][1]
+            f32 = [found[k] if k in found else old[k] if k < lo else found[max_log] for k in range(31)]
+            # float64: float32's plan for the same bytes (one more element per byte: log2 n + 1), unmeasured
+            f64 = [(p[0], p[1], p[2] - 1, p[3] - 1, max(p[4] - 1, lw - 1)) for p in f32[1:] + f32[-1:]]
+            when = datetime.date.today().isoformat()
+            plans[isa] = (f"float32 measured {when} on {cpu_name()} for log2 n {lo}..{max_log} (beyond: the "
+                          "largest measured); float64 = float32's plan for the same bytes, not measured", f32, f64)
+            measured.append(isa)
+    write_plans(plans, [f"python benchmarks/fwht.py --tune --min-log {min_log} --max-log {max_log} "
+                        f"--repeats {repeats}: measured {', '.join(measured)}"])
+    print(f"# wrote {PLAN_H}; rebuild: python setup.py build_ext --inplace")
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name}, {os.cpu_count()} cpus"
 
 
 def plot(records, path):
@@ -90,17 +227,25 @@ def main(argv=None):
     p.add_argument("--min-log", type=int, default=10)
     p.add_argument("--max-log", type=int, default=24)
     p.add_argument("--repeats", type=int, default=100)
+    p.add_argument("--tune", action="store_true", help="measure the schedules and rewrite native/src/fwht_plan.h")
     args = p.parse_args(argv)
+    if args.tune:
+        return tune(args.min_log, args.max_log, args.repeats)
     with np.errstate(all="ignore"):  # repeated unnormalised transforms overflow to inf; timing is unaffected
         records = run(args.min_log, args.max_log, args.repeats)
     timing_keys = [k for k in records[0] if k.endswith("_s")]
     columns = [("log_n", "log2 n", "{:d}")] + [(k, f"{k[:-2]} [ms]", "{:.4f}") for k in timing_keys]
     scaled = [{**r, **{k: r[k] * 1e3 for k in timing_keys}} for r in records]
-    columns += [("speedup_vs_best_peer", "best peer / native [x]", "{:.2f}"),
-                ("native_over_copy", "native / copy [x]", "{:.2f}")]
+    ratios = [("speedup_vs_fht-cpu", "fht-cpu / native"), ("speedup_vs_ffht", "ffht / native"),
+              ("speedup_vs_best_peer", "best peer / native"), ("native_over_copy", "native / copy")]
+    columns += [(k, f"{h} [x]", "{:.2f}") for k, h in ratios]
+    print(f"# python benchmarks/fwht.py --min-log {args.min_log} --max-log {args.max_log} --repeats {args.repeats}"
+          f"   ({datetime.date.today().isoformat()}, {cpu_name()}; ISAs: {', '.join(native.supported_isas())};"
+          f" native = dispatch's choice, {native.isa()}; float32, in place, unnormalised, one thread, best thread"
+          " CPU time of N interleaved)")
     print(format_table(scaled, columns))
     path = results_path("fwht")
-    units = {k: "s" for k in timing_keys} | {"speedup_vs_best_peer": "ratio", "native_over_copy": "ratio"}
+    units = {k: "s" for k in timing_keys} | {k: "ratio" for k, _ in ratios}
     save_records(path, "fwht", records, units, meta={"dtype": "float32", "threads": 1, "repeats": args.repeats})
     plot(records, os.path.splitext(path)[0] + ".png")
     print(f"# wrote {path} and .png")

@@ -15,9 +15,31 @@ def test_native_equals_reference_every_size(isa, dtype, gen):
         assert np.array_equal(a, b), f"{isa} {dtype.__name__} 2^{log_n}"
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+def test_native_equals_reference_one_row_every_size(isa, normalize, gen):
+    """One row of each size: the schedule table (native/src/fwht_plan.h) picks a kernel per size."""
+    for log_n in range(0, 23):
+        x = gen.standard_normal(1 << log_n).astype(np.float32)
+        a, b = x.copy(), x.copy()
+        native.fwht_(a, normalize=normalize)
+        reference.fwht_(b, normalize=normalize)
+        assert np.array_equal(a, b), f"{isa} 2^{log_n} normalize={normalize}"
+
+
 @pytest.mark.slow
-def test_native_equals_reference_up_to_2_26(isa, gen):
-    x = gen.standard_normal(1 << 26, dtype=np.float32)
+@pytest.mark.parametrize("log_n", [23, 24, 25, 26])
+def test_native_equals_reference_up_to_2_26(isa, log_n, gen):
+    x = gen.standard_normal(1 << log_n, dtype=np.float32)
+    a = x.copy()
+    native.fwht_(a)
+    reference.fwht_(x)
+    assert np.array_equal(a, x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("log_n", [21, 22, 23])
+def test_native_equals_reference_float64_large(isa, log_n, gen):
+    x = gen.standard_normal(1 << log_n)
     a = x.copy()
     native.fwht_(a)
     reference.fwht_(x)

@@ -45,6 +45,8 @@ template <class T> int fwht(arr<T> x, int log_n, T scale) {
                           : fobsgd_fwht_f64((double *)p, rows, log_n, (double)scale);
 }
 
+#include "fwht_binding.inl"
+
 PYBIND11_MODULE(_native, m) {
     m.doc() = "fobsgd native kernels (see native/include/fobsgd.h)";
     m.def("isa", &fobsgd_isa);
@@ -54,6 +56,7 @@ PYBIND11_MODULE(_native, m) {
     });
     m.def("fwht_f32", &fwht<float>, py::arg("x").noconvert(), py::arg("log_n"), py::arg("scale"));
     m.def("fwht_f64", &fwht<double>, py::arg("x").noconvert(), py::arg("log_n"), py::arg("scale"));
+    def_fwht_inplace(m);
 
     m.def("encode_1bit", [](arr<float> x, arr<int64_t> offsets, arr<int32_t> log_sizes, int64_t d,
                             arr<int64_t> block_ids, int rotate, int rule, arr<double> factors, uint64_t seed,
