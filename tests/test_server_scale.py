@@ -81,9 +81,32 @@ def test_mse_scale_cuts_the_direction_error_at_n_8():
     print("direction error / ||mean||^2 at n = 8:", {k: round(float(v), 2) for k, v in errs.items()})
     assert errs["mse"] < errs["eta"] / 4
     assert errs["mse-shrink"] < errs["mse"]
+    assert errs["mse-debias"] < errs["eta"] / 2
 
 
-@pytest.mark.parametrize("scale", ["mse", "mse-shrink"])
+def test_bias_along_the_mean(gen):
+    """<E x_hat, mean> / ||mean||^2 over 12 encodings of one draw: about 1 for eta and mse-debias,
+    about 1/2 for mse (lam* clips half the block), lower still for mse-shrink."""
+    d, n, reps = 8192, 8, 12
+    cs = {s: compressors.get("fo1bit", lambda_rule="min", server_scale=s, block_size=4096) for s in SERVER_SCALES}
+    base = gen.standard_normal(d).astype(np.float32)
+    xs = [base + 0.5 * gen.standard_normal(d).astype(np.float32) for _ in range(n)]
+    mean = np.mean(xs, axis=0)
+    sums = {s: np.zeros(d) for s in cs}
+    w = np.full(n, 1 / n)
+    for t in range(reps):
+        rows = np.stack([cs["eta"].encode(x, t, i + 1).buffer for i, x in enumerate(xs)])
+        v = cs["eta"].aggregate(rows, w, d)
+        noise = cs["eta"].uplink_noise_bound(rows, w, d)
+        for s, c in cs.items():
+            sums[s] += c.decode(c.encode_flat(v, t, SERVER_STREAM, d, uplink_noise=noise), t, d)
+    along = {s: float(np.dot(sums[s] / reps, mean) / np.dot(mean, mean)) for s in cs}
+    print("along the mean:", {k: round(v, 3) for k, v in along.items()})
+    assert abs(along["eta"] - 1) < 0.1 and abs(along["mse-debias"] - 1) < 0.1
+    assert 0.4 < along["mse"] < 0.6 and along["mse-shrink"] < along["mse"]
+
+
+@pytest.mark.parametrize("scale", ["mse", "mse-shrink", "mse-debias"])
 def test_payload_and_bits_are_consistent(scale, gen):
     """Same payload size; native and numpy kernels give the same bits and float; the float is
     lam* (times the gain)."""
@@ -100,9 +123,20 @@ def test_payload_and_bits_are_consistent(scale, gen):
     assert a.nbytes == eta.encode_flat(v, 3, SERVER_STREAM, d).nbytes == eta.payload_nbytes(d)
     assert np.array_equal(a.bits, b.bits)
     np.testing.assert_allclose(a.scales, b.scales, rtol=1e-6)
-    lams, gains = reference.server_scales(v, c.layout(d).flat(), noise if scale == "mse-shrink" else None)
+    lams, gains = reference.server_scales(v, c.layout(d).flat(), noise if scale == "mse-shrink" else None,
+                                          debias=scale == "mse-debias")
     np.testing.assert_allclose(a.scales, lams * gains, rtol=1e-5)
-    assert np.all(gains <= 1) and (scale == "mse" or np.all(gains < 1))
+    expected = {"mse": gains == 1, "mse-shrink": gains < 1, "mse-debias": (gains > 1.5) & (gains < 4)}[scale]
+    assert np.all(expected), gains
+
+
+def test_one_workers_payload_is_requantized_exactly(gen):
+    """A block of equal |v_j| (one worker's payload) has lam* = |v_j| and no error; the debias gain is 1."""
+    v = np.where(gen.random(1024) < 0.5, -0.37, 0.37).astype(np.float32)
+    lay = compressors.get("fo1bit", block_size=1024).layout(1024).flat()
+    lams, gains = reference.server_scales(v, lay, debias=True)
+    assert lams[0] == pytest.approx(0.37, rel=1e-7) and gains[0] == 1
+    assert reference.quantization_mse(v, lams[0]) < 1e-12
 
 
 def test_mse_shrink_needs_the_noise_and_bad_scale_is_refused():
@@ -114,7 +148,8 @@ def test_mse_shrink_needs_the_noise_and_bad_scale_is_refused():
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("scale,extra", [("mse", ()), ("mse-shrink", ("--servers", "all", "--block-size", "256")),
+@pytest.mark.parametrize("scale,extra", [("mse", ()), ("mse-debias", ()),
+                                         ("mse-shrink", ("--servers", "all", "--block-size", "256")),
                                          ("mse-shrink", ("--downlink", "fresh-rotation"))])
 def test_mpirun_replicas_stay_bit_identical_and_payload_is_unchanged(scale, extra, tmp_path):
     """3 ranks, a cross-rank checksum every 10 steps (the run fails if replicas differ); both

@@ -9,7 +9,8 @@ with a rotation of its own (drawn for step | 2^62), at the cost of one more tran
 
 --server-scale picks the server's scale per block (compressors/fo1bit.py): eta (the workers'
 --lambda-rule), mse (the scale minimizing the re-quantization's expected squared error) or
-mse-shrink (that scale and a James-Stein gain <= 1 in the transmitted float). Same payload; the
+mse-shrink (that scale and a James-Stein gain <= 1 in the transmitted float) or mse-debias (that
+scale and the gain that undoes its shrinkage of the mean, about 2). Same payload; the
 server computes the float, every rank decodes it.
 """
 from .base import SERVER_STREAM, PSAlgorithm

@@ -18,7 +18,9 @@ The server's re-quantization (encode_flat) takes its scale by `server_scale`:
                so E[x_hat] is the sum with its large coordinates pulled towards zero;
   "mse-shrink" lam* and a gain g <= 1 folded into the transmitted float, (1 - N/||v||^2)_+ times
                the clipping gain, N the uplink noise the workers' scales bound
-               (reference.server_scales): a James-Stein shrinkage, biased towards zero.
+               (reference.server_scales): a James-Stein shrinkage, biased towards zero;
+  "mse-debias" lam* and the gain m / (unclipped count), which undoes lam*'s own shrinkage of the
+               mean to first order (<E x_hat, mean> ~ ||mean||^2 again).
 Either way the payload is the same bits and one float per block; the server alone computes the
 float and every rank decodes the one it receives, so replicas stay bit-identical.
 """
@@ -34,7 +36,7 @@ from .onebit import OneBitCompressor
 from .registry import register
 
 LAMBDA_RULES = {"norm": LAMBDA_NORM, "max": LAMBDA_MAX, "min": LAMBDA_MIN}
-SERVER_SCALES = ("eta", "mse", "mse-shrink")
+SERVER_SCALES = ("eta", "mse", "mse-shrink", "mse-debias")
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ class FlattenedOneBit(OneBitCompressor):
             return payload
         if self.server_scale == "mse-shrink" and uplink_noise is None:
             raise ValueError("server_scale mse-shrink needs the uplink noise bound (uplink_noise_bound of the rows)")
-        lams, gains = reference.server_scales(v, layout, uplink_noise if self.server_scale == "mse-shrink" else None)
+        lams, gains = reference.server_scales(v, layout, uplink_noise if self.server_scale == "mse-shrink" else None,
+                                              debias=self.server_scale == "mse-debias")
         # the kernel's "norm" rule takes lam = ||v_b|| * factor_b: the factor that gives lam*
         norms = np.array([math.sqrt(float(np.dot(v[o : o + m].astype(np.float64), v[o : o + m].astype(np.float64))))
                           for _, o, m, _ in layout.blocks()])
