@@ -72,7 +72,8 @@ def relative_errors(cs, d, n, trials, repeats, noise, gen):
                 bias[name][k] += b2 / norm2 / trials
                 a = float(np.dot(avg, mean)) / norm2
                 along[name][k] += a / trials
-                unit[name][k] += (sq[name][k] / (a * a * norm2) - 1) / trials  # E||x_hat / a - mean||^2 / ||mean||^2
+                # E||x_hat / a - mean||^2 / ||mean||^2; nan where the direction is all but zero (a = 0)
+                unit[name][k] += (sq[name][k] / (a * a * norm2) - 1 if a > 1e-9 else float("nan")) / trials
     return err, bias, along, unit
 
 

@@ -183,7 +183,9 @@ def majority_vote(words, layout, ties, seed, step, out):
 # d E[clip(v_j, lam)] / d y_j = P(|v_j| <= lam), so E[x_hat] ~ (k/m) y_bar with k the unclipped count (about half the
 # block): the benchmark measures <E x_hat, mean> / ||mean||^2 = 0.49 at n = 8. The gain g = m / k restores a unit
 # gain along the mean to first order; the noise it scales up with it is still far below eta's (same noise-to-signal
-# as mse and mse-shrink, which differ from it only by a scalar per block).
+# as mse and mse-shrink, which differ from it only by a scalar per block). The approximation needs a smooth spread
+# of v: from about 8 workers it gives 0.94-1.16 along the mean; with 2-4 workers v takes a few discrete levels
+# and it overshoots (1.1 at n = 2, 1.7 at n = 4 in benchmarks/fo_sgd_variance.py).
 
 
 def mse_lambda(v):
