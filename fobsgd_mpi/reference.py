@@ -153,3 +153,87 @@ def majority_vote(words, layout, ties, seed, step, out):
                 tie = _tie_flags(ties, seed, step, int(layout.block_ids[b]), end - off, rng.PURPOSE_VOTE_TIE)
                 flags[off:end] |= (2 * counts[off:end] == n) & tie
     out[:] = np.packbits(flags, bitorder="little").view(np.uint64)
+
+
+# ---------------------------------------------------------------- the server's scale (--server-scale)
+#
+# A block v (length m) quantized with scale lam and dither tau_j ~ U[-lam, lam]: b_j = [v_j + tau_j >= 0],
+# q_j = lam (2 b_j - 1). With a_j = |v_j|:
+#   a_j <= lam: P(b_j = 1) = (lam + v_j) / (2 lam), so E q_j = v_j and E (q_j - v_j)^2 = lam^2 - v_j^2;
+#   a_j >  lam: b_j = [v_j > 0] whatever tau_j is (clipped, no randomness left), q_j = lam sign(v_j),
+#               so (q_j - v_j)^2 = (a_j - lam)^2 exactly.
+# The block's expected squared error F(lam) = sum_{a_j <= lam} (lam^2 - a_j^2) + sum_{a_j > lam} (a_j - lam)^2 is
+# continuous and convex: each term has derivative -2 (a_j - lam) below a_j, 2 lam above it (a jump up of 2 a_j at
+# a_j), so F'(lam) = 2 (m lam - sum_{a_j > lam} a_j) is nondecreasing. On the segment [a_(k), a_(k+1)] of the sorted
+# a (k coordinates unclipped, T_k = sum_{j > k} a_(j)) F = m lam^2 - 2 lam T_k + sum a^2 - 2 sum_{j <= k} a_(j)^2, a
+# parabola with vertex T_k / m; the minimum of F is the least of the m + 1 vertices clipped to their segments. At the
+# optimum lam* = (1/m) sum_{a_j > lam*} a_j: it clips on purpose (for Gaussian v, lam* = 0.61 sigma and half the
+# coordinates clip), trading the dither's variance for a bias towards zero of the large coordinates.
+#
+# The gain. With lam fixed, the output scale s = g lam that minimizes E||g q - v||^2 is
+# g_v = <E q, v> / E||q||^2 = (sum_{a_j <= lam} a_j^2 + lam sum_{a_j > lam} a_j) / (m lam^2), and at lam* this is
+# 1 + sum_{a_j <= lam*} a_j^2 / (m lam*^2) >= 1: against v itself the best gain undoes part of the clipping, it never
+# shrinks. What shrinks is the gain against what v estimates, the workers' mean y_bar: v = y_bar + uplink noise whose
+# expected squared norm the server can bound from the workers' scales alone, N = sum_i w_i^2 (m lam_i^2 - ||y_i||^2)
+# <= sum_i w_i^2 m lam_i^2 (unclipped uplink). The James-Stein factor (1 - N / ||v||^2)_+ estimates
+# ||y_bar||^2 / ||v||^2, and the shrink gain is g = min(1, g_v (1 - N / ||v||^2)_+): the decoded direction is then
+# biased towards zero (a shrinkage estimator) in exchange for a smaller squared error against y_bar.
+#
+# The debias gain. lam* itself shrinks: where the uplink noise dominates v (v_j = y_j + noise of spread sigma >> |y_j|),
+# d E[clip(v_j, lam)] / d y_j = P(|v_j| <= lam), so E[x_hat] ~ (k/m) y_bar with k the unclipped count (about half the
+# block): the benchmark measures <E x_hat, mean> / ||mean||^2 = 0.49 at n = 8. The gain g = m / k restores a unit
+# gain along the mean to first order; the noise it scales up with it is still far below eta's (same noise-to-signal
+# as mse and mse-shrink, which differ from it only by a scalar per block). The approximation needs a smooth spread
+# of v: from about 8 workers it gives 0.94-1.16 along the mean; with 2-4 workers v takes a few discrete levels
+# and it overshoots (1.1 at n = 2, 1.7 at n = 4 in benchmarks/fo_sgd_variance.py).
+
+
+def mse_lambda(v):
+    """The scale lam >= 0 minimizing F(lam) (above) for one block v, exactly, and F there (float64)."""
+    a = np.sort(np.abs(np.asarray(v, dtype=np.float64)))
+    m = a.size
+    s1 = np.concatenate([[0.0], np.cumsum(a)])
+    s2 = np.concatenate([[0.0], np.cumsum(a * a)])
+    tail = s1[-1] - s1  # tail[k]: sum of the m - k largest a, the clipped ones when k are unclipped
+    lam = np.clip(tail / m, np.concatenate([[0.0], a]), np.concatenate([a, [np.inf]]))
+    f = m * lam * lam - 2 * lam * tail + s2[-1] - 2 * s2
+    k = int(np.argmin(f))
+    return float(lam[k]), float(max(f[k], 0.0))
+
+
+def quantization_mse(v, lam):
+    """F(lam): the expected squared error of quantizing v with scale lam and dither U[-lam, lam]."""
+    a = np.abs(np.asarray(v, dtype=np.float64))
+    return float(np.sum(np.where(a <= lam, lam * lam - a * a, (a - lam) ** 2)))
+
+
+def clipping_gain(v, lam):
+    """g_v = <E q, v> / E||q||^2 for one block: the gain minimizing E||g q - v||^2 (>= 1 at lam = mse_lambda)."""
+    a = np.abs(np.asarray(v, dtype=np.float64))
+    if lam <= 0:
+        return 1.0
+    return float(np.sum(np.where(a <= lam, a * a, lam * a)) / (a.size * lam * lam))
+
+
+def unclipped_count(v, lam):
+    """How many |v_j| lam leaves unclipped (a relative 1e-9 allowance: a block of equal |v_j|, one
+    worker's payload, has lam* = |v_j| up to rounding and is quantized exactly)."""
+    return int(np.count_nonzero(np.abs(np.asarray(v, dtype=np.float64)) <= lam * (1 + 1e-9)))
+
+
+def server_scales(v, layout, shrink_noise=None, debias=False):
+    """Per block of `layout` (the flat layout of the server's sum v): (lam*, gain). The gain is 1;
+    with `shrink_noise` (per block, the bound N on the uplink noise's expected squared norm)
+    min(1, g_v (1 - N / ||v_b||^2)_+); with `debias`, m / (unclipped count)."""
+    lams = np.zeros(layout.n_blocks)
+    gains = np.ones(layout.n_blocks)
+    for b, off, m, _ in layout.blocks():
+        vb = np.asarray(v[off : off + m], dtype=np.float64)
+        lams[b] = mse_lambda(vb)[0]
+        if shrink_noise is not None:
+            sq = float(np.dot(vb, vb))
+            js = max(0.0, 1.0 - float(shrink_noise[b]) / sq) if sq > 0 else 0.0
+            gains[b] = min(1.0, clipping_gain(vb, lams[b]) * js)
+        elif debias and lams[b] > 0:
+            gains[b] = m / max(1, unclipped_count(vb, lams[b]))
+    return lams, gains

@@ -6,6 +6,12 @@ rank decodes the same x_hat, so replicas stay bit-identical.
 
 With --downlink fresh-rotation the server instead decodes the sum once and flattens it again
 with a rotation of its own (drawn for step | 2^62), at the cost of one more transform per block.
+
+--server-scale picks the server's scale per block (compressors/fo1bit.py): eta (the workers'
+--lambda-rule), mse (the scale minimizing the re-quantization's expected squared error) or
+mse-shrink (that scale and a James-Stein gain <= 1 in the transmitted float) or mse-debias (that
+scale and the gain that undoes its shrinkage of the mean, about 2). Same payload; the
+server computes the float, every rank decodes it.
 """
 from .base import SERVER_STREAM, PSAlgorithm
 from .registry import register
@@ -28,11 +34,19 @@ class FOSGD(PSAlgorithm):
 
     def server(self, rows, step):
         v = self.up.aggregate(rows, self.weights, self.server_layout)
+        noise = None
+        if self.down.server_scale == "mse-shrink":
+            noise = self.up.uplink_noise_bound(rows, self.weights, self.server_layout)
         if self.fresh_rotation:
             mean = self.up.unflatten(v, step, self.d)
-            self.down.encode(mean, self.downlink_step(step), SERVER_STREAM, out=self.down_buf)
+            down_step = self.downlink_step(step)
+            if self.down.server_scale == "eta":
+                self.down.encode(mean, down_step, SERVER_STREAM, out=self.down_buf)
+            else:
+                self.down.encode_flat(self.down.flatten(mean, down_step, self.d), down_step, SERVER_STREAM, self.d,
+                                      out=self.down_buf, uplink_noise=noise)
         else:
-            self.up.encode_flat(v, step, SERVER_STREAM, self.server_layout, out=self.server_out)
+            self.up.encode_flat(v, step, SERVER_STREAM, self.server_layout, out=self.server_out, uplink_noise=noise)
 
     def direction(self, down, step):
         return self.down.decode(down, self.downlink_step(step), self.d, out=self.dir_buf)

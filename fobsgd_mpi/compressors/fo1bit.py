@@ -10,19 +10,33 @@ FO-SGD (Stollenwerk & Jacques, arXiv 2405.11095), per block of m coordinates:
      block, rank); decode q = lambda (2b - 1), x_hat = D H q / sqrt(m).
 Flattening spreads a sparse x over the block, so the variance per block is about
 (2 ln(2m/eta) - 1) ||x||^2 instead of the m ||x||_inf^2 that dithered sign pays without it.
+
+The server's re-quantization (encode_flat) takes its scale by `server_scale`:
+  "eta"        the workers' rule above (lambda_rule);
+  "mse"        per block the lam* minimizing the expected squared error of the re-quantized sum
+               (reference.mse_lambda, exact): it clips about half of a Gaussian block on purpose,
+               so E[x_hat] is the sum with its large coordinates pulled towards zero;
+  "mse-shrink" lam* and a gain g <= 1 folded into the transmitted float, (1 - N/||v||^2)_+ times
+               the clipping gain, N the uplink noise the workers' scales bound
+               (reference.server_scales): a James-Stein shrinkage, biased towards zero;
+  "mse-debias" lam* and the gain m / (unclipped count), which undoes lam*'s own shrinkage of the
+               mean to first order (<E x_hat, mean> ~ ||mean||^2 again).
+Either way the payload is the same bits and one float per block; the server alone computes the
+float and every rank decodes the one it receives, so replicas stay bit-identical.
 """
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import rng
+from .. import reference, rng
 from ..native import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM
 from .base import BlockOptions, flag
 from .onebit import OneBitCompressor
 from .registry import register
 
 LAMBDA_RULES = {"norm": LAMBDA_NORM, "max": LAMBDA_MAX, "min": LAMBDA_MIN}
+SERVER_SCALES = ("eta", "mse", "mse-shrink", "mse-debias")
 
 
 @dataclass(frozen=True)
@@ -30,9 +44,12 @@ class FlatOptions(BlockOptions):
     eta: float = 1e-2
     lambda_rule: str = "norm"
     seed: int = 0
+    server_scale: str = "eta"
 
     def __post_init__(self):
         super().__post_init__()
+        if self.server_scale not in SERVER_SCALES:
+            raise ValueError(f"server_scale must be one of {', '.join(SERVER_SCALES)}, got {self.server_scale!r}")
         if self.lambda_rule not in LAMBDA_RULES:
             raise ValueError(f"lambda_rule must be one of {', '.join(LAMBDA_RULES)}, got {self.lambda_rule!r}")
         if not 0 < self.eta < 1:
@@ -56,14 +73,52 @@ class FlattenedOneBit(OneBitCompressor):
     def _encode(self, x, step, rank, payload, lay):
         self._quantize(x, lay, self.rotate, step, rank, payload)
 
-    def encode_flat(self, v, step, rank, d, out=None):
+    def encode_flat(self, v, step, rank, d, out=None, uplink_noise=None):
         """Re-quantize a server sum v (padded length, already in the encoded domain) without
         transforming it: the payload decodes like any worker's. `d` is the vector length, or the
-        flat BlockLayout of v (a server's shard, BlockLayout.subset)."""
+        flat BlockLayout of v (a server's shard, BlockLayout.subset). The scale follows
+        `server_scale`; "mse-shrink" needs `uplink_noise`, per block the bound on the uplink
+        noise's squared norm (uplink_noise_bound)."""
         layout = self.layout_of(d).flat()
         payload = out if out is not None else self.spec_of(layout).empty()
-        self._quantize(v, layout, False, int(step), int(rank), payload)
+        if self.server_scale == "eta":
+            self._quantize(v, layout, False, int(step), int(rank), payload)
+            return payload
+        if self.server_scale == "mse-shrink" and uplink_noise is None:
+            raise ValueError("server_scale mse-shrink needs the uplink noise bound (uplink_noise_bound of the rows)")
+        lams, gains = reference.server_scales(v, layout, uplink_noise if self.server_scale == "mse-shrink" else None,
+                                              debias=self.server_scale == "mse-debias")
+        # the kernel's "norm" rule takes lam = ||v_b|| * factor_b: the factor that gives lam*
+        norms = np.array([math.sqrt(float(np.dot(v[o : o + m].astype(np.float64), v[o : o + m].astype(np.float64))))
+                          for _, o, m, _ in layout.blocks()])
+        factors = np.divide(lams, norms, out=np.zeros_like(lams), where=norms > 0)
+        self.kernels.encode_1bit(np.ascontiguousarray(v[: layout.padded], dtype=np.float32), layout, False,
+                                 LAMBDA_RULES["norm"], factors, self.seed, int(step), int(rank), payload.bits,
+                                 payload.scales, self.n_threads)
+        payload.scales[:] = (payload.scales * gains).astype(np.float32)  # the bits dither with lam*, decode g lam*
         return payload
+
+    def uplink_noise_bound(self, rows, weights, d):
+        """Per block, sum_i w_i^2 m lam_i^2 from gathered worker rows (n, nbytes): a bound on the
+        expected squared norm of the uplink noise in their weighted sum (tight up to the workers'
+        own ||y_i||^2, which the server never sees). `d`: the vector length or the rows' layout."""
+        layout = self.layout_of(d)
+        at = self.spec_of(layout).offsets["scales"]
+        lam = np.ascontiguousarray(rows[:, at:]).view(np.float32).astype(np.float64)
+        w = np.asarray(weights, dtype=np.float64)[:, None]
+        return np.sum((w * lam) ** 2, axis=0) * layout.sizes
+
+    def flatten(self, x, step, d):
+        """H D x per block (padded length): what encode quantizes, for a server that re-flattens."""
+        layout = self.layout(d)
+        out = np.zeros(layout.padded, dtype=np.float32)
+        out[:d] = x[:d]
+        if self.rotate:
+            for b, off, m, _ in layout.blocks():
+                y = out[off : off + m]
+                y[rng.rademacher_flips(self.seed, step, b, m)] *= -1
+                self.kernels.fwht_(y)
+        return out
 
     def unflatten(self, v, step, d):
         """What a sum v in the encoded domain (padded length) is in the original one: D H v per

@@ -1,0 +1,171 @@
+"""--server-scale (issue 13 part 4): the server's MSE-optimal scale, its shrinkage gain, and that
+neither changes the payload or the replicas' bit-identity."""
+import json
+
+import numpy as np
+import pytest
+
+from fobsgd_mpi import compressors, reference
+from fobsgd_mpi.algorithms.base import SERVER_STREAM
+from fobsgd_mpi.compressors.fo1bit import SERVER_SCALES
+
+
+
+@pytest.fixture
+def gen():
+    return np.random.default_rng(13)
+
+
+def blocks(gen):
+    m = 256
+    sparse = np.zeros(m)
+    sparse[gen.choice(m, 5, replace=False)] = gen.standard_normal(5) * 10
+    heavy = gen.standard_t(2, m)
+    return {"gaussian": gen.standard_normal(m), "sparse": sparse, "one-hot": np.eye(m)[7] * 3.0,
+            "heavy-tailed": heavy, "constant": np.full(m, -0.5), "tiny": gen.standard_normal(64) * 1e-20}
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "sparse", "one-hot", "heavy-tailed", "constant", "tiny"])
+def test_mse_lambda_minimizes_the_analytic_error(kind, gen):
+    v = blocks(gen)[kind]
+    lam, f = reference.mse_lambda(v)
+    assert f == pytest.approx(reference.quantization_mse(v, lam), rel=1e-9, abs=1e-300)
+    a = np.abs(v)
+    grid = np.concatenate([np.linspace(0, a.max() * 1.2, 20001), a, [lam * (1 - 1e-6), lam * (1 + 1e-6)]])
+    brute = np.array([reference.quantization_mse(v, x) for x in grid])
+    assert f <= brute.min() * (1 + 1e-9) + 1e-300
+    # zero lies in F's subgradient: m lam* - sum_{a >= lam*} a <= 0 <= m lam* - sum_{a > lam*} a (lam* is the
+    # mean of the clipped |v|, or a breakpoint a_j where the derivative jumps across zero)
+    tol = 1e-9 * a.sum() + 1e-300
+    assert a.size * lam - a[a >= lam].sum() <= tol and a.size * lam - a[a > lam].sum() >= -tol
+
+
+def test_analytic_error_matches_the_dither(gen):
+    """F(lam) is the Monte-Carlo error of the quantizer, clipped coordinates included."""
+    v = gen.standard_normal(512)
+    lam = reference.mse_lambda(v)[0]
+    tau = gen.uniform(-lam, lam, (4000, v.size))
+    q = np.where(v + tau >= 0, lam, -lam)
+    assert np.mean(np.sum((q - v) ** 2, axis=1)) == pytest.approx(reference.quantization_mse(v, lam), rel=0.01)
+    assert reference.clipping_gain(v, lam) >= 1  # against v itself the best gain never shrinks
+
+
+def realistic(c, d, n, step, gen, noise=0.5):
+    base = gen.standard_normal(d).astype(np.float32)
+    xs = [base + noise * gen.standard_normal(d).astype(np.float32) for _ in range(n)]
+    rows = np.stack([c.encode(x, step, i + 1).buffer for i, x in enumerate(xs)])
+    return np.mean(xs, axis=0), rows
+
+
+def direction_errors(d=20_000, n=8, trials=4, seed=5):
+    """Squared error of the decoded direction / ||mean||^2, per server scale, averaged over dithers."""
+    gen = np.random.default_rng(seed)
+    out = {}
+    cs = {s: compressors.get("fo1bit", lambda_rule="min", server_scale=s, block_size=4096) for s in SERVER_SCALES}
+    errs = {s: 0.0 for s in SERVER_SCALES}
+    for t in range(trials):
+        c0 = cs["eta"]
+        mean, rows = realistic(c0, d, n, t, gen)
+        w = np.full(n, 1 / n)
+        v = c0.aggregate(rows, w, d)
+        noise = c0.uplink_noise_bound(rows, w, d)
+        for s, c in cs.items():
+            x = c.decode(c.encode_flat(v, t, SERVER_STREAM, d, uplink_noise=noise), t, d)
+            errs[s] += np.sum((x - mean) ** 2) / np.sum(mean ** 2) / trials
+    out.update(errs)
+    return out
+
+
+def test_mse_scale_cuts_the_direction_error_at_n_8():
+    errs = direction_errors()
+    print("direction error / ||mean||^2 at n = 8:", {k: round(float(v), 2) for k, v in errs.items()})
+    assert errs["mse"] < errs["eta"] / 4
+    assert errs["mse-shrink"] < errs["mse"]
+    assert errs["mse-debias"] < errs["eta"] / 2
+
+
+def test_bias_along_the_mean(gen):
+    """<E x_hat, mean> / ||mean||^2 over 12 encodings of one draw: about 1 for eta and mse-debias,
+    about 1/2 for mse (lam* clips half the block), lower still for mse-shrink."""
+    d, n, reps = 8192, 8, 12
+    cs = {s: compressors.get("fo1bit", lambda_rule="min", server_scale=s, block_size=4096) for s in SERVER_SCALES}
+    base = gen.standard_normal(d).astype(np.float32)
+    xs = [base + 0.5 * gen.standard_normal(d).astype(np.float32) for _ in range(n)]
+    mean = np.mean(xs, axis=0)
+    sums = {s: np.zeros(d) for s in cs}
+    w = np.full(n, 1 / n)
+    for t in range(reps):
+        rows = np.stack([cs["eta"].encode(x, t, i + 1).buffer for i, x in enumerate(xs)])
+        v = cs["eta"].aggregate(rows, w, d)
+        noise = cs["eta"].uplink_noise_bound(rows, w, d)
+        for s, c in cs.items():
+            sums[s] += c.decode(c.encode_flat(v, t, SERVER_STREAM, d, uplink_noise=noise), t, d)
+    along = {s: float(np.dot(sums[s] / reps, mean) / np.dot(mean, mean)) for s in cs}
+    print("along the mean:", {k: round(v, 3) for k, v in along.items()})
+    assert abs(along["eta"] - 1) < 0.1 and abs(along["mse-debias"] - 1) < 0.1
+    assert 0.4 < along["mse"] < 0.6 and along["mse-shrink"] < along["mse"]
+
+
+@pytest.mark.parametrize("scale", ["mse", "mse-shrink", "mse-debias"])
+def test_payload_and_bits_are_consistent(scale, gen):
+    """Same payload size; native and numpy kernels give the same bits and float; the float is
+    lam* (times the gain)."""
+    d = 5000
+    c = compressors.get("fo1bit", server_scale=scale, block_size=1024)
+    ref = compressors.get("fo1bit", server_scale=scale, block_size=1024, backend="numpy")
+    eta = compressors.get("fo1bit", block_size=1024)
+    mean, rows = realistic(c, d, 4, 3, gen)
+    w = np.full(4, 0.25)
+    v = c.aggregate(rows, w, d)
+    noise = c.uplink_noise_bound(rows, w, d)
+    a = c.encode_flat(v, 3, SERVER_STREAM, d, uplink_noise=noise)
+    b = ref.encode_flat(v, 3, SERVER_STREAM, d, uplink_noise=noise)
+    assert a.nbytes == eta.encode_flat(v, 3, SERVER_STREAM, d).nbytes == eta.payload_nbytes(d)
+    assert np.array_equal(a.bits, b.bits)
+    np.testing.assert_allclose(a.scales, b.scales, rtol=1e-6)
+    lams, gains = reference.server_scales(v, c.layout(d).flat(), noise if scale == "mse-shrink" else None,
+                                          debias=scale == "mse-debias")
+    np.testing.assert_allclose(a.scales, lams * gains, rtol=1e-5)
+    expected = {"mse": gains == 1, "mse-shrink": gains < 1, "mse-debias": (gains > 1.5) & (gains < 4)}[scale]
+    assert np.all(expected), gains
+
+
+def test_one_workers_payload_is_requantized_exactly(gen):
+    """A block of equal |v_j| (one worker's payload) has lam* = |v_j| and no error; the debias gain is 1."""
+    v = np.where(gen.random(1024) < 0.5, -0.37, 0.37).astype(np.float32)
+    lay = compressors.get("fo1bit", block_size=1024).layout(1024).flat()
+    lams, gains = reference.server_scales(v, lay, debias=True)
+    assert lams[0] == pytest.approx(0.37, rel=1e-7) and gains[0] == 1
+    assert reference.quantization_mse(v, lams[0]) < 1e-12
+
+
+def test_mse_shrink_needs_the_noise_and_bad_scale_is_refused():
+    c = compressors.get("fo1bit", server_scale="mse-shrink")
+    with pytest.raises(ValueError, match="uplink noise"):
+        c.encode_flat(np.ones(256, dtype=np.float32), 0, SERVER_STREAM, 256)
+    with pytest.raises(ValueError, match="server_scale"):
+        compressors.get("fo1bit", server_scale="median")
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("scale,extra", [("mse", ()), ("mse-debias", ()),
+                                         ("mse-shrink", ("--servers", "all", "--block-size", "256")),
+                                         ("mse-shrink", ("--downlink", "fresh-rotation"))])
+def test_mpirun_replicas_stay_bit_identical_and_payload_is_unchanged(scale, extra, tmp_path):
+    """3 ranks, a cross-rank checksum every 10 steps (the run fails if replicas differ); both
+    directions carry exactly the fo1bit payload the eta rule carries."""
+    import h5py
+
+    from .mpi_helpers import train
+
+    out, summary = train(3, tmp_path, "--algorithm", "fo-sgd", "--server-scale", scale, *extra, "--steps", "20",
+                         "--check-every", "10", "--dataset", "synthetic-logreg", "--model", "mlp", "--width", "32")
+    assert np.isfinite(summary["final_test_loss"])
+    with h5py.File(out) as f:
+        d = int(f.attrs["d"])
+        cfg = json.loads(f.attrs["config"])
+        assert cfg["server_scale"] == scale
+        eta = compressors.get("fo1bit", **({"block_size": cfg["block_size"]} if cfg["block_size"] else {}))
+        nbytes = eta.payload_nbytes(d)
+        assert set(f["iterations/bytes_up"][:].tolist()) == {nbytes}
+        assert set(f["iterations/bytes_down"][:].tolist()) == {nbytes}
