@@ -5,6 +5,7 @@ The MPI launcher is the one beside the running interpreter (the venv's mpich whe
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -33,9 +34,18 @@ def error_line(done):
     return (done.stderr.strip().splitlines() or ["no output"])[-1]
 
 
-def mpirun(n, module, *args, timeout=600):
+def mpirun(n, module, *args, timeout=600, env=None):
+    """`mpirun -n N python -m MODULE ARGS`, output captured; `env` adds variables."""
     cmd = [mpirun_path(), "-n", str(n), sys.executable, "-m", module, *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=job_env(), cwd=ROOT)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(job_env(), **(env or {})),
+                          cwd=ROOT)
+
+
+def free_port():
+    """A TCP port nobody listens on now (for a rendezvous such as torch's MASTER_PORT)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def summary_of(stdout):

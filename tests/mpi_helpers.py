@@ -1,5 +1,5 @@
 """Running real `mpirun` jobs from the tests (the venv's MPICH, oversubscribed)."""
-from fobsgd_mpi.jobs import ROOT, job_env, mpirun, mpirun_path, summary_of  # noqa: F401
+from fobsgd_mpi.jobs import ROOT, free_port, job_env, mpirun, mpirun_path, summary_of  # noqa: F401
 
 
 def train(n, tmp_path, *args, name="run.h5"):

@@ -115,7 +115,7 @@ def test_hdf5_layout_matches_the_summary(tmp_path):
     (["--checkpoint-every", "-1"], "--checkpoint-every must lie in [0, "),
     (["--partition", "weird"], "invalid choice: 'weird'"),
     (["--topk-ratio", "0"], "--topk-ratio must lie in (0, 1]"),
-    (["--resume", "--steps", "2"], "no checkpoint"),
+    (["--resume", "--steps", "2"], "no run to continue"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     done = mpirun(2, "fobsgd_mpi.train", "--quiet", "--out", tmp_path / "x.h5", *args)
