@@ -85,6 +85,13 @@ class BlockOptions(Options):
         BlockLayout(1, self.block_size, min(self.min_block, self.block_size))  # validates the sizes now
 
 
+def check_choice(options, name, choices):
+    """ValueError unless the option `name` of an Options dataclass is one of `choices`."""
+    value = getattr(options, name)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
 class Compressor:
     """encode(x, step, rank) -> Payload; decode(payload, step) -> x_hat (float32, length d).
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import reference, rng
 from ..native import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM
-from .base import BlockOptions, flag
+from .base import BlockOptions, check_choice, flag
 from .onebit import OneBitCompressor
 from .registry import register
 
@@ -48,10 +48,8 @@ class FlatOptions(BlockOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.server_scale not in SERVER_SCALES:
-            raise ValueError(f"server_scale must be one of {', '.join(SERVER_SCALES)}, got {self.server_scale!r}")
-        if self.lambda_rule not in LAMBDA_RULES:
-            raise ValueError(f"lambda_rule must be one of {', '.join(LAMBDA_RULES)}, got {self.lambda_rule!r}")
+        check_choice(self, "server_scale", SERVER_SCALES)
+        check_choice(self, "lambda_rule", LAMBDA_RULES)
         if not 0 < self.eta < 1:
             raise ValueError(f"eta must lie in (0, 1), got {self.eta!r}")
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .base import check_choice
 from .onebit import OneBitCompressor
 from .registry import register
 from .sign import SIGN_TIES, SignOptions
@@ -23,8 +24,7 @@ class ScaledSignOptions(SignOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.sign_scale not in SIGN_SCALES:
-            raise ValueError(f"sign_scale must be one of {', '.join(SIGN_SCALES)}, got {self.sign_scale!r}")
+        check_choice(self, "sign_scale", SIGN_SCALES)
 
 
 @register("scaled-sign")

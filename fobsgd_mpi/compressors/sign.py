@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..native import TIES_POSITIVE, TIES_RANDOM
-from .base import BlockCompressor, BlockOptions, PayloadSpec
+from .base import BlockCompressor, BlockOptions, PayloadSpec, check_choice
 from .registry import register
 
 SIGN_TIES = {"random": TIES_RANDOM, "positive": TIES_POSITIVE}
@@ -24,8 +24,7 @@ class SignOptions(BlockOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.sign_ties not in SIGN_TIES:
-            raise ValueError(f"sign_ties must be one of {', '.join(SIGN_TIES)}, got {self.sign_ties!r}")
+        check_choice(self, "sign_ties", SIGN_TIES)
 
 
 @register("sign")
