@@ -4,6 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 NATIVE := $(wildcard native/include/*.h native/src/*)
 NP ?= 4
+# standard: torch with CUDA (torchvision models, GPU workers); cpu: half the memory per rank, no torchvision
+TORCH ?= standard
+ifeq ($(wildcard requirements-torch-$(TORCH).txt),)
+$(error TORCH=$(TORCH) is not a torch build: use TORCH=standard or TORCH=cpu)
+endif
 
 .PHONY: install train test test-fast demo bench bench-deps reference clean
 
@@ -11,11 +16,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.deps: requirements.txt | $(BIN)/python
-	$(BIN)/pip install -q -r requirements.txt
+# one stamp per torch build: switching TORCH on an existing .venv reinstalls torch (rm -rf .venv for a clean one)
+$(VENV)/.deps-$(TORCH): requirements.txt requirements-torch-$(TORCH).txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-torch-$(TORCH).txt -r requirements.txt
 	touch $@
 
-$(VENV)/.built: $(VENV)/.deps setup.py $(NATIVE)
+$(VENV)/.built: $(VENV)/.deps-$(TORCH) setup.py $(NATIVE)
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
