@@ -81,7 +81,8 @@ def parser():
                    help="harness algorithms; NAME@K runs NAME with --servers K")
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS))
     p.add_argument("--ranks", type=flag_type(INT, bounds=(2, 1024)), default=8)
-    p.add_argument("--width", type=flag_type(INT, bounds=(1, 2**20)), default=1000, help="mlp width: 1000 gives d = 1.05M")
+    p.add_argument("--width", type=flag_type(INT, bounds=(1, 2**20)), default=1000,
+                   help="mlp width: 1000 gives d = 1.05M")
     p.add_argument("--epochs", type=flag_type(FLOAT, bounds=(0, 1e6), ends="(]"), default=20)
     p.add_argument("--target", type=flag_type(FLOAT, bounds=(0, 1), ends="(]"), default=0.5,
                    help="test accuracy to reach")

@@ -339,7 +339,8 @@ def validate(cfg):
     shardable = [n for n in algorithms.names() if algorithms.get(n).shardable]
     paths = {flag: getattr(cfg, flag[2:].replace("-", "_")) for flag in ("--config", "--out", "--save-model")}
     empty = [flag for flag, path in paths.items() if path == ""]
-    folders = [f"{flag} {paths[flag]}" for flag in ("--out", "--save-model") if paths[flag] and os.path.isdir(paths[flag])]
+    folders = [f"{flag} {paths[flag]}" for flag in ("--out", "--save-model")
+               if paths[flag] and os.path.isdir(paths[flag])]
     regression = DATASET_SHAPES[cfg.dataset][1] == 1
     relations = [
         (not empty, f"{' and '.join(empty)} is an empty path; give a file name or leave the option out"),
@@ -347,7 +348,8 @@ def validate(cfg):
         (not cfg.resume or cfg.out, "--resume needs the --out of the run to continue"),
         (not (cfg.resume and cfg.overwrite), "--resume continues --out and --overwrite replaces it; pass one of them"),
         (not cfg.out or not cfg.save_model or os.path.abspath(cfg.out) != os.path.abspath(cfg.save_model),
-         f"--save-model {cfg.save_model} is the --out file; the model would overwrite the results: choose another path"),
+         f"--save-model {cfg.save_model} is the --out file; the model would overwrite the results: choose another "
+         "path"),
         (cfg.target_accuracy is None or not regression,
          f"--target-accuracy needs a classification data set; {cfg.dataset} is a regression, which has no accuracy "
          "to reach"),

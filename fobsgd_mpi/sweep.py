@@ -54,7 +54,7 @@ def read_grid(grid_file):
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(unknown)}; a grid file has {', '.join(SPEC_TYPES)}")
     for key, (kind, what) in SPEC_TYPES.items():
-        if key in spec and (type(spec[key]) is not kind):
+        if key in spec and type(spec[key]) is not kind:
             raise ValueError(f"{key} must be {what}, got {spec[key]!r}")
     if "/" in spec.get("name", ""):
         raise ValueError(f"name names a folder and a job, so it cannot hold a /: got {spec['name']!r}")

@@ -4,9 +4,10 @@ one line naming the problem, with exit status 2, before any work starts."""
 import json
 
 import h5py
+import numpy as np
 import pytest
 
-from fobsgd_mpi import config, launch, launcher_env, report, sweep
+from fobsgd_mpi import checkpoint, config, launch, launcher_env, report, sweep
 from fobsgd_mpi.errors import UsageError
 
 from .test_plots import benchmark, tiny_run
@@ -103,7 +104,7 @@ def test_launch_refuses_a_model_without_a_rate_and_names_a_missing_mpirun(monkey
     assert "give the rate to model" in one_line_error(capsys)
     monkeypatch.setenv("MPIRUN", "/nonexistent/mpirun")
     assert launch.main(["-n", "2", "--model-network", "--bandwidth", "1gbit", "--", "true"]) == 1
-    assert one_line_error(capsys) == "error: /nonexistent/mpirun not found; install MPI (MPICH), or set MPIRUN to its mpirun\n"
+    assert "/nonexistent/mpirun not found; install MPI (MPICH), or set MPIRUN" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize("script, args, message", [
@@ -124,3 +125,16 @@ def test_benchmark_flags_are_checked_before_any_run(script, args, message, capsy
         benchmark(script).main(args)
     assert exit_.value.code == 2
     assert message in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("damage", [lambda raw: raw[:200], lambda raw: b"not a checkpoint"])
+def test_a_damaged_checkpoint_is_a_value_error_with_advice(damage, tmp_path):
+    out = str(tmp_path / "run.h5")
+    checkpoint.write(out, 1, {"params": np.arange(1000, dtype=np.float32)}, {"step": 3})
+    checkpoint.commit(out, 1)
+    path = tmp_path / "run.h5.ckpt" / "rank1.npz"
+    assert checkpoint.load(out, 1)[1] == {"step": 3}
+    path.write_bytes(damage(path.read_bytes()))
+    for read in (checkpoint.load, checkpoint.load_meta):
+        with pytest.raises(ValueError, match="rank1.npz is damaged .*restart without --resume"):
+            read(out, 1)
