@@ -75,8 +75,8 @@ def _read(out, rank, what):
         with np.load(path) as f:
             return what(f)
     except (zipfile.BadZipFile, EOFError, KeyError, ValueError) as exc:  # truncated, or not ours
-        raise ValueError(f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}); restart without --resume "
-                         "(the results so far stay in --out) or restore the file") from None
+        raise ValueError(f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}); restore it, or start "
+                         "afresh with another --out (or --overwrite, which replaces the results)") from None
 
 
 def mismatch(saved, current):

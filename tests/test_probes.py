@@ -136,5 +136,5 @@ def test_a_damaged_checkpoint_is_a_value_error_with_advice(damage, tmp_path):
     assert checkpoint.load(out, 1)[1] == {"step": 3}
     path.write_bytes(damage(path.read_bytes()))
     for read in (checkpoint.load, checkpoint.load_meta):
-        with pytest.raises(ValueError, match="rank1.npz is damaged .*restart without --resume"):
+        with pytest.raises(ValueError, match="rank1.npz is damaged .*restore it, or start afresh"):
             read(out, 1)
