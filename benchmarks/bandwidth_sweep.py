@@ -23,9 +23,10 @@ import tempfile
 import h5py
 
 from fobsgd_mpi import algorithms, jobs
+from fobsgd_mpi.config import BIG, INT, SERVERS, ScriptParser, _servers_rule, flag_type
 from fobsgd_mpi.benchmarking import (LINK_UNITS, STARTUP_ITERATIONS, format_table, line_plot, link_traffic,
                                      results_path, save_records, steady_median, steady_step_s)
-from fobsgd_mpi.launch import link_bytes, parse_rate
+from fobsgd_mpi.launch import link_bytes, parse_rate, rate_text
 
 PHASES = ("compute", "encode", "comm", "server", "decode")
 
@@ -104,14 +105,16 @@ def plots(records, stem):
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--algorithms", nargs="+", default=["fo-sgd", "sgd", "signsgd-mv", "liec-sgd", "qsgd"])
-    p.add_argument("--bandwidths", nargs="+", default=["10mbit", "100mbit", "1gbit", "10gbit", "none"])
-    p.add_argument("--widths", type=int, nargs="+", default=[180, 1024],
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algorithms", nargs="+", default=["fo-sgd", "sgd", "signsgd-mv", "liec-sgd", "qsgd"],
+                   choices=algorithms.names())
+    p.add_argument("--bandwidths", nargs="+", type=lambda text: text if text == "none" else rate_text(text),
+                   default=["10mbit", "100mbit", "1gbit", "10gbit", "none"])
+    p.add_argument("--widths", type=flag_type(INT, bounds=(1, 2**20)), nargs="+", default=[180, 1024],
                    help="wide-mlp widths: 180 gives d of about 100k, 1024 about 3.2M, 2048 about 12.7M")
-    p.add_argument("--ranks", type=int, nargs="+", default=[3, 5, 9])
-    p.add_argument("--servers", nargs="+", default=["1", "all"])
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--ranks", type=flag_type(INT, bounds=(2, 1024)), nargs="+", default=[3, 5, 9])
+    p.add_argument("--servers", nargs="+", default=["1", "all"], type=flag_type(SERVERS, rule=_servers_rule))
+    p.add_argument("--steps", type=flag_type(INT, bounds=(1, BIG)), default=8)
     p.add_argument("--model-network", action="store_true", help="no shaping: the alpha-beta model beside unshaped runs")
     p.add_argument("--quick", action="store_true", help="fo-sgd and sgd, 100mbit and none, d of about 100k, 3 ranks")
     p.add_argument("--out", help="the HDF5 file to write (PNGs beside it); default results/bandwidth_sweep-<time>.h5")
@@ -126,9 +129,6 @@ def main(argv=None):
             ["fo-sgd", "sgd"], ["100mbit", "none"], [180], [3], ["1", "all"], 5)
     if args.steps < 2:
         p.error("--steps must be >= 2 (one-step runs measure the start-up traffic)")
-    for b in args.bandwidths:
-        if b != "none":
-            parse_rate(b)
     workdir = tempfile.mkdtemp(prefix="bandwidth-sweep-")
     records = []
     for width in args.widths:

@@ -14,7 +14,8 @@ import argparse
 import os
 import tempfile
 
-from fobsgd_mpi import algorithms, report
+from fobsgd_mpi import algorithms, models, report
+from fobsgd_mpi.config import FLOAT, INT, SEED_MAX, ScriptParser, flag_type
 from fobsgd_mpi.benchmarking import format_table, results_path, save_records
 from fobsgd_mpi.jobs import error_line, mpirun, summary_of
 
@@ -43,14 +44,14 @@ def train(workdir, workers, algorithm, model, partition, epochs, lr, seed):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--epochs", type=float, default=30)
-    p.add_argument("--models", nargs="+", default=["mlp", "cnn1d"])
-    p.add_argument("--algorithms", nargs="+", default=algorithms.names())
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=flag_type(INT, bounds=(1, 1023)), default=8)
+    p.add_argument("--epochs", type=flag_type(FLOAT, bounds=(0, 1e6), ends="(]"), default=30)
+    p.add_argument("--models", nargs="+", default=["mlp", "cnn1d"], choices=models.MODELS)
+    p.add_argument("--algorithms", nargs="+", default=algorithms.names(), choices=algorithms.names())
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    p.add_argument("--lr-grid", type=float, nargs="*", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr-grid", type=flag_type(FLOAT, bounds=(0, 1e4), ends="(]"), nargs="*", default=None)
+    p.add_argument("--seed", type=flag_type(INT, bounds=(0, SEED_MAX)), default=0)
     p.add_argument("--quick", action="store_true", help="2 workers, 2 epochs, mlp only (a smoke run)")
     args = p.parse_args(argv)
     if args.quick:

@@ -20,9 +20,10 @@ import tempfile
 
 import numpy as np
 
-from fobsgd_mpi import jobs
+from fobsgd_mpi import algorithms, jobs
+from fobsgd_mpi.config import INT, SERVERS, ScriptParser, _power_of_two, _servers_rule, flag_type
 from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records
-from fobsgd_mpi.launch import parse_rate
+from fobsgd_mpi.launch import parse_rate, rate_text, time_text
 from fobsgd_mpi.netmodel import NetworkModel
 
 
@@ -74,16 +75,16 @@ def run_point(workdir, algorithm, servers, ranks, args):
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--algorithms", nargs="+", default=["fo-sgd", "sgd"])
-    p.add_argument("--servers", nargs="+", default=["1", "all"])
-    p.add_argument("--ranks", type=int, nargs="+", default=[2, 4, 8, 16])
-    p.add_argument("--bandwidth", default="100mbit")
-    p.add_argument("--latency", default="50ms")
-    p.add_argument("--d", type=int, default=1 << 20)
-    p.add_argument("--block-size", type=int, default=16384)
-    p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algorithms", nargs="+", default=["fo-sgd", "sgd"], choices=algorithms.names())
+    p.add_argument("--servers", nargs="+", default=["1", "all"], type=flag_type(SERVERS, rule=_servers_rule))
+    p.add_argument("--ranks", type=flag_type(INT, bounds=(2, 1024)), nargs="+", default=[2, 4, 8, 16])
+    p.add_argument("--bandwidth", type=rate_text, default="100mbit")
+    p.add_argument("--latency", type=time_text, default="50ms")
+    p.add_argument("--d", type=flag_type(INT, bounds=(1, 2**31)), default=1 << 20)
+    p.add_argument("--block-size", type=flag_type(INT, bounds=(64, 2**30), rule=_power_of_two), default=16384)
+    p.add_argument("--reps", type=flag_type(INT, bounds=(1, 10**6)), default=20)
+    p.add_argument("--warmup", type=flag_type(INT, bounds=(0, 10**6)), default=3)
     p.add_argument("--out", help="the HDF5 file to write (PNG beside it); default results/exchange_scaling-<time>.h5")
     p.add_argument("--rank-program", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--rank-out", help=argparse.SUPPRESS)
@@ -94,7 +95,6 @@ def main(argv=None):
     args = parser().parse_args(argv)
     if args.rank_program:
         return rank_program(args)
-    parse_rate(args.bandwidth)
     workdir = tempfile.mkdtemp(prefix="exchange-scaling-")
     records = []
     for algorithm in args.algorithms:

@@ -20,6 +20,7 @@ import numpy as np
 
 from fobsgd_mpi import compressors
 from fobsgd_mpi.algorithms.base import SERVER_STREAM
+from fobsgd_mpi.config import FLOAT, INT, SEED_MAX, ScriptParser, _power_of_two, flag_type
 from fobsgd_mpi.benchmarking import format_table, results_path, save_records
 
 
@@ -81,20 +82,23 @@ SCALES = ("eta", "mse", "mse-shrink", "mse-debias")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--d", type=int, default=78_858, help="vector length (78,858: the default MNIST-1D MLP)")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    p.add_argument("--block-sizes", type=int, nargs="+", default=[1 << 16, 1 << 10])
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--d", type=flag_type(INT, bounds=(1, 2**31)), default=78_858,
+                   help="vector length (78,858: the default MNIST-1D MLP)")
+    p.add_argument("--workers", type=flag_type(INT, bounds=(1, 1024)), nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--block-sizes", type=flag_type(INT, bounds=(64, 2**30), rule=_power_of_two), nargs="+",
+                   default=[1 << 16, 1 << 10])
     p.add_argument("--lambda-rule", default="min", choices=("norm", "max", "min"))
     p.add_argument("--server-scales", nargs="+", default=list(SCALES), choices=SCALES,
                    help="the server's scale rules to compare (eta is always computed: the workers encode with it)")
-    p.add_argument("--noise", type=float, default=0.5, help="per-worker noise, relative to the common part")
-    p.add_argument("--trials", type=int, default=2, help="draws of the workers' vectors")
-    p.add_argument("--repeats", type=int, default=8, help="encodings of each draw (rotations, dithers), >= 2")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=flag_type(FLOAT, bounds=(0, 1e6)), default=0.5,
+                   help="per-worker noise, relative to the common part")
+    p.add_argument("--trials", type=flag_type(INT, bounds=(1, 10**6)), default=2, help="draws of the workers' vectors")
+    p.add_argument("--repeats", type=flag_type(INT, bounds=(2, 10**6)), default=8,
+                   help="encodings of each draw (rotations, dithers); 2 or more: the bias estimate subtracts the "
+                        "repeats' variance")
+    p.add_argument("--seed", type=flag_type(INT, bounds=(0, SEED_MAX)), default=0)
     args = p.parse_args(argv)
-    if args.repeats < 2:
-        p.error("--repeats must be at least 2 (the bias estimate subtracts the repeats' variance)")
     gen = np.random.default_rng(args.seed)
     scales = ["eta"] + [s for s in args.server_scales if s != "eta"]
     records = []

@@ -15,7 +15,9 @@ import tempfile
 
 import h5py
 
+from fobsgd_mpi import algorithms
 from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records, steady_median, steady_step_s
+from fobsgd_mpi.config import BIG, INT, ScriptParser, flag_type
 from fobsgd_mpi.jobs import error_line, mpirun
 
 
@@ -35,11 +37,11 @@ def one(workdir, algorithm, workers, width, steps):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 63])
-    p.add_argument("--widths", type=int, nargs="+", default=[256, 1024])
-    p.add_argument("--algorithms", nargs="+", default=["fo-sgd", "sgd"])
-    p.add_argument("--steps", type=int, default=20)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=flag_type(INT, bounds=(1, 1023)), nargs="+", default=[1, 2, 4, 8, 16, 32, 63])
+    p.add_argument("--widths", type=flag_type(INT, bounds=(1, 2**20)), nargs="+", default=[256, 1024])
+    p.add_argument("--algorithms", nargs="+", default=["fo-sgd", "sgd"], choices=algorithms.names())
+    p.add_argument("--steps", type=flag_type(INT, bounds=(1, BIG)), default=20)
     args = p.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="server-scaling-")
     records = [one(workdir, a, n, w, args.steps) for w in args.widths for a in args.algorithms for n in args.workers]

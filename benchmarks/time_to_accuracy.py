@@ -21,13 +21,24 @@ import tempfile
 import h5py
 import numpy as np
 
-from fobsgd_mpi import jobs, report
+from fobsgd_mpi import algorithms, jobs, report
+from fobsgd_mpi.config import BIG, FLOAT, INT, SEED_MAX, SERVERS, ScriptParser, _servers_rule, flag_type
 from fobsgd_mpi.benchmarking import LINK_UNITS, format_table, link_traffic, results_path, save_records
-from fobsgd_mpi.launch import link_bytes
+from fobsgd_mpi.launch import link_bytes, rate_text
 
 PEERS = {"ddp-fp32": ["--hook", "none"], "ddp-fp16": ["--hook", "fp16"],
          "ddp-powersgd-r1": ["--hook", "powersgd", "--powersgd-rank", "1"],
          "ddp-powersgd-r4": ["--hook", "powersgd", "--powersgd-rank", "4"]}
+
+
+def harness_algorithm(text):
+    """NAME or NAME@K (K server ranks), checked as fobsgd_mpi.train checks --algorithm and --servers."""
+    algorithm, _, servers = text.partition("@")
+    if algorithm not in algorithms.names():
+        raise argparse.ArgumentTypeError(f"{algorithm!r} is not one of {', '.join(algorithms.names())}")
+    if servers:
+        flag_type(SERVERS, rule=_servers_rule)(servers)
+    return text
 
 
 def run(workdir, name, bandwidth, args):
@@ -63,19 +74,23 @@ def run(workdir, name, bandwidth, args):
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bandwidths", nargs="+", default=["100mbit", "1gbit"])
-    p.add_argument("--algorithms", nargs="*", default=["fo-sgd", "fo-sgd@all", "liec-sgd", "sgd", "signsgd-mv", "ef-sgd"],
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bandwidths", nargs="+", type=rate_text, default=["100mbit", "1gbit"])
+    p.add_argument("--algorithms", nargs="*", type=harness_algorithm,
+                   default=["fo-sgd", "fo-sgd@all", "liec-sgd", "sgd", "signsgd-mv", "ef-sgd"],
                    help="harness algorithms; NAME@K runs NAME with --servers K")
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS))
-    p.add_argument("--ranks", type=int, default=8)
-    p.add_argument("--width", type=int, default=1000, help="mlp width: 1000 gives d = 1.05M")
-    p.add_argument("--epochs", type=float, default=20)
-    p.add_argument("--target", type=float, default=0.5, help="test accuracy to reach")
-    p.add_argument("--eval-every", type=int, default=10)
-    p.add_argument("--peer-lr", type=float, default=0.05, help="DDP's learning rate (the harness's sgd default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=int, default=3600, help="seconds per run")
+    p.add_argument("--ranks", type=flag_type(INT, bounds=(2, 1024)), default=8)
+    p.add_argument("--width", type=flag_type(INT, bounds=(1, 2**20)), default=1000,
+                   help="mlp width: 1000 gives d = 1.05M")
+    p.add_argument("--epochs", type=flag_type(FLOAT, bounds=(0, 1e6), ends="(]"), default=20)
+    p.add_argument("--target", type=flag_type(FLOAT, bounds=(0, 1), ends="(]"), default=0.5,
+                   help="test accuracy to reach")
+    p.add_argument("--eval-every", type=flag_type(INT, bounds=(1, BIG)), default=10)
+    p.add_argument("--peer-lr", type=flag_type(FLOAT, bounds=(0, 1e4), ends="(]"), default=0.05,
+                   help="DDP's learning rate (the harness's sgd default)")
+    p.add_argument("--seed", type=flag_type(INT, bounds=(0, SEED_MAX)), default=0)
+    p.add_argument("--timeout", type=flag_type(INT, bounds=(1, 10**7)), default=3600, help="seconds per run")
     p.add_argument("--quick", action="store_true", help="2 ranks, 100mbit, width 256, fo-sgd, sgd and ddp-fp32")
     p.add_argument("--out", help="the HDF5 file to write (PNGs beside it); default results/time_to_accuracy-<time>.h5")
     return p

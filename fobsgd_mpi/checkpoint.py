@@ -7,6 +7,7 @@ function of (seed, step, block, rank).
 """
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -52,23 +53,30 @@ def discard(out, rank):
 
 
 def load(out, rank):
-    """(arrays, meta) of this rank's checkpoint; FileNotFoundError with advice if there is none."""
-    with _open(out, rank) as f:
-        arrays = {k: f[k] for k in f.files if k != "__meta__"}
-        return arrays, json.loads(bytes(f["__meta__"]).decode())
+    """(arrays, meta) of this rank's checkpoint; FileNotFoundError with advice if there is none,
+    ValueError if it is damaged."""
+    return _read(out, rank, lambda f: ({k: f[k] for k in f.files if k != "__meta__"}, _meta(f)))
 
 
 def load_meta(out, rank):
-    with _open(out, rank) as f:
-        return json.loads(bytes(f["__meta__"]).decode())
+    return _read(out, rank, _meta)
 
 
-def _open(out, rank):
+def _meta(f):
+    return json.loads(bytes(f["__meta__"]).decode())
+
+
+def _read(out, rank, what):
     path = _path(out, rank)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint {path} to resume from; run with --checkpoint-every first, "
                                 "with the same --out and the same number of ranks")
-    return np.load(path)
+    try:
+        with np.load(path) as f:
+            return what(f)
+    except (zipfile.BadZipFile, EOFError, KeyError, ValueError) as exc:  # truncated, or not ours
+        raise ValueError(f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}); restore it, or start "
+                         "afresh with another --out (or --overwrite, which replaces the results)") from None
 
 
 def mismatch(saved, current):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from . import algorithms, data, models
-from .errors import UsageError
+from .errors import EXIT_USAGE, UsageError
 from .launcher_env import local_ranks
 
 BIG = 10**12  # an upper bound on counts of steps or elements that no run reaches
@@ -121,6 +121,40 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if "%(default)" in text or action.default is argparse.SUPPRESS or action.required or not action.option_strings:
             return text
         return f"{text} (default: {'none' if action.default is None else '%(default)s'})".strip()
+
+
+class ScriptParser(OneLineParser):
+    """For a script whose main() does not catch UsageError: a bad flag prints one line and exits 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"error: {message} (see --help)\n")
+
+
+def flag_type(kind, **checks):
+    """An argparse `type` for a flag outside the option tables (a script's, or one taking several
+    values): text as `kind`, then `checks` (Option's bounds, ends, rule) as for any option."""
+    option = Option("", kind, help="a script's flag", **checks)
+    parse = _flag_type(kind)
+
+    def convert(text):
+        value = parse(text)
+        problem = option.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem.strip())
+        return value
+
+    return convert
+
+
+def text_type(kind, **checks):
+    """flag_type's checks, keeping the text as written (for a flag handed on to another command)."""
+    check_text = flag_type(kind, **checks)
+
+    def convert(text):
+        check_text(text)
+        return text
+
+    return convert
 
 
 def _flag_type(kind):
@@ -303,8 +337,22 @@ def validate(cfg):
     """The schema, then what relates options to each other, the model's memory and the kernels."""
     check(TRAIN, cfg)
     shardable = [n for n in algorithms.names() if algorithms.get(n).shardable]
+    paths = {flag: getattr(cfg, flag[2:].replace("-", "_")) for flag in ("--config", "--out", "--save-model")}
+    empty = [flag for flag, path in paths.items() if path == ""]
+    folders = [f"{flag} {paths[flag]}" for flag in ("--out", "--save-model")
+               if paths[flag] and os.path.isdir(paths[flag])]
+    regression = DATASET_SHAPES[cfg.dataset][1] == 1
     relations = [
+        (not empty, f"{' and '.join(empty)} is an empty path; give a file name or leave the option out"),
+        (not folders, f"{' and '.join(folders)} is a folder; give a file name in it"),
         (not cfg.resume or cfg.out, "--resume needs the --out of the run to continue"),
+        (not (cfg.resume and cfg.overwrite), "--resume continues --out and --overwrite replaces it; pass one of them"),
+        (not cfg.out or not cfg.save_model or os.path.abspath(cfg.out) != os.path.abspath(cfg.save_model),
+         f"--save-model {cfg.save_model} is the --out file; the model would overwrite the results: choose another "
+         "path"),
+        (cfg.target_accuracy is None or not regression,
+         f"--target-accuracy needs a classification data set; {cfg.dataset} is a regression, which has no accuracy "
+         "to reach"),
         (cfg.servers == "1" or cfg.participation == 1, "--participation below 1 needs --servers 1"),
         (cfg.servers == "1" or cfg.algorithm in shardable,
          f"--servers {cfg.servers} splits the server by blocks, which {cfg.algorithm} cannot; use --servers 1 "

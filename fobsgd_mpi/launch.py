@@ -15,6 +15,7 @@ fobsgd_mpi.train flags; anything else is a command run on every rank.
 netem is not in this kernel, so there is no added propagation delay: --latency is the token
 bucket's queueing bound (tc tbf latency), not a delay.
 """
+import errno
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import sys
 import tempfile
 
 from . import native
-from .config import BOOL, INT, STR, Kind, Option, check, make_parser
+from .config import BOOL, INT, STR, Kind, Option, check, make_parser, text_type
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE
 from .jobs import job_env, mpirun_path
 
@@ -59,16 +60,22 @@ def show_rate(bps):
 
 RATE = Kind("a rate like 100mbit or 1gbit", parse_rate, numeric=True, show=show_rate)
 DURATION = Kind("a time like 50ms", parse_time, numeric=True, show=lambda s: f"{s * 1e3:g}ms")
+RATE_BOUNDS, LATENCY_BOUNDS = (1e3, 1e12), (0, 60)
 OPTIONS = (
     Option("-n", INT, None, "MPI ranks (workers + 1 for training), all on this machine", bounds=(1, 1024),
            required=True),
-    Option("--bandwidth", RATE, None, "link rate, e.g. 10mbit, 100mbit, 1gbit; none: unshaped", bounds=(1e3, 1e12)),
-    Option("--latency", DURATION, "50ms", "tbf queueing bound (no delay is added: no netem here)", bounds=(0, 60)),
+    Option("--bandwidth", RATE, None, "link rate, e.g. 10mbit, 100mbit, 1gbit; none: unshaped", bounds=RATE_BOUNDS),
+    Option("--latency", DURATION, "50ms", "tbf queueing bound (no delay is added: no netem here)", bounds=LATENCY_BOUNDS),
     Option("--topology", STR, "per-node", "a link per rank behind a switch, or one shared loopback",
            choices=("per-node", "shared")),
     Option("--model-network", BOOL, False, "no shaping: run plainly and record the alpha-beta model for --bandwidth "
                                            "beside it"),
 )
+
+
+# argparse types for scripts that hand a rate or a time on to this launcher: checked as its flags are
+rate_text = text_type(RATE, bounds=RATE_BOUNDS)
+time_text = text_type(DURATION, bounds=LATENCY_BOUNDS)
 
 
 def sh(*cmd, ns=None):
@@ -219,7 +226,11 @@ def build_parser():
 def run_job(cmd, env):
     """The job's exit status; on Ctrl-C or SIGTERM the job (whose mpirun got the Ctrl-C too) is
     asked to end its ranks, killed after 10 s, and the exception goes on to the cleanup."""
-    job = subprocess.Popen(cmd, env=env)
+    try:
+        job = subprocess.Popen(cmd, env=env)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, f"{cmd[0]} not found; install MPI (MPICH), or set MPIRUN to its "
+                                              "mpirun") from None
     try:
         return job.wait()
     except BaseException:
@@ -264,6 +275,9 @@ def main(argv=None):
         check(OPTIONS, args)
         if problem := native.forced_isa_problem():  # every rank would inherit it
             raise ValueError(problem)
+        if args.model_network and args.bandwidth is None:
+            raise ValueError("--model-network records the alpha-beta model of --bandwidth; give the rate to model, "
+                             "e.g. --bandwidth 100mbit")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -273,7 +287,7 @@ def main(argv=None):
         print("error: interrupted; the job's ranks were ended and any network namespaces removed", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (RuntimeError, OSError) as exc:  # a failed ip / tc command, or mpirun missing
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 1
 
 

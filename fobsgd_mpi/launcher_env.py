@@ -9,8 +9,10 @@ LOCAL_SIZE_ENV = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
 
 
 def rank_from_environment():
+    """This process's rank as the launcher set it (0 when none did). A variable that is not a number
+    (left over or set by hand) is passed over: the callers only decide which rank prints an error."""
     for key, _ in LAUNCHER_ENV:
-        if key in os.environ:
+        if os.environ.get(key, "").isdigit():
             return int(os.environ[key])
     return 0
 

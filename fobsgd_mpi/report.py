@@ -16,6 +16,8 @@ import h5py
 import numpy as np
 
 from .benchmarking import format_table, log_axes
+from .config import OneLineParser
+from .errors import EXIT_USAGE
 
 
 def load(path):
@@ -38,6 +40,8 @@ def link_label(profile):
     if profile == "unshaped":
         return "unshaped links"
     p = json.loads(profile)
+    if p.get("rate_bps") is None:  # --model-network without --bandwidth, before launch refused it
+        return "unshaped links"
     rate = f"{p['rate_bps'] / 1e9:g} Gbit/s" if p["rate_bps"] >= 1e9 else f"{p['rate_bps'] / 1e6:g} Mbit/s"
     return f"unshaped, alpha-beta model of {rate}" if p.get("modelled_only") else f"{rate} {p['topology']} links"
 
@@ -89,20 +93,28 @@ def plot(runs, out):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fobsgd_mpi.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m fobsgd_mpi.report", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="HDF5 files written by fobsgd_mpi.train")
     p.add_argument("--out", default=None, help="prefix of the PNG files (default: beside the first run)")
-    args = p.parse_args(argv)
-    missing = [r for r in args.runs if not os.path.exists(r)]
+    try:
+        args = p.parse_args(argv)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    missing = [r for r in args.runs if not os.path.isfile(r)]
     if missing:
         print(f"error: no such run file: {', '.join(missing)}", file=sys.stderr)
-        return 2
-    try:
-        runs = [load(r) for r in args.runs]
-    except (OSError, KeyError) as exc:
-        print(f"error: not a fobsgd_mpi run file ({exc})", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    runs = []
+    for path in args.runs:
+        try:
+            runs.append(load(path))
+        except (OSError, KeyError, ValueError) as exc:
+            why = " ".join(str(exc).split())  # HDF5's messages span lines
+            print(f"error: {path} is not a fobsgd_mpi run file ({why}); pass files written by fobsgd_mpi.train",
+                  file=sys.stderr)
+            return EXIT_USAGE
     rows = [{"algorithm": r["algorithm"], "n": r["n_workers"], "d": r["d"], "steps": r["steps"],
              "acc": r["evals"]["test_accuracy"][-1] if len(r["evals"]["step"]) else np.nan,
              "loss": r["evals"]["test_loss"][-1] if len(r["evals"]["step"]) else np.nan,
@@ -114,7 +126,12 @@ def main(argv=None):
                               ("wall", "wall [s]", "{:.1f}"), ("comm", "comm [s]", "{:.2f}"),
                               ("compute", "compute [s]", "{:.2f}")]))
     out = args.out or os.path.splitext(args.runs[0])[0]
-    for path in plot(runs, out):
+    try:
+        written = plot(runs, out)
+    except OSError as exc:
+        print(f"error: cannot write the plots {out}-*.png ({exc.strerror}); choose a writable --out", file=sys.stderr)
+        return EXIT_USAGE
+    for path in written:
         print(f"# wrote {path}")
     return 0
 

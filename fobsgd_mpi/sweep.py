@@ -22,8 +22,12 @@ import tomllib
 from importlib import resources
 
 from . import train
+from .config import INT, OneLineParser, flag_type
+from .errors import EXIT_USAGE
 
 TEMPLATES = {"slurm": "slurm_sweep.sbatch.in", "pbs": "pbs_sweep.pbs.in"}
+SPEC_TYPES = {"name": (str, "a string"), "ranks": (int, "an integer"), "time": (str, 'a string like "01:00:00"'),
+              "grid": (dict, "a table of lists"), "fixed": (dict, "a table of single values")}
 
 
 def flag(key, value):
@@ -35,14 +39,39 @@ def flag(key, value):
     return [name, str(value)]
 
 
-def expand(grid_file, out_dir):
+def read_grid(grid_file):
+    """The grid file's tables and values, each of its type; ValueError naming the first that is not."""
+    try:
+        with open(grid_file, "rb") as f:
+            spec = tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"this file is not valid TOML: {exc}") from None
+    unknown = sorted(spec.keys() - SPEC_TYPES.keys())
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(unknown)}; a grid file has {', '.join(SPEC_TYPES)}")
+    for key, (kind, what) in SPEC_TYPES.items():
+        if key in spec and type(spec[key]) is not kind:
+            raise ValueError(f"{key} must be {what}, got {spec[key]!r}")
+    if "/" in spec.get("name", ""):
+        raise ValueError(f"name names a folder and a job, so it cannot hold a /: got {spec['name']!r}")
+    if spec.get("ranks", 2) < 2:
+        raise ValueError(f"ranks must be >= 2 (a server and a worker), got {spec['ranks']}")
+    return spec
+
+
+def expand(spec, out_dir):
     """Tasks as (grid values, train argv) after checking each against the training CLI."""
-    with open(grid_file, "rb") as f:
-        spec = tomllib.load(f)
     grid, fixed = spec.get("grid", {}), spec.get("fixed", {})
     bad = [k for k, v in grid.items() if not isinstance(v, list) or not v]
     if bad:
         raise ValueError(f"[grid] values must be non-empty lists: {', '.join(bad)}")
+    listed = [k for k, v in fixed.items() if isinstance(v, (list, dict))]
+    if listed:
+        raise ValueError(f"[fixed] values must be single values (lists go in [grid]): {', '.join(listed)}")
     if "out" in grid or "out" in fixed:
         raise ValueError("leave out `out`: each task gets its own file under the sweep folder")
     keys = list(grid)
@@ -67,35 +96,21 @@ def render(template, values):
     return text
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fobsgd_mpi.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = OneLineParser(prog="python -m fobsgd_mpi.sweep", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("grid")
     p.add_argument("--scheduler", choices=sorted(TEMPLATES), default="slurm")
-    p.add_argument("--ranks-per-node", type=int, default=1,
+    p.add_argument("--ranks-per-node", type=flag_type(INT, bounds=(1, 2**20)), default=1,
                    help="MPI ranks on one node (default 1: every rank has its own node and link)")
     p.add_argument("--out-dir", default=None)
-    args = p.parse_args(argv)
-    if args.ranks_per_node < 1:
-        print(f"error: --ranks-per-node must be >= 1, got {args.ranks_per_node}", file=sys.stderr)
-        return 2
-    try:
-        with open(args.grid, "rb") as f:
-            name = tomllib.load(f).get("name", "sweep")
-        out_dir = os.path.abspath(args.out_dir or os.path.join("results", f"sweep-{name}"))
-        spec, keys, tasks = expand(args.grid, out_dir)
-        ranks = int(spec.get("ranks", 9))
-        if ranks < 2:
-            raise ValueError(f"ranks must be >= 2 (a server and a worker), got {ranks}")
-    except FileNotFoundError:
-        print(f"error: no grid file {args.grid}", file=sys.stderr)
-        return 2
-    except tomllib.TOMLDecodeError as exc:
-        print(f"error: {args.grid} is not valid TOML: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"error: {args.grid}: {exc}", file=sys.stderr)
-        return 2
+    return p
+
+
+def write_sweep(args, spec, keys, tasks, out_dir):
+    """jobs.txt, index.csv and the job script in out_dir; returns the script's path."""
+    name = spec.get("name", "sweep")
+    ranks = spec.get("ranks", 9)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "jobs.txt"), "w") as f:
         f.writelines(shlex.join(a) + "\n" for _, a, _ in tasks)
@@ -111,6 +126,28 @@ def main(argv=None):
             "TIME": spec.get("time", "01:00:00"), "OUT_DIR": out_dir, "WORKDIR": os.getcwd(),
             "PYTHON": sys.executable}))
     os.chmod(script, 0o755)
+    return script
+
+
+def main(argv=None):
+    try:
+        args = build_parser().parse_args(argv)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        spec = read_grid(args.grid)
+        out_dir = os.path.abspath(args.out_dir or os.path.join("results", f"sweep-{spec.get('name', 'sweep')}"))
+        spec, keys, tasks = expand(spec, out_dir)
+    except ValueError as exc:
+        print(f"error: {args.grid}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        script = write_sweep(args, spec, keys, tasks, out_dir)
+    except OSError as exc:
+        print(f"error: cannot write the sweep in {out_dir} ({exc.strerror}: {exc.filename}); choose a writable "
+              "--out-dir", file=sys.stderr)
+        return EXIT_USAGE
     submit = "sbatch" if args.scheduler == "slurm" else "qsub"
     print(f"# {len(tasks)} tasks -> {out_dir}/jobs.txt, index.csv; submit with: {submit} {script}")
     return 0
