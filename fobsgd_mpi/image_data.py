@@ -156,7 +156,8 @@ def open_split(cfg, split):
         return load_image_folder(cfg.data_dir, split, cfg.image_size)
     if name in CIFAR:
         return load_cifar(name, cfg.data_dir, split)
-    return open_factory(name)[split == "test"]
+    train, test = open_factory(name)
+    return test if split == "test" else train
 
 
 def open_factory(spec):

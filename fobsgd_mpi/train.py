@@ -211,6 +211,7 @@ def run(cfg, comm):
                 checkpoint_now = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
                 if evaluate_now:
                     evaluated = active.evaluated_params(model.params, step)
+                    models.average_buffers(comm, model.module, ps.workers)
                     if rank == 0:
                         tl, ta = evaluate_at(model, evaluated, work, loss_fn)
                         last_eval = {"test_loss": tl, "test_accuracy": ta}

@@ -17,7 +17,9 @@ def test_torchvision_resnet18_trains_on_an_image_folder_and_saves_the_model(tmp_
     assert summary["steps"] == 3 and 0 <= summary["final_test_accuracy"] <= 1
     module = models.build("torchvision:resnet18", (3, 8, 8), 2)
     assert module.conv1.kernel_size == (3, 3)  # the CIFAR stem for small inputs
-    module.load_state_dict(torch.load(saved))
+    state = torch.load(saved)
+    assert not torch.equal(state["bn1.running_var"], torch.ones(64))  # the workers' batch-norm statistics
+    module.load_state_dict(state)
     assert module.eval()(torch.zeros(1, 3, 8, 8)).shape == (1, 2)
 
 
