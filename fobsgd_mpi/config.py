@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from . import algorithms, data, models
+from . import algorithms, models, workload
 from .errors import EXIT_USAGE, UsageError
 from .launcher_env import local_ranks
 
@@ -239,8 +239,21 @@ TRAIN = (
     Option("--config", STR, None, "TOML file of options (keys as the long flags, with - or _); flags override it"),
     Option("--algorithm", STR, "fo-sgd", "what compresses and exchanges the gradients",
            choices=tuple(algorithms.names())),
-    Option("--dataset", STR, "mnist1d", "training and test data (none need a download)", choices=data.DATASETS),
-    Option("--model", STR, "mlp", "network trained on the data set", choices=models.MODELS),
+    Option("--dataset", STR, "mnist1d", f"training and test data, one of {workload.DATASET_FORMS} (nothing "
+                                        "downloads: cifar10/100 read the python batches in --data-dir, imagefolder its "
+                                        "train/ and val/ class folders; npz:PATH holds x_train, y_train, x_test, y_test; "
+                                        "a factory returns (train, test) torch Datasets)",
+           rule=workload.check_dataset_name),
+    Option("--model", STR, "mlp", f"network trained on the data set, one of {models.MODEL_FORMS} (torchvision "
+                                  "ResNets on inputs <= 64 px use the CIFAR stem: 3x3 stride-1 conv1, no max-pool; "
+                                  "a factory gets (input_shape, n_classes) and returns an nn.Module)",
+           rule=models.check_name),
+    Option("--data-dir", STR, None, "folder of --dataset cifar10, cifar100 or imagefolder"),
+    Option("--image-size", INT, 32, "side in pixels of synthetic-images, and of imagefolder images (resized and "
+                                    "center-cropped)", bounds=(8, 4096)),
+    Option("--image-classes", INT, 10, "classes of synthetic-images", bounds=(2, 10**6)),
+    Option("--loader-workers", INT, 0, "DataLoader processes reading each worker's image batches (0: the worker "
+                                       "itself)", bounds=(0, 256)),
     Option("--width", INT, 256, "hidden width (wide-mlp: 2048 gives d of about 12.7M)", bounds=(1, 2**20)),
     Option("--partition", STR, "iid", "how the training set is split over the workers", choices=("iid", "dirichlet")),
     Option("--alpha", FLOAT, 0.5, "Dirichlet concentration for --partition dirichlet", bounds=(1e-3, 1e6)),
@@ -390,7 +403,8 @@ def available_memory():
 def check_memory(cfg, copies):
     """Refuse a model whose `copies` float32 vectors on every rank of this node exceed the memory
     available, before anything is allocated."""
-    d = models.parameter_count(cfg.model, *DATASET_SHAPES[cfg.dataset], cfg.width)
+    shape, outputs = DATASET_SHAPES[cfg.dataset] if cfg.dataset in DATASET_SHAPES else workload.shape_of(cfg)
+    d = models.parameter_count(cfg.model, shape, outputs, cfg.width)
     ranks = local_ranks()
     need, have = 4 * d * copies * ranks, available_memory()
     if need > have:

@@ -1,12 +1,43 @@
-"""Models whose parameters live in one flat float32 array (the vector the algorithms exchange)."""
+"""Models whose parameters live in one flat float32 array (the vector the algorithms exchange).
+
+A model is named by one of the built-ins (MODELS), by `torchvision:NAME` (any torchvision
+classification model; ResNets on inputs of at most 64 px get the CIFAR recipe: a 3x3 stride-1
+first conv and no max-pool), by `timm:NAME` (when timm is installed) or by `package.module:factory`,
+a callable taking (input_shape, n_classes) and returning a torch.nn.Module.
+"""
+import importlib
+import importlib.util
+
 import numpy as np
 import torch
 
 MODELS = ("logreg", "mlp", "cnn1d", "wide-mlp")
+MODEL_FORMS = f"{', '.join(MODELS)}, torchvision:NAME, timm:NAME or package.module:factory"
+SMALL_INPUT = 64  # torchvision ResNets on inputs up to this many pixels a side use the CIFAR stem
 
 
-def build(name, n_features, n_outputs, width=256, seed=0):
+def build(name, input_shape, n_outputs, width=256, seed=0):
+    """The model `name` for inputs of `input_shape` (without the batch axis; an int n means (n,))
+    and `n_outputs` classes or regression targets, its initial weights drawn from `seed`."""
     torch.manual_seed(seed)
+    input_shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    if name.startswith("torchvision:"):
+        return _torchvision_model(name.split(":", 1)[1], input_shape, n_outputs)
+    if name.startswith("timm:"):
+        import timm
+
+        return timm.create_model(name.split(":", 1)[1], pretrained=False, num_classes=n_outputs,
+                                 in_chans=input_shape[0])
+    if ":" in name:
+        module = find_factory(name)(input_shape, n_outputs)
+        if not isinstance(module, torch.nn.Module):
+            raise ValueError(f"--model {name} returned a {type(module).__name__}, not a torch.nn.Module")
+        return module
+    module = _builtin(name, int(np.prod(input_shape)), n_outputs, width)
+    return torch.nn.Sequential(torch.nn.Flatten(), module) if len(input_shape) > 1 else module
+
+
+def _builtin(name, n_features, n_outputs, width):
     nn = torch.nn
     if name == "logreg":
         return nn.Linear(n_features, n_outputs)
@@ -23,13 +54,73 @@ def build(name, n_features, n_outputs, width=256, seed=0):
                              nn.Conv1d(channels, channels, 5, padding=2, stride=2), nn.ReLU(),
                              nn.Conv1d(channels, channels, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(),
                              nn.Linear(channels * ((n_features + 3) // 4), n_outputs))
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    raise ValueError(f"unknown model {name!r}; choose one of {MODEL_FORMS}")
 
 
-def parameter_count(name, n_features, n_outputs, width=256):
+def _torchvision_model(name, input_shape, n_outputs):
+    import torchvision
+
+    if len(input_shape) != 3:
+        raise ValueError(f"torchvision:{name} needs images (channels, height, width), but the data set's "
+                         f"inputs have shape {input_shape}; choose an image data set or a built-in model")
+    model = torchvision.models.get_model(name, weights=None, num_classes=n_outputs)
+    channels, height, width = input_shape
+    nn = torch.nn
+    if isinstance(model, torchvision.models.ResNet) and max(height, width) <= SMALL_INPUT:
+        model.conv1 = nn.Conv2d(channels, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+        return model
+    path, conv = next((path, m) for path, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    if conv.in_channels != channels:
+        parent, _, attr = path.rpartition(".")
+        setattr(model.get_submodule(parent), attr, nn.Conv2d(
+            channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
+            conv.bias is not None, conv.padding_mode))
+    return model
+
+
+def find_factory(spec):
+    """The callable named by "package.module:attribute"; ValueError saying what is wrong."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} from {spec!r} ({exc}); check the name and PYTHONPATH") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"names no callable {attr!r} in {module_name} (from {spec!r})")
+    return factory
+
+
+def check_name(name):
+    """ValueError unless `name` names a model build can make (the rule of --model)."""
+    if name in MODELS:
+        return
+    kind, _, rest = name.partition(":")
+    if kind == "torchvision" and rest:
+        import torchvision
+
+        known = torchvision.models.list_models(module=torchvision.models)
+        if rest not in known:
+            raise ValueError(f"names no torchvision classification model ({rest!r}); e.g. "
+                             "torchvision:resnet18, see torchvision.models.list_models()")
+    elif kind == "timm" and rest:
+        if importlib.util.find_spec("timm") is None:
+            raise ValueError(f"{name} needs timm, which is not installed (pip install timm)")
+        import timm
+
+        if not timm.is_model(rest):
+            raise ValueError(f"names no timm model ({rest!r}); see timm.list_models()")
+    elif rest and kind and all(part.isidentifier() for part in kind.split(".")) and rest.isidentifier():
+        find_factory(name)
+    else:
+        raise ValueError(f"must be one of {MODEL_FORMS}, got {name!r}")
+
+
+def parameter_count(name, input_shape, n_outputs, width=256):
     """d of the model `build` makes, counted on torch's meta device (nothing is allocated)."""
     with torch.device("meta"):
-        return sum(p.numel() for p in build(name, n_features, n_outputs, width).parameters())
+        return sum(p.numel() for p in build(name, input_shape, n_outputs, width).parameters())
 
 
 class FlatModel:
@@ -55,10 +146,10 @@ class FlatModel:
             off += n
 
     def gradient(self, x, y, loss_fn):
-        """Fills self.grads with the minibatch gradient; returns the loss."""
+        """Fills self.grads with the gradient of the minibatch (numpy arrays or tensors); returns the loss."""
         self.grads[:] = 0
         self.module.train()
-        loss = loss_fn(self.module(torch.from_numpy(x)), torch.from_numpy(y))
+        loss = loss_fn(self.module(torch.as_tensor(x)), torch.as_tensor(y))
         loss.backward()
         return float(loss.detach())
 
@@ -79,6 +170,44 @@ def evaluate(module, x, y, loss_fn, classes):
     loss = float(loss_fn(out, torch.from_numpy(y)))
     acc = float((out.argmax(1).numpy() == y).mean()) if classes else float("nan")
     return loss, acc
+
+
+@torch.no_grad()
+def evaluate_dataset(module, dataset, loss_fn, batch_size=256, loader_workers=0):
+    """(loss, accuracy) of classifier `module` on a torch Dataset of (input, label) pairs, batch by
+    batch in eval mode, its mode restored after."""
+    training = module.training
+    module.eval()
+    loss_sum, correct = 0.0, 0
+    try:
+        for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=loader_workers):
+            out = module(x)
+            loss_sum += float(loss_fn(out, y, reduction="sum"))
+            correct += int((out.argmax(1) == y).sum())
+    finally:
+        module.train(training)
+    return loss_sum / len(dataset), correct / len(dataset)
+
+
+def average_buffers(comm, module, workers, root=0):
+    """Collective: `root`'s floating-point buffers (batch-norm running statistics) become the mean
+    of the workers' own. Only a rank that computes gradients runs the training forward passes that
+    move them, so a server that evaluates or saves the model needs the workers' statistics."""
+    from mpi4py import MPI
+
+    buffers = [b for b in module.buffers() if b.dtype.is_floating_point]
+    if not buffers:
+        return
+    mine = torch.cat([b.detach().reshape(-1) for b in buffers]).double().numpy()
+    if comm.Get_rank() not in workers:
+        mine[:] = 0
+    total = np.empty_like(mine)
+    comm.Reduce(mine, total, op=MPI.SUM, root=root)
+    if comm.Get_rank() == root:
+        mean, off = torch.from_numpy(total / len(workers)), 0
+        for b in buffers:
+            b.copy_(mean[off : off + b.numel()].view_as(b))
+            off += b.numel()
 
 
 def loss_for(n_classes):

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from . import algorithms, data, models
+from . import algorithms, models, workload
 from .config import parse_config, slow_ranks
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, JobError, UsageError
 from .launcher_env import rank_from_environment
@@ -100,23 +100,22 @@ def run(cfg, comm):
 
     ps = transport.ParameterServer(comm, cfg.server_also_works)
     rank, n = ps.rank, ps.n_workers
-    ds, n_train = data.distribute(comm, cfg.dataset, cfg.seed, ps.workers, cfg.partition, cfg.alpha)
-    n_out = ds.n_classes or ds.y_train.shape[1]
-    model = models.FlatModel(models.build(cfg.model, ds.n_features, n_out, cfg.width, cfg.seed),
+    work = workload.distribute(comm, cfg, ps.workers)
+    model = models.FlatModel(models.build(cfg.model, work.input_shape, work.n_outputs, cfg.width, cfg.seed),
                              cfg.min_compress_numel)
-    loss_fn = models.loss_for(ds.n_classes)
+    loss_fn = models.loss_for(work.n_classes)
     d = model.d
 
     sampler = None
     if ps.is_worker:
-        sampler = data.BatchSampler(ds.x_train, ds.y_train, cfg.batch_size, seed=(cfg.seed, ps.workers.index(rank)))
+        sampler = work.sampler(cfg.batch_size, seed=(cfg.seed, ps.workers.index(rank)))
     slow = slow_ranks(cfg.slow_ranks)
     unknown = sorted(set(slow) - set(ps.workers))
     if unknown:
         raise UsageError(f"--slow-ranks names rank(s) {unknown}, which are not workers (workers: "
                        f"{ps.workers[0]}..{ps.workers[-1]})")
     samples_per_step = max(1, round(cfg.participation * n)) * cfg.batch_size
-    total = cfg.steps or max(1, int(round(cfg.epochs * n_train / samples_per_step)))
+    total = cfg.steps or max(1, int(round(cfg.epochs * work.n_train / samples_per_step)))
 
     network = NetworkModel.from_environment()
     algo = build_algorithm(cfg.algorithm, ps, model, cfg)
@@ -212,8 +211,9 @@ def run(cfg, comm):
                 checkpoint_now = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
                 if evaluate_now:
                     evaluated = active.evaluated_params(model.params, step)
+                    models.average_buffers(comm, model.module, ps.workers)
                     if rank == 0:
-                        tl, ta = evaluate_at(model, evaluated, ds, loss_fn)
+                        tl, ta = evaluate_at(model, evaluated, work, loss_fn)
                         last_eval = {"test_loss": tl, "test_accuracy": ta}
                         writer.append("evals", {"step": step, **last_eval, "bytes_up_total": totals["bytes_up"],
                                                 "wall_s": time.perf_counter() - start})
@@ -290,14 +290,14 @@ def flush_results(comm, writer):
         raise JobError(problem)
 
 
-def evaluate_at(model, params, ds, loss_fn):
+def evaluate_at(model, params, work, loss_fn):
     """Test loss and accuracy of the model at `params` (the model's own parameters are restored)."""
     if params is model.params:
-        return model.evaluate(ds.x_test, ds.y_test, loss_fn, ds.n_classes)
+        return work.evaluate(model.module, loss_fn)
     own = model.params.copy()
     model.params[:] = params
     try:
-        return model.evaluate(ds.x_test, ds.y_test, loss_fn, ds.n_classes)
+        return work.evaluate(model.module, loss_fn)
     finally:
         model.params[:] = own
 
