@@ -309,6 +309,8 @@ def parse_config(argv):
 def validate(cfg):
     """The schema, then what relates options to each other, the model's memory and the kernels."""
     check(TRAIN, cfg)
+    if cfg.nesterov and not (cfg.optimizer == "sgd" and cfg.momentum > 0):
+        raise UsageError("--nesterov needs --optimizer sgd and --momentum above 0")
     check_relations(cfg)
     check_memory(cfg, TRAIN_COPIES)
     from . import native
@@ -332,10 +334,11 @@ def api_config(**options):
     unknown = sorted(set(options) - set(API_OPTIONS))
     if unknown:
         raise UsageError(f"unknown option(s) {', '.join(unknown)}; the API takes {', '.join(API_OPTIONS)}")
-    cfg = argparse.Namespace(**{o.dest: o.default for o in TRAIN})
+    taken = tuple(o for o in TRAIN if o.dest in API_OPTIONS)
+    cfg = argparse.Namespace(**{o.dest: o.default for o in taken})
     for name, value in options.items():
         setattr(cfg, name, str(value) if name == "servers" else value)
-    check(TRAIN, cfg)
+    check(taken, cfg)
     check_relations(cfg)
     return cfg
 
@@ -345,8 +348,6 @@ def check_relations(cfg):
     shardable = [n for n in algorithms.names() if algorithms.get(n).shardable]
     relations = [
         (not cfg.resume or cfg.out, "--resume needs the --out of the run to continue"),
-        (not cfg.nesterov or (cfg.optimizer == "sgd" and cfg.momentum > 0),
-         "--nesterov needs --optimizer sgd and --momentum above 0"),
         (cfg.servers == "1" or cfg.participation == 1, "--participation below 1 needs --servers 1"),
         (cfg.servers == "1" or cfg.algorithm in shardable,
          f"--servers {cfg.servers} splits the server by blocks, which {cfg.algorithm} cannot; use --servers 1 "

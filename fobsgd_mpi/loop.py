@@ -148,6 +148,7 @@ class Trainer:
                  extra_state=None):
         self.cfg, self.ps, self.comm, self.model = cfg, ps, ps.comm, model
         self.optimizer, self.scheduler, self.interrupted = optimizer, scheduler, interrupted
+        self.optimizer_step = optimizer.step  # the torch step itself, even once the API replaces optimizer.step
         self.total, self.eval_every, self.extra_state = total, eval_every, extra_state
         options = AlgorithmOptions.from_config(cfg, stateful_optimizer=optim.has_state(optimizer))
         self.algo = build_algorithm(cfg.algorithm, ps, model, options)
@@ -163,7 +164,9 @@ class Trainer:
         self.done, elapsed = 0, 0.0  # done: steps 0..done-1 have run
         self.totals = {"bytes_up": 0, "bytes_down": 0, "skipped": 0}
         self.buffer_bytes = 0  # buffer averages not yet counted in a row
+        self.buffers_averaged_at = None  # the value of `done` at the last buffer average
         self.train_loss = float("nan")  # the last step's mean over its workers
+        self.metrics = {}  # logged on this rank since the last round
         self.last_eval = {"test_loss": float("nan"), "test_accuracy": float("nan")}
         if cfg.resume:
             elapsed = self.resume()
@@ -201,12 +204,14 @@ class Trainer:
         return self.ps.is_worker and self.rank in self.active_workers()
 
     # ---------------------------------------------------------------- the collective rounds
-    def agree(self, action, loss=None):
-        """Collective: every rank's action, gradient health, Ctrl-C and loss. Returns (the workers'
-        action, the ranks with a NaN/Inf gradient, the mean loss of this round's workers)."""
-        works = loss is not None and self.works()
-        bad = works and not (np.isfinite(loss) and np.isfinite(self.model.grads).all())
-        mine = np.array([action, bad, self.interrupted.is_set(), loss if works and not bad else 0.0])
+    def agree(self, action, gradient=False, loss=None):
+        """Collective: every rank's action, gradient health, Ctrl-C, loss and logged metrics. Returns
+        (the workers' action, the ranks with a NaN/Inf gradient or loss, the mean loss of this round's
+        workers that gave one, else NaN). `gradient`: this rank computed one; `loss`: None if unknown."""
+        works = gradient and self.works()
+        bad = works and not (np.isfinite(self.model.grads).all() and (loss is None or np.isfinite(loss)))
+        counted = works and not bad and loss is not None
+        mine = np.array([action, bad, self.interrupted.is_set(), loss if counted else 0.0, counted, bool(self.metrics)])
         states = np.empty((self.comm.Get_size(), len(mine)))
         self.comm.Allgather(mine, states)
         if states[:, 2].any():  # every rank leaves here, after the same step
@@ -215,12 +220,16 @@ class Trainer:
         if len(actions) != 1:
             raise JobError(f"the workers disagree at step {self.done} (some step, some end the run or average the "
                            "buffers): every worker must make the same calls in the same order")
-        return actions.pop(), np.flatnonzero(states[:, 1]).tolist(), states[:, 3].sum() / len(self.active_workers())
+        logged = np.flatnonzero(states[:, 5]).tolist()
+        if logged:
+            self.collect_metrics(logged)
+        losses = states[:, 4].sum()
+        return actions.pop(), np.flatnonzero(states[:, 1]).tolist(), states[:, 3].sum() / losses if losses else float("nan")
 
-    def step(self, loss=None, compute_s=0.0):
-        """Collective: one iteration from the gradient in model.grads (`loss` None: this rank
-        computed none). `compute_s`: the seconds the gradient took, for the record."""
-        _, bad_ranks, train_loss = self.agree(STEP, loss)
+    def step(self, gradient, loss=None, compute_s=0.0):
+        """Collective: one iteration from the gradient in model.grads (`gradient` False: this rank
+        computed none; `loss` None: not known). `compute_s`: the seconds it took, for the record."""
+        _, bad_ranks, train_loss = self.agree(STEP, gradient, loss)
         self.apply(bad_ranks, train_loss, compute_s)
 
     def serve(self):
@@ -240,6 +249,25 @@ class Trainer:
         if action == AVERAGE_BUFFERS:
             self.buffer_bytes += self.average_buffers()
 
+    def log(self, metrics):
+        """Metrics (name: number) this rank logs; rank 0 records them at the next collective round."""
+        self.metrics.update({name: float(value) for name, value in metrics.items()})
+
+    def collect_metrics(self, ranks):
+        """Collective: the `ranks` that logged send their metrics to rank 0, which records them (a
+        test_accuracy, with test_loss if given, is also an evaluation)."""
+        for r in ranks:
+            if self.rank == r != 0:
+                self.comm.send(self.metrics, dest=0)
+            if self.rank == 0:
+                metrics = self.metrics if r == 0 else self.comm.recv(source=r)
+                for name, value in metrics.items():
+                    self.writer.append_metric(name, self.done - 1, r, value)
+                if "test_accuracy" in metrics:
+                    self.record_eval(metrics.get("test_loss", float("nan")), metrics["test_accuracy"])
+        self.metrics = {}
+        self.flush()
+
     def apply(self, bad_ranks, train_loss, compute_s):
         cfg, ps, comm, step, timer = self.cfg, self.ps, self.comm, self.done, self.timer
         if bad_ranks and cfg.on_nonfinite == "stop":
@@ -256,7 +284,7 @@ class Trainer:
             direction = active.exchange(self.model.grads, step, timer, active_workers)
             with timer("optimizer"):
                 self.model.grads[:] = direction  # the parameters' .grad are views of model.grads
-                self.optimizer.step()
+                self.optimizer_step()
             active.after_step(self.model.params, step)
             if self.buffers and self.eval_every and ((step + 1) % self.eval_every == 0 or step + 1 == self.total):
                 self.buffer_bytes += self.average_buffers()
@@ -294,6 +322,7 @@ class Trainer:
         MPI each way."""
         if not self.buffers:
             return 0
+        self.buffers_averaged_at = self.done
         flat = np.concatenate([b.detach().reshape(-1).numpy() for b in self.buffers]).astype(np.float32)
         if not self.ps.is_worker:
             flat[:] = 0
@@ -306,6 +335,10 @@ class Trainer:
             b.copy_(torch.from_numpy(total[offset : offset + b.numel()]).view_as(b))
             offset += b.numel()
         return flat.nbytes
+
+    def buffers_stale(self):
+        """Whether steps have run since the buffers were last averaged (the same on every rank)."""
+        return bool(self.buffers) and self.buffers_averaged_at != self.done
 
     def wall_s(self):
         return time.perf_counter() - self.start
@@ -360,7 +393,7 @@ class Trainer:
             self.totals["bytes_down"] += finish[1]
         finally:
             if self.writer is not None:
-                self.writer.close(final_params=None if status in ("failed", "interrupted") else self.model.params,
+                self.writer.close(final_params=None if status == "failed" else self.model.params,
                                   status=status, steps_done=self.done, skipped_steps=self.totals["skipped"],
                                   finish_bytes_up=finish[0], finish_bytes_down=finish[1])
                 self.writer = None
@@ -409,13 +442,19 @@ class Workload:
         self.model, self.sampler, self.gradient, self.evaluate, self.n_train = model, sampler, gradient, evaluate, n_train
 
 
+def flatten(module, min_compress_numel):
+    """`module` with its parameters and gradients turned into views of two flat float32 arrays
+    (models.FlatModel): the vector the algorithms exchange."""
+    from . import models
+    return models.FlatModel(module, min_compress_numel)
+
+
 def open_workload(cfg, ps):
     """The run's model and data: every call into data.py and models.py is here."""
     from . import data, models
     ds, n_train = data.distribute(ps.comm, cfg.dataset, cfg.seed, ps.workers, cfg.partition, cfg.alpha)
     n_out = ds.n_classes or ds.y_train.shape[1]
-    model = models.FlatModel(models.build(cfg.model, ds.n_features, n_out, cfg.width, cfg.seed),
-                             cfg.min_compress_numel)
+    model = flatten(models.build(cfg.model, ds.n_features, n_out, cfg.width, cfg.seed), cfg.min_compress_numel)
     loss_fn = models.loss_for(ds.n_classes)
     sampler = None
     if ps.is_worker:
@@ -471,7 +510,7 @@ def _run(cfg, ps, interrupted):
                 if rank in slow:  # a straggler: its compute takes `factor` times as long
                     time.sleep((slow[rank] - 1) * (time.perf_counter() - t0))
                 compute_s = time.perf_counter() - t0
-            trainer.step(loss, compute_s)
+            trainer.step(loss is not None, loss, compute_s)
             done = trainer.done
             if progress is not None:
                 progress.update(done, trainer.train_loss, trainer.last_eval["test_accuracy"],
@@ -485,7 +524,7 @@ def _run(cfg, ps, interrupted):
                     total = done
                     break
         status = "complete" if trainer.done == total else "stopped"  # stopped: a --stop-at pause
-        if status == "stopped":  # the buffers the saved model and record carry, as after an evaluation
+        if trainer.buffers_stale():  # the saved model's buffers are averaged, as at an evaluation
             trainer.buffer_bytes += trainer.average_buffers()
     except KeyboardInterrupt:
         status = "interrupted"
@@ -509,14 +548,14 @@ def _run(cfg, ps, interrupted):
 
 
 # ---------------------------------------------------------------- the results file
-def output_problem(cfg):
+def output_problem(cfg, save_model=None):
     """Why the results file or the saved model cannot be written where asked, or None (any rank,
     before MPI starts)."""
     if cfg.out and cfg.resume and not os.path.exists(cfg.out):
         return f"--resume: {cfg.out} does not exist, so there is no run to continue; drop --resume to start one"
     if cfg.out and os.path.exists(cfg.out) and not (cfg.overwrite or cfg.resume):
         return f"{cfg.out} exists; pass --overwrite or choose another --out"
-    for flag, path in (("--out", cfg.out), ("--save-model", cfg.save_model)):
+    for flag, path in (("--out", cfg.out), ("--save-model", save_model)):
         if path:
             folder = os.path.dirname(os.path.abspath(path))
             try:

@@ -32,7 +32,7 @@ def main(argv=None):
         if rank_from_environment() == 0:
             print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    problem = output_problem(cfg)
+    problem = output_problem(cfg, cfg.save_model)
     if problem:
         if rank_from_environment() == 0:
             print(f"error: {problem}", file=sys.stderr)
