@@ -30,15 +30,16 @@ from fobsgd_mpi.netmodel import NetworkModel
 def rank_program(args):
     """One job (one algorithm, one server count): time `args.reps` exchanges on every rank; rank
     0 writes the result to args.rank_out."""
-    from fobsgd_mpi import algorithms, train
+    from fobsgd_mpi import algorithms, config
+    from fobsgd_mpi.algorithms.options import AlgorithmOptions
     from fobsgd_mpi.transport import ParameterServer, mpi
 
     MPI = mpi()
     comm = MPI.COMM_WORLD
     (algorithm,), (servers,) = args.algorithms, args.servers
-    cfg = train.parse_config(["--algorithm", algorithm, "--servers", servers, "--block-size", str(args.block_size)])
+    cfg = config.parse_config(["--algorithm", algorithm, "--servers", servers, "--block-size", str(args.block_size)])
     ps = ParameterServer(comm, server_works=True)
-    alg = algorithms.get(algorithm)(ps, args.d, cfg)
+    alg = algorithms.get(algorithm)(ps, args.d, AlgorithmOptions.from_config(cfg, stateful_optimizer=True))
     alg.encode_up(np.random.default_rng(ps.rank).standard_normal(args.d).astype(np.float32), 0)
     times = []
     for _ in range(args.warmup + args.reps):

@@ -83,3 +83,49 @@ def mismatch(saved, current):
     """The options (dicts as the checkpoints' "run") that differ and may not: sorted names."""
     return sorted(k for k in saved.keys() | current.keys()
                   if k not in MAY_CHANGE_ON_RESUME and saved.get(k) != current.get(k))
+
+
+def save_all(comm, out, step, arrays, meta):
+    """Collective: every rank writes its checkpoint of `step`, and only if all succeeded do they
+    replace the last one; JobError (the previous checkpoint intact) if any rank could not."""
+    from .errors import JobError
+    rank = comm.Get_rank()
+    try:
+        write(out, rank, arrays, meta)
+        problem = None
+    except OSError as exc:
+        problem = f"rank {rank}: {exc.strerror or exc}"
+    problems = [p for p in comm.allgather(problem) if p]
+    if problems:
+        discard(out, rank)
+        raise JobError(f"cannot write the checkpoint of step {step} in {directory(out)} "
+                       f"({'; '.join(problems)}); the previous checkpoint is intact: free space, then --resume")
+    commit(out, rank)
+    comm.Barrier()
+
+
+def load_all(comm, out, d):
+    """Collective: (arrays, meta) of this rank's checkpoint, after checking that every rank has one of
+    the same step for a model of `d` parameters; JobError naming the first problem."""
+    from .errors import JobError
+    rank = comm.Get_rank()
+    arrays, meta, problem = {}, {"step": None}, None
+    try:
+        arrays, meta = load(out, rank)
+        if arrays["params"].shape != (d,):
+            problem = f"rank {rank}'s checkpoint holds {arrays['params'].size} parameters, this model {d}"
+    except (OSError, ValueError) as exc:
+        problem = str(exc)
+    problems = [p for p in comm.allgather(problem) if p]
+    if problems:
+        raise JobError(f"cannot resume: {problems[0]}")
+    steps = comm.allgather(meta["step"])
+    if len(set(steps)) != 1:
+        raise JobError(f"checkpoints of different steps {steps} in {directory(out)}; "
+                       "a checkpoint write was interrupted - restart without --resume")
+    return arrays, meta
+
+
+def prefixed(arrays, prefix):
+    """The arrays whose names start with `prefix.`, without it."""
+    return {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix + ".")}

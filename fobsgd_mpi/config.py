@@ -16,6 +16,7 @@ from typing import Callable
 from . import algorithms, models, workload
 from .errors import EXIT_USAGE, UsageError
 from .launcher_env import local_ranks
+from .optim import OPTIMIZERS, SCHEDULES
 
 BIG = 10**12  # an upper bound on counts of steps or elements that no run reaches
 SEED_MAX = 2**32 - 1  # numpy's SeedSequence, torch.manual_seed and the native streams all take it
@@ -234,7 +235,6 @@ def _servers_rule(value):
         raise ValueError(f"must be a number of ranks >= 1 or all, got {value}")
 
 
-SCHEDULES = ("constant", "cosine", "step")
 TRAIN = (
     Option("--config", STR, None, "TOML file of options (keys as the long flags, with - or _); flags override it"),
     Option("--algorithm", STR, "fo-sgd", "what compresses and exchanges the gradients",
@@ -260,9 +260,16 @@ TRAIN = (
     Option("--batch-size", INT, 32, "per worker", bounds=(1, 2**24)),
     Option("--lr", FLOAT, None, "learning rate; none: the algorithm's own, e.g. 0.05 for sgd, 0.02 for fo-sgd whose "
                                 "one-bit directions are far noisier", bounds=(0, 1e4), ends="(]"),
-    Option("--momentum", FLOAT, 0.9, "heavy-ball momentum of the SGD step", bounds=(0, 1), ends="[)"),
+    Option("--momentum", FLOAT, 0.9, "heavy-ball momentum of --optimizer sgd", bounds=(0, 1), ends="[)"),
     Option("--weight-decay", FLOAT, 0.0, "L2 penalty added to the direction", bounds=(0, 1e3)),
     Option("--lr-schedule", STR, "cosine", "learning rate over the run (step: x0.1 at each third)", choices=SCHEDULES),
+    Option("--optimizer", STR, "sgd", "torch.optim optimizer every rank applies to the exchanged direction",
+           choices=OPTIMIZERS),
+    Option("--nesterov", BOOL, False, "Nesterov momentum (--optimizer sgd, --momentum above 0)"),
+    Option("--beta1", FLOAT, 0.9, "Adam/AdamW first-moment decay", bounds=(0, 1), ends="[)"),
+    Option("--beta2", FLOAT, 0.999, "Adam/AdamW second-moment decay", bounds=(0, 1), ends="[)"),
+    Option("--lr-warmup-steps", INT, 0, "linear learning-rate warm-up over the first K steps (x (t+1)/(K+1)); "
+                                        "not --warmup-steps, which exchanges fp32", bounds=(0, BIG)),
     Option("--epochs", FLOAT, 10.0, "passes over the training set (all workers together)", bounds=(0, 1e6), ends="(]"),
     Option("--steps", INT, None, "iterations; overrides --epochs", bounds=(1, BIG)),
     Option("--eval-every", INT, 50, "test-set evaluation period in steps", bounds=(1, BIG)),
@@ -349,6 +356,42 @@ def parse_config(argv):
 def validate(cfg):
     """The schema, then what relates options to each other, the model's memory and the kernels."""
     check(TRAIN, cfg)
+    if cfg.nesterov and not (cfg.optimizer == "sgd" and cfg.momentum > 0):
+        raise UsageError("--nesterov needs --optimizer sgd and --momentum above 0")
+    check_relations(cfg)
+    check_memory(cfg, TRAIN_COPIES)
+    from . import native
+
+    problem = native.forced_isa_problem()
+    if problem:
+        raise UsageError(problem)
+
+
+# the options of config.TRAIN the Python API takes as keywords (api.DistributedOptimizer): the
+# exchange and the run's record; the user's own script chooses the model, data and optimizer
+API_OPTIONS = ("algorithm", "block_size", "eta", "lambda_rule", "sign_ties", "sign_scale", "liec_period", "qsgd_levels",
+               "topk_ratio", "warmup_steps", "min_compress_numel", "downlink", "server_scale", "server_also_works",
+               "servers", "participation", "seed", "out", "overwrite", "check_every", "checkpoint_every", "resume",
+               "on_nonfinite")
+
+
+def api_config(**options):
+    """A run's config for the Python API: TRAIN's defaults with `options` (API_OPTIONS, by their
+    Python names) over them, checked as the command line's are; UsageError naming a bad one."""
+    unknown = sorted(set(options) - set(API_OPTIONS))
+    if unknown:
+        raise UsageError(f"unknown option(s) {', '.join(unknown)}; the API takes {', '.join(API_OPTIONS)}")
+    taken = tuple(o for o in TRAIN if o.dest in API_OPTIONS)
+    cfg = argparse.Namespace(**{o.dest: o.default for o in taken})
+    for name, value in options.items():
+        setattr(cfg, name, str(value) if name == "servers" else value)
+    check(taken, cfg)
+    check_relations(cfg)
+    return cfg
+
+
+def check_relations(cfg):
+    """What relates options to each other; UsageError with the first that does not hold."""
     shardable = [n for n in algorithms.names() if algorithms.get(n).shardable]
     paths = {flag: getattr(cfg, flag[2:].replace("-", "_")) for flag in ("--config", "--out", "--save-model")}
     empty = [flag for flag, path in paths.items() if path == ""]
@@ -374,12 +417,6 @@ def validate(cfg):
     for ok, message in relations:
         if not ok:
             raise UsageError(message)
-    check_memory(cfg, TRAIN_COPIES)
-    from . import native
-
-    problem = native.forced_isa_problem()
-    if problem:
-        raise UsageError(problem)
 
 
 # (features, outputs) of each data set, so a model's size is known before any data is made

@@ -189,26 +189,5 @@ def evaluate_dataset(module, dataset, loss_fn, batch_size=256, loader_workers=0)
     return loss_sum / len(dataset), correct / len(dataset)
 
 
-def average_buffers(comm, module, workers, root=0):
-    """Collective: `root`'s floating-point buffers (batch-norm running statistics) become the mean
-    of the workers' own. Only a rank that computes gradients runs the training forward passes that
-    move them, so a server that evaluates or saves the model needs the workers' statistics."""
-    from mpi4py import MPI
-
-    buffers = [b for b in module.buffers() if b.dtype.is_floating_point]
-    if not buffers:
-        return
-    mine = torch.cat([b.detach().reshape(-1) for b in buffers]).double().numpy()
-    if comm.Get_rank() not in workers:
-        mine[:] = 0
-    total = np.empty_like(mine)
-    comm.Reduce(mine, total, op=MPI.SUM, root=root)
-    if comm.Get_rank() == root:
-        mean, off = torch.from_numpy(total / len(workers)), 0
-        for b in buffers:
-            b.copy_(mean[off : off + b.numel()].view_as(b))
-            off += b.numel()
-
-
 def loss_for(n_classes):
     return torch.nn.functional.cross_entropy if n_classes else torch.nn.functional.mse_loss

@@ -34,6 +34,11 @@ ITERATION_FIELDS = {  # name: (dtype, units)
     "modelled_comm_s": (np.float64, "s, alpha-beta model of this iteration's exchange (NaN when unshaped)"),
     "replica_spread": (np.float64, "max L2 distance of a worker model from the average (LIEC), else 0"),
 }
+METRIC_FIELDS = {  # one group metrics/<name> per metric the Python API's fobsgd_mpi.log records
+    "step": (np.int64, "iteration after which it was logged (-1: before the first)"),
+    "rank": (np.int64, "rank that logged it"),
+    "value": (np.float64, "as logged"),
+}
 EVAL_FIELDS = {
     "step": (np.int64, "iteration"),
     "test_loss": (np.float64, "mean loss on the test set"),
@@ -122,7 +127,8 @@ class RunWriter:
         self.fd = os.open(path, os.O_WRONLY)
         self.last_step = last_step
         self.groups = {name: self.f[name] for name in ("iterations", "evals")}
-        self.pending = {"iterations": [], "evals": []}
+        self.groups.update({f"metrics/{name}": g for name, g in self.f.get("metrics", {}).items()})
+        self.pending = {name: [] for name in self.groups}
         for g in self.groups.values():
             keep = int(np.searchsorted(g["step"][:], last_step, side="right"))
             for key in g:
@@ -142,6 +148,14 @@ class RunWriter:
 
     def append(self, group, row):
         self.pending[group].append(row)
+
+    def append_metric(self, name, step, rank, value):
+        """A metric the user logged (fobsgd_mpi.log): a row of the group metrics/<name>."""
+        group = f"metrics/{name}"
+        if group not in self.groups:
+            self.groups[group] = self._group(group, METRIC_FIELDS)
+            self.pending[group] = []
+        self.pending[group].append({"step": step, "rank": rank, "value": value})
 
     def flush(self):
         """Write the pending rows; ResultsError if they cannot be (the rows are then dropped)."""

@@ -21,8 +21,7 @@ import sys
 import tomllib
 from importlib import resources
 
-from . import train
-from .config import INT, OneLineParser, flag_type
+from .config import INT, OneLineParser, flag_type, parse_config
 from .errors import EXIT_USAGE
 
 TEMPLATES = {"slurm": "slurm_sweep.sbatch.in", "pbs": "pbs_sweep.pbs.in"}
@@ -82,7 +81,7 @@ def expand(spec, out_dir):
         out = os.path.join(out_dir, f"task{i:04d}-{tag}.h5".replace("/", "_"))
         argv = [a for k, v in {**fixed, **point}.items() for a in flag(k, v)] + ["--out", out, "--quiet"]
         try:
-            train.parse_config(argv)
+            parse_config(argv)
         except ValueError as exc:
             raise ValueError(f"task {i} ({point}): {exc}") from None
         tasks.append((point, argv, out))

@@ -22,16 +22,16 @@ class PSAlgorithm:
     compressor_defaults = {}  # compressor options this algorithm sets where the config leaves them unset
     shardable = False  # whether the server role can be split by blocks over --servers ranks
 
-    def __init__(self, ps, d, cfg):
+    def __init__(self, ps, d, options):
         self.ps = ps
         self.d = d
-        self.up = compressors.from_config(self.up_compressor, cfg, **self.compressor_defaults)
-        self.down = compressors.from_config(self.down_compressor, cfg, **self.compressor_defaults)
+        self.up = compressors.from_config(self.up_compressor, options, **self.compressor_defaults)
+        self.down = compressors.from_config(self.down_compressor, options, **self.compressor_defaults)
         self.up_buf = self.up.spec(d).empty()
         self.down_buf = self.down.spec(d).empty()
         self.dir_buf = np.zeros(d, dtype=np.float32)
         self.weights = np.full(ps.n_workers, 1.0 / ps.n_workers, dtype=np.float32)
-        self.servers = server_count(cfg.servers, ps.size)
+        self.servers = server_count(options.servers, ps.size)
         self.params = None  # the flat parameters the updates apply to (bind)
         # server_layout: the blocks this rank reduces (all of them, or its shard); server_out: the
         # payload of the down compressor it reduces them into; serves: whether this rank reduces
@@ -42,7 +42,7 @@ class PSAlgorithm:
             self.serves = ps.is_server
         else:
             if not self.shardable:
-                raise ValueError(f"--servers {cfg.servers} is not available for {cfg.algorithm}; use --servers 1")
+                raise ValueError(f"--servers {options.servers} is not available for {options.algorithm}; use --servers 1")
             shard = ps.sharded(self.servers, self.up.layout(d), self.up, self.down, self.up_buf, self.down_buf)
             self.uplink, self.downlink = shard.uplink, shard.downlink
             self.server_layout, self.server_out = shard.layout, shard.out
@@ -148,8 +148,8 @@ class ErrorFeedbackUplink:
 
     state_names = ("error",)
 
-    def __init__(self, ps, d, cfg):
-        super().__init__(ps, d, cfg)
+    def __init__(self, ps, d, options):
+        super().__init__(ps, d, options)
         self.error = np.zeros(d if ps.is_worker else 0, dtype=np.float32)
 
     def encode_up(self, grad, step):
@@ -164,8 +164,8 @@ class ServerErrorFeedback:
 
     state_names = ("server_error",)
 
-    def __init__(self, ps, d, cfg):
-        super().__init__(ps, d, cfg)
+    def __init__(self, ps, d, options):
+        super().__init__(ps, d, options)
         self.server_error = np.zeros(self.server_layout.d if self.serves else 0, dtype=np.float32)
 
     def compress_with_server_error(self, v, step):

@@ -14,8 +14,8 @@ class DoubleSqueeze(ErrorFeedbackUplink, ServerErrorFeedback, PSAlgorithm):
     state_names = ("error", "server_error")
     shardable = True
 
-    def __init__(self, ps, d, cfg):
-        super().__init__(ps, d, cfg)
+    def __init__(self, ps, d, options):
+        super().__init__(ps, d, options)
         if self.servers > 1 and self.down.sign_scale == "vector":
             raise ValueError("doublesqueeze with --servers above 1 needs --sign-scale block: a per-vector "
                              "scale spans blocks that different servers hold")

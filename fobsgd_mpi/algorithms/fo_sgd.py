@@ -23,11 +23,11 @@ class FOSGD(PSAlgorithm):
     default_lr = 0.02
     shardable = True  # every block is aggregated and re-quantized on its own
 
-    def __init__(self, ps, d, cfg):
-        self.fresh_rotation = cfg.downlink == "fresh-rotation"
-        if self.fresh_rotation and str(cfg.servers) != "1":
+    def __init__(self, ps, d, options):
+        self.fresh_rotation = options.downlink == "fresh-rotation"
+        if self.fresh_rotation and str(options.servers) != "1":
             raise ValueError("--downlink fresh-rotation decodes the whole sum on one server; use --servers 1")
-        super().__init__(ps, d, cfg)
+        super().__init__(ps, d, options)
 
     def downlink_step(self, step):
         return step | (1 << 62) if self.fresh_rotation else step

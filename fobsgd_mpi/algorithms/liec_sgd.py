@@ -28,8 +28,8 @@ from .sgd import SGD
 class FullPrecisionSync(SGD):
     """A synchronization step's gradient exchange: the fp32 mean plus LIEC's e_s, then e_s = 0."""
 
-    def __init__(self, liec, cfg):
-        super().__init__(liec.ps, liec.d, cfg)
+    def __init__(self, liec, options):
+        super().__init__(liec.ps, liec.d, options)
         self.liec = liec
 
     def server(self, rows, step):
@@ -45,12 +45,12 @@ class LIECSGD(ServerErrorFeedback, PSAlgorithm):
     state_names = ("local_error", "server_error")
     shardable = True  # the exchanges shard; the model averages still go through rank 0
 
-    def __init__(self, ps, d, cfg):
-        super().__init__(ps, d, cfg)
+    def __init__(self, ps, d, options):
+        super().__init__(ps, d, options)
         self.local_error = np.zeros(d if ps.is_worker else 0, dtype=np.float32)
-        self.period = cfg.liec_period
-        self.without_momentum = cfg.momentum == 0
-        self.sync = FullPrecisionSync(self, cfg)
+        self.period = options.liec_period
+        self.stateless_optimizer = not options.stateful_optimizer
+        self.sync = FullPrecisionSync(self, options)
         self.spread = 0.0
 
     def synchronizes(self, step):
@@ -90,7 +90,7 @@ class LIECSGD(ServerErrorFeedback, PSAlgorithm):
         return out
 
     def identical_after(self, step):
-        return self.synchronizes(step) and self.without_momentum
+        return self.synchronizes(step) and self.stateless_optimizer
 
     def worker_average(self, params, everywhere):
         """Mean of the worker models (fp32 Reduce; + Bcast when `everywhere`, so all ranks get the

@@ -1,0 +1,29 @@
+"""The typed options every algorithm and its compressors take (instead of a run's whole config)."""
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class AlgorithmOptions:
+    """Field names are the config keys (config.TRAIN) they come from; None: the algorithm's or
+    compressor's own default."""
+
+    algorithm: str = "fo-sgd"
+    servers: str = "1"
+    seed: int = 0
+    block_size: int = None
+    eta: float = 1e-2
+    lambda_rule: str = "min"
+    server_scale: str = "eta"
+    sign_ties: str = "random"
+    sign_scale: str = None
+    qsgd_levels: int = 15
+    topk_ratio: float = 0.01
+    downlink: str = "flat"
+    liec_period: int = 32
+    # whether the optimizer keeps state between steps (LIEC-SGD's replicas then stay apart)
+    stateful_optimizer: bool = True
+
+    @classmethod
+    def from_config(cls, cfg, stateful_optimizer):
+        names = [f.name for f in fields(cls) if f.name != "stateful_optimizer"]
+        return cls(**{name: getattr(cfg, name) for name in names}, stateful_optimizer=stateful_optimizer)

@@ -1,0 +1,95 @@
+"""The Python API's example under mpirun, BN-correct evaluation, torch.optim state across a resume,
+and Ctrl-C before the first step (real mpirun)."""
+import importlib.util
+import signal
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from fobsgd_mpi.jobs import job_env, mpirun_path
+
+from .mpi_helpers import ROOT, mpirun, train
+
+pytestmark = pytest.mark.mpi
+EXAMPLE = ROOT / "examples" / "resnet18_cifar.py"
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("resnet18_cifar", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_trains_resnet18_and_its_reported_accuracy_is_the_saved_models(tmp_path):
+    out, saved = tmp_path / "r18.h5", tmp_path / "r18.pt"
+    args = ["--image-size", "8", "--steps", "2", "--batch-size", "4", "--eval-every", "1", "--out", out,
+            "--save-model", saved]
+    done = subprocess.run([mpirun_path(), "-n", "3", sys.executable, str(EXAMPLE), *map(str, args)],
+                          capture_output=True, text=True, timeout=240, env=job_env(), cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    example = load_example()
+    model = example.build_model(seed=1)  # another initialization: every number comes from the file
+    model.load_state_dict(torch.load(saved))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the job's ranks
+    try:
+        loss, accuracy = example.evaluate(model, example.datasets(None, 8, 0)[1])
+    finally:
+        torch.set_num_threads(threads)
+    buffer_bytes = 4 * sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    with h5py.File(out) as f:
+        assert (f.attrs["status"], f.attrs["steps_done"]) == ("complete", 2)
+        # worker 1 evaluated its replica after the buffers were averaged; the server saved its own
+        # replica: the same numbers only if the server holds the workers' averaged statistics
+        assert f["evals/test_accuracy"][-1] == accuracy
+        assert f["evals/test_loss"][-1] == pytest.approx(loss, rel=1e-6)
+        assert f["metrics/test_accuracy/value"][-1] == accuracy and f["metrics/test_accuracy/rank"][-1] == 1
+        assert np.isfinite(f["metrics/train_loss/value"][:]).all()
+        # the buffer averages before each evaluation, fp32, are counted: the one after step 0 in the
+        # row of step 1, the one after the last step with the run's finish (shutdown adds none)
+        up = f["iterations/bytes_up"][:]
+        assert up[1] - up[0] == buffer_bytes and f.attrs["finish_bytes_up"] == buffer_bytes
+        assert f["final_params"].size == sum(p.numel() for p in model.parameters())
+
+
+def test_a_stopped_and_resumed_adam_run_equals_the_uninterrupted_one(tmp_path):
+    common = ["--optimizer", "adam", "--lr", "0.003", "--lr-warmup-steps", "4", "--lr-schedule", "step",
+              "--algorithm", "ef-sgd", "--dataset", "digits", "--model", "logreg", "--steps", "20",
+              "--checkpoint-every", "5", "--eval-every", "5", "--check-every", "5"]
+    whole, _ = train(3, tmp_path, *common, name="whole.h5")
+    part, _ = train(3, tmp_path, *common, "--stop-at", "12", name="part.h5")
+    done = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", part, "--resume", *common)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with h5py.File(whole) as a, h5py.File(part) as b:
+        assert (b.attrs["status"], b.attrs["steps_done"]) == ("complete", 20)
+        for key in ("step", "train_loss", "bytes_up"):
+            assert np.array_equal(a["iterations"][key][:], b["iterations"][key][:]), key
+        assert np.array_equal(a["evals/test_loss"][:], b["evals/test_loss"][:])
+        assert np.array_equal(a["final_params"][:], b["final_params"][:])
+
+
+def test_ctrl_c_before_the_first_step_records_status_interrupted(tmp_path):
+    out = tmp_path / "early.h5"
+    # rank 1's first gradient takes 1000 times as long (about a second), so the signal arrives before step 0 ends
+    cmd = [mpirun_path(), "-n", "3", sys.executable, "-m", "fobsgd_mpi.train", "--quiet", "--out", str(out),
+           "--width", "512", "--batch-size", "32", "--slow-ranks", "1:1000", "--steps", "5"]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=job_env(), cwd=ROOT)
+    try:
+        for line in job.stdout:
+            if line.startswith("# fobsgd_mpi:"):  # printed after set-up, just before step 0
+                job.send_signal(signal.SIGINT)
+                break
+        _, stderr = job.communicate(timeout=240)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 130, stderr[-2000:]
+    assert stderr.startswith("interrupted after 0 steps"), stderr[-2000:]
+    with h5py.File(out) as f:
+        assert (f.attrs["status"], f.attrs["steps_done"]) == ("interrupted", 0)
+        assert len(f["iterations/step"]) == 0
