@@ -397,7 +397,7 @@ def check_relations(cfg):
     empty = [flag for flag, path in paths.items() if path == ""]
     folders = [f"{flag} {paths[flag]}" for flag in ("--out", "--save-model")
                if paths[flag] and os.path.isdir(paths[flag])]
-    regression = DATASET_SHAPES[cfg.dataset][1] == 1
+    regression = cfg.dataset in DATASET_SHAPES and DATASET_SHAPES[cfg.dataset][1] == 1  # known before loading
     relations = [
         (not empty, f"{' and '.join(empty)} is an empty path; give a file name or leave the option out"),
         (not folders, f"{' and '.join(folders)} is a folder; give a file name in it"),
