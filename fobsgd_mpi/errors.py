@@ -1,7 +1,18 @@
 """Exceptions the package raises on purpose (each message says what to do), and exit statuses."""
+import signal
 
 EXIT_USAGE = 2  # a setting is wrong: fix the command line or config file
-EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; scancel and a job's time limit
+
+
+class Interrupted(KeyboardInterrupt):
+    """The ranks stopped together after a stop signal: the exit status is 128 + its number, as a
+    shell reports a process that signal ended (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, message, signum=signal.SIGINT):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 class JobError(RuntimeError):

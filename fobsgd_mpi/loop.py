@@ -27,7 +27,7 @@ import torch
 
 from . import algorithms, checkpoint, optim
 from .algorithms.options import AlgorithmOptions
-from .errors import JobError, UsageError
+from .errors import STOP_SIGNALS, Interrupted, JobError, UsageError
 from .netmodel import NetworkModel
 
 # what the workers do in a round (the server, listening, sends LISTEN)
@@ -63,20 +63,25 @@ class PhaseTimer:
 
 @contextmanager
 def deferred_interrupt():
-    """Ctrl-C (SIGINT, which mpirun forwards to every rank) only sets a flag, which the loop checks on
-    all ranks together, so that they stop after the same step instead of one rank leaving the others
-    waiting in a collective; a second Ctrl-C interrupts at once."""
+    """A stop signal (Ctrl-C's SIGINT, or SIGTERM from scancel or a job's time limit; mpirun forwards
+    both to every rank) only sets a flag, which the loop checks on all ranks together, so that they
+    stop after the same step instead of one rank leaving the others waiting in a collective; a
+    second signal interrupts at once. `flag.signum` is the signal that arrived."""
     flag = threading.Event()
+    flag.signum = None
 
     def handler(signum, frame):
+        flag.signum = signum
         flag.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.default_int_handler)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def versions(MPI):
@@ -526,8 +531,9 @@ def _run(cfg, ps, interrupted):
             trainer.buffer_bytes += trainer.average_buffers()
     except KeyboardInterrupt:
         status = "interrupted"
-        raise KeyboardInterrupt(f"interrupted after {trainer.done} steps; {cfg.out} records it (status interrupted); "
-                                "continue from the last checkpoint with --resume") from None
+        signum = signal.Signals(interrupted.signum or signal.SIGINT)
+        raise Interrupted(f"interrupted ({signum.name}) after {trainer.done} steps; {cfg.out} records it (status "
+                          "interrupted); continue from the last checkpoint with --resume", signum) from None
     finally:
         trainer.close(status)
         if progress is not None:

@@ -68,7 +68,7 @@ def main(argv=None):
     except KeyboardInterrupt as exc:
         if rank == 0:
             print(f"{exc or 'interrupted'}", file=sys.stderr, flush=True)
-        code = EXIT_INTERRUPTED
+        code = getattr(exc, "exit_code", EXIT_INTERRUPTED)
     except Exception as exc:  # one rank's failure ends the job with its message, never a hang
         print(f"error on rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         comm.Abort(1)
