@@ -9,10 +9,11 @@ gradients with gloo's all-reduce, plain (--hook none), compressed to fp16 (--hoo
 PowerSGD (--hook powersgd, --powersgd-rank). Rank and world size come from the MPI launcher's
 environment (PMI_RANK / OMPI_COMM_WORLD_RANK / SLURM_PROCID), the rendezvous address from
 MASTER_ADDR (the launcher sets rank 0's address inside shaped namespaces; 127.0.0.1 otherwise).
-Rank 0 evaluates and writes the same HDF5 layout as fobsgd_mpi.train: bytes_up / bytes_down are
-what a rank hands to the all-reduce (a ring moves about 2 (P - 1) / P of it through each link;
-the launcher's interface counters give the truth), compute_s is forward + backward + all-reduce,
-which DDP overlaps, so comm_s is not split out (NaN).
+Rank 0 evaluates and writes the same HDF5 layout as fobsgd_mpi.train, under the same lock on --out
+and with the same closing status (complete; interrupted by Ctrl-C, exit 130; failed) and steps_done.
+bytes_up / bytes_down are what a rank hands to the all-reduce (a ring moves about 2 (P - 1) / P of
+it through each link; the launcher's interface counters give the truth), compute_s is forward +
+backward + all-reduce, which DDP overlaps, so comm_s is not split out (NaN).
 """
 import datetime
 import json
@@ -24,7 +25,7 @@ import numpy as np
 
 from . import config, data, models
 from .config import FLOAT, INT, STR, Option
-from .errors import EXIT_USAGE
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, JobError, UsageError
 from .launcher_env import LAUNCHER_ENV, rank_from_environment
 
 HOOKS = ("none", "fp16", "powersgd")
@@ -85,20 +86,43 @@ class CommHook:
         return 4 * (moved or self.d)
 
 
+def claim_output(cfg):
+    """Rank 0 locks cfg.out for this job before anything touches the file, so that a second job on the
+    same --out is refused; every rank learns the outcome. Returns the lock (None on other ranks);
+    raises UsageError on every rank when the file is taken."""
+    import torch.distributed as dist
+
+    from .results import OutputLock
+    lock, problem = None, None
+    if dist.get_rank() == 0:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+            lock = OutputLock(cfg.out)
+        except OSError as exc:
+            problem = str(exc)
+    shared = [problem]
+    dist.broadcast_object_list(shared, src=0)
+    if shared[0]:
+        raise UsageError(shared[0])
+    return lock
+
+
 def run(cfg):
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     from .results import RunWriter, git_commit
-    from .train import learning_rate
+    from .train import deferred_interrupt, learning_rate
 
     rank, world = rank_and_size()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29517")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600))
+    lock = None
     try:
+        lock = claim_output(cfg)
         ds = data.load(cfg.dataset, cfg.seed)
         idx = data.shard_indices(ds.y_train, world, rank, cfg.seed)
         sampler = data.BatchSampler(ds.x_train[idx], ds.y_train[idx], cfg.batch_size, seed=(cfg.seed, rank))
@@ -122,48 +146,64 @@ def run(cfg):
                   f"{total} steps -> {cfg.out}", flush=True)
         acc = loss = float("nan")
         start = time.perf_counter()
-        step = -1
-        for step in range(total):
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(cfg, step, total)
-            t0 = time.perf_counter()
-            x, y = sampler.next()
-            opt.zero_grad(set_to_none=False)
-            batch_loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
-            batch_loss.backward()
-            t1 = time.perf_counter()
-            opt.step()
-            t2 = time.perf_counter()
-            mean_loss = torch.tensor([float(batch_loss.detach())])
-            dist.reduce(mean_loss, dst=0)
-            step_bytes = hook.step_bytes()
-            sent += step_bytes
-            if rank == 0:
-                nan = float("nan")
-                writer.append("iterations", {"step": step, "wall_s": time.perf_counter() - start, "compute_s": t1 - t0,
-                                             "encode_s": nan, "comm_s": nan, "server_s": 0.0, "decode_s": nan,
-                                             "optimizer_s": t2 - t1, "bytes_up": step_bytes, "bytes_down": step_bytes,
-                                             "train_loss": float(mean_loss) / world, "participants": world,
-                                             "modelled_comm_s": nan, "replica_spread": 0.0})
-                if (step + 1) % cfg.eval_every == 0 or step + 1 == total:
-                    loss, acc = models.evaluate(module, ds.x_test, ds.y_test, loss_fn, ds.n_classes)
-                    writer.append("evals", {"step": step, "test_loss": loss, "test_accuracy": acc, "bytes_up_total": sent,
-                                            "wall_s": time.perf_counter() - start})
-                    writer.flush()
-            if cfg.target_accuracy is not None and (step + 1) % cfg.eval_every == 0:
-                reached = torch.tensor([float(rank == 0 and acc >= cfg.target_accuracy)])
-                dist.broadcast(reached, src=0)
-                if reached.item():
-                    break
-        if writer is not None:
-            writer.f.create_dataset("final_params", data=np.concatenate(
-                [p.detach().reshape(-1).numpy() for p in module.parameters()]))
-            writer.close(steps_done=step + 1, skipped_steps=0)
-            print("# summary " + json.dumps({"algorithm": f"ddp-{cfg.hook}", "steps": step + 1, "d": d,
+        done, status = 0, "failed"  # done: steps 0..done-1 have run
+        try:
+            with deferred_interrupt() as interrupted:
+                for step in range(total):
+                    for group in opt.param_groups:
+                        group["lr"] = learning_rate(cfg, step, total)
+                    t0 = time.perf_counter()
+                    x, y = sampler.next()
+                    opt.zero_grad(set_to_none=False)
+                    batch_loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
+                    batch_loss.backward()
+                    t1 = time.perf_counter()
+                    opt.step()
+                    t2 = time.perf_counter()
+                    # the loss sum, and whether any rank saw Ctrl-C: all ranks then stop after this same step
+                    loss_and_interrupts = torch.tensor([float(batch_loss.detach()), float(interrupted.is_set())])
+                    dist.all_reduce(loss_and_interrupts)
+                    step_bytes = hook.step_bytes()
+                    sent += step_bytes
+                    done = step + 1
+                    if rank == 0:
+                        nan = float("nan")
+                        writer.append("iterations", {
+                            "step": step, "wall_s": time.perf_counter() - start, "compute_s": t1 - t0,
+                            "encode_s": nan, "comm_s": nan, "server_s": 0.0, "decode_s": nan, "optimizer_s": t2 - t1,
+                            "bytes_up": step_bytes, "bytes_down": step_bytes,
+                            "train_loss": float(loss_and_interrupts[0]) / world, "participants": world,
+                            "modelled_comm_s": nan, "replica_spread": 0.0})
+                        if done % cfg.eval_every == 0 or done == total:
+                            loss, acc = models.evaluate(module, ds.x_test, ds.y_test, loss_fn, ds.n_classes)
+                            writer.append("evals", {"step": step, "test_loss": loss, "test_accuracy": acc,
+                                                    "bytes_up_total": sent, "wall_s": time.perf_counter() - start})
+                            writer.flush()
+                    if loss_and_interrupts[1]:
+                        raise KeyboardInterrupt
+                    if cfg.target_accuracy is not None and done % cfg.eval_every == 0:
+                        reached = torch.tensor([float(rank == 0 and acc >= cfg.target_accuracy)])
+                        dist.broadcast(reached, src=0)
+                        if reached.item():
+                            break
+            status = "complete"
+        except KeyboardInterrupt:
+            status = "interrupted"
+        finally:
+            if writer is not None:
+                final_params = None if status == "failed" else np.concatenate(
+                    [p.detach().reshape(-1).numpy() for p in module.parameters()])
+                writer.close(final_params=final_params, status=status, steps_done=done, skipped_steps=0)
+        dist.barrier()  # no rank leaves while rank 0 still evaluates and writes
+        if status == "interrupted":
+            raise KeyboardInterrupt(f"interrupted after {done} steps; {cfg.out} records it (status interrupted)")
+        if rank == 0:
+            print("# summary " + json.dumps({"algorithm": f"ddp-{cfg.hook}", "steps": done, "d": d,
                                              "n_workers": world, "final_test_loss": loss, "final_test_accuracy": acc,
                                              "wall_s": time.perf_counter() - start, "out": cfg.out}), flush=True)
-        dist.barrier()  # no rank leaves while rank 0 still evaluates and writes
     finally:
+        if lock is not None:
+            lock.release()
         dist.destroy_process_group()
 
 
@@ -179,7 +219,16 @@ def main(argv=None):
         if rank_from_environment() == 0:
             print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    run(cfg)
+    try:
+        run(cfg)
+    except JobError as exc:
+        if rank_from_environment() == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt as exc:
+        if rank_from_environment() == 0:
+            print(f"{exc or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

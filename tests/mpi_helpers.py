@@ -1,4 +1,10 @@
 """Running real `mpirun` jobs from the tests (the venv's MPICH, oversubscribed)."""
+import subprocess
+import sys
+import time
+
+import h5py
+
 from fobsgd_mpi.jobs import ROOT, free_port, job_env, mpirun, mpirun_path, summary_of  # noqa: F401
 
 
@@ -7,3 +13,24 @@ def train(n, tmp_path, *args, name="run.h5"):
     done = mpirun(n, "fobsgd_mpi.train", "--quiet", "--out", out, *args, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return out, summary_of(done.stdout)
+
+
+def start(n, module, *args, env=None):
+    """`mpirun -n N python -m MODULE ARGS` in the background, text output captured; `env` adds variables."""
+    cmd = [mpirun_path(), "-n", str(n), sys.executable, "-m", module, *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(job_env(), **(env or {})), cwd=ROOT)
+
+
+def wait_for_evals(out, job, count=2, timeout=120):
+    """Returns once the running `job` has flushed `count` evaluations to `out`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and job.poll() is None:
+        try:
+            with h5py.File(out, "r", locking=False) as f:
+                if len(f["evals/step"]) >= count:
+                    return
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"no rows appeared in {out}")

@@ -3,18 +3,13 @@
 import h5py
 import pytest
 
-from fobsgd_mpi import algorithms, report
-
-from .mpi_helpers import train
+from fobsgd_mpi import report
 
 pytestmark = pytest.mark.mpi
 
 
-@pytest.mark.parametrize("algorithm", algorithms.names())
-def test_summary_file_and_report_agree_on_bytes(algorithm, tmp_path):
-    # 4 steps with --liec-period 3: LIEC-SGD's final model average happens after the last row
-    out, summary = train(3, tmp_path, "--algorithm", algorithm, "--dataset", "synthetic-logreg", "--model", "logreg",
-                         "--steps", "4", "--eval-every", "4", "--liec-period", "3", "--batch-size", "8")
+def test_summary_file_and_report_agree_on_bytes(short_run):
+    algorithm, out, summary = short_run  # LIEC-SGD's final model average happens after the last row
     with h5py.File(out) as f:
         files = {way: int(f[f"iterations/bytes_{way}"][:].sum()) + int(f.attrs[f"finish_bytes_{way}"])
                  for way in ("up", "down")}

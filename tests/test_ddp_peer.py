@@ -1,5 +1,6 @@
 """The torch DDP peer (fobsgd_mpi.ddp) under real mpirun: it must train exactly what the harness
 trains, so time-to-accuracy comparisons differ only in how the gradients travel."""
+import signal
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from .mpi_helpers import ROOT, free_port, job_env, mpirun, mpirun_path, train
+from .mpi_helpers import ROOT, free_port, job_env, mpirun, mpirun_path, start, train, wait_for_evals
 
 pytestmark = pytest.mark.mpi
 COMMON = ["--dataset", "synthetic-logreg", "--model", "mlp", "--width", "64", "--steps", "12", "--eval-every", "6",
@@ -21,6 +22,7 @@ def ddp(tmp_path, *args, name="ddp.h5"):
                   env={"MASTER_PORT": str(free_port())})
     assert done.returncode == 0, done.stderr[-3000:]
     with h5py.File(out) as f:
+        assert (f.attrs["status"], f.attrs["steps_done"]) == ("complete", len(f["iterations/step"]))
         return f["final_params"][:], f["iterations/bytes_up"][:], f["evals/test_accuracy"][:], int(f.attrs["d"])
 
 
@@ -35,10 +37,39 @@ def test_ddp_without_hook_equals_the_harness_sgd(tmp_path):
 
 
 def test_fp16_and_powersgd_hooks_train_and_count_their_bytes(tmp_path):
-    _, sent, acc, d = ddp(tmp_path, "--hook", "fp16", *COMMON, name="fp16.h5")
-    assert set(sent.tolist()) == {2 * d} and np.isfinite(acc).all()
+    # a target that the first evaluation (after step 5) reaches: the fp16 run ends there, complete
+    _, sent, acc, d = ddp(tmp_path, "--hook", "fp16", *COMMON, "--target-accuracy", "0.01", name="fp16.h5")
+    assert len(sent) == 6 and set(sent.tolist()) == {2 * d} and np.isfinite(acc).all()
     _, sent, acc, d = ddp(tmp_path, "--hook", "powersgd", "--powersgd-start", "4", *COMMON, name="psgd.h5")
     assert (sent[:4] == 4 * d).all() and (sent[4:] < d / 3).all() and np.isfinite(acc).all()
+
+
+def test_a_second_job_on_the_same_out_is_refused_and_ctrl_c_ends_the_first_cleanly(tmp_path):
+    out = tmp_path / "busy.h5"
+    endless = ["--dataset", "synthetic-logreg", "--model", "mlp", "--width", "16", "--steps", "1000000",
+               "--eval-every", "20"]
+    job = start(2, "fobsgd_mpi.ddp", "--quiet", "--out", out, *endless, env={"MASTER_PORT": str(free_port())})
+    try:
+        wait_for_evals(out, job)
+        second = mpirun(2, "fobsgd_mpi.ddp", "--quiet", "--out", out, "--overwrite", *endless, timeout=120,
+                        env={"MASTER_PORT": str(free_port())})
+        assert second.returncode == 2 and second.stderr.strip().count("\n") == 0, second.stderr[-2000:]
+        assert f"{out} is being written by a running job (pid " in second.stderr
+        assert job.poll() is None, "the running job must go on"
+        job.send_signal(signal.SIGINT)
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    with h5py.File(out) as f:  # intact, and it says where it stopped
+        steps = f["iterations/step"][:]
+        assert len(steps) >= 40 and np.array_equal(steps, np.arange(len(steps)))
+        assert (f.attrs["status"], f.attrs["steps_done"]) == ("interrupted", len(steps))
+        assert "final_params" in f
+    assert f"interrupted after {len(steps)} steps" in stderr
+    assert not (tmp_path / "busy.h5.lock").exists()
 
 
 # A gloo worker that ran a Python comm hook still waits for the GIL to drop the hook's closure; the

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.mpi
 
 @pytest.mark.parametrize("algorithm", ["fo-sgd", "liec-sgd", "sgd", "signsgd-mv"])
 def test_partial_participation(algorithm, tmp_path):
-    out, summary = train(5, tmp_path, "--algorithm", algorithm, "--dataset", "digits", "--steps", "24",
-                         "--participation", "0.5", "--check-every", "8", "--liec-period", "8")
+    out, summary = train(5, tmp_path, "--algorithm", algorithm, "--dataset", "digits", "--steps", "8",
+                         "--participation", "0.5", "--check-every", "4", "--liec-period", "4")
     with h5py.File(out) as f:
         assert set(f["iterations/participants"][:]) == {2}  # half of 4 workers every round
         assert json.loads(f.attrs["config"])["participation"] == 0.5

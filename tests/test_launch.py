@@ -212,17 +212,17 @@ def test_the_model_counts_only_bytes_that_leave_a_node():
 
 @needs_root
 def test_exchange_scaling_benchmark_times_shaped_exchanges(tmp_path):
-    """benchmarks/exchange_scaling.py end to end on 2 and 3 ranks: each exchange moves a payload
+    """benchmarks/exchange_scaling.py end to end on 3 ranks, one server and all: each exchange moves a payload
     through a shaped link (131 kB, above the 128 kB tbf burst), so it cannot take less than half
     the payload's time on the wire."""
     script = os.path.join(jobs.ROOT, "benchmarks", "exchange_scaling.py")
-    done = subprocess.run([sys.executable, script, "--ranks", "2", "3", "--algorithms", "fo-sgd", "--servers", "1",
+    done = subprocess.run([sys.executable, script, "--ranks", "3", "--algorithms", "fo-sgd", "--servers", "1",
                            "all", "--d", "1048576", "--reps", "4", "--bandwidth", "100mbit"], capture_output=True,
                           text=True, timeout=600, cwd=tmp_path, env=jobs.job_env())
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     (path,) = (tmp_path / "results").glob("exchange_scaling-*.h5")
     with h5py.File(path) as f:
         g = f["exchange_scaling"]
-        assert [s.decode() for s in g["error"][:]] == [""] * 4
+        assert [s.decode() for s in g["error"][:]] == [""] * 2
         wire = 8 * g["bytes_up"][:] / 1e8
         assert (g["exchange_ms"][:] / 1e3 > 0.5 * wire).all(), (g["exchange_ms"][:], wire)

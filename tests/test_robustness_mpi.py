@@ -13,7 +13,7 @@ import pytest
 from fobsgd_mpi import checkpoint
 from fobsgd_mpi.jobs import job_env, mpirun_path
 
-from .mpi_helpers import ROOT, mpirun, train
+from .mpi_helpers import ROOT, mpirun, start, train, wait_for_evals
 
 pytestmark = pytest.mark.mpi
 CURVES = ("step", "train_loss", "bytes_up", "bytes_down", "replica_spread")
@@ -27,17 +27,19 @@ def curves(path):
 
 @pytest.mark.parametrize("algorithm", ["fo-sgd", "liec-sgd", "doublesqueeze"])
 def test_stopped_and_resumed_run_equals_the_uninterrupted_one(algorithm, tmp_path):
-    common = ["--algorithm", algorithm, "--dataset", "digits", "--steps", "40", "--checkpoint-every", "10",
-              "--eval-every", "10", "--liec-period", "8"]
+    # the resume starts from the checkpoint after step 7, between LIEC averages (after steps 5 and 8),
+    # with every error memory non-zero, and redoes the stopped run's steps 8 and 9
+    common = ["--algorithm", algorithm, "--dataset", "digits", "--steps", "16", "--checkpoint-every", "4",
+              "--eval-every", "4", "--liec-period", "3"]
     whole, _ = train(3, tmp_path, *common, name="whole.h5")
-    part, first = train(3, tmp_path, *common, "--stop-at", "24", name="part.h5")
-    assert first["steps"] == 25
+    part, first = train(3, tmp_path, *common, "--stop-at", "9", name="part.h5")
+    assert first["steps"] == 10
     with h5py.File(part) as f:
-        assert (f.attrs["status"], f.attrs["steps_done"]) == ("stopped", 25)
+        assert (f.attrs["status"], f.attrs["steps_done"]) == ("stopped", 10)
     done = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", part, "--resume", *common)
     assert done.returncode == 0, done.stderr[-2000:]
     with h5py.File(part) as f:
-        assert (f.attrs["status"], f.attrs["steps_done"]) == ("complete", 40)
+        assert (f.attrs["status"], f.attrs["steps_done"]) == ("complete", 16)
         wall = f["iterations/wall_s"][:]
     assert (np.diff(wall) > 0).all(), "wall_s restarted at the resume"
     (ia, ea, pa), (ib, eb, pb) = curves(whole), curves(part)
@@ -49,7 +51,8 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(algorithm, tmp_pat
 
 
 def test_same_seed_gives_identical_curves(tmp_path):
-    args = ["--algorithm", "fo-sgd", "--steps", "30", "--eval-every", "10"]
+    # 3 workers, so that a sum depending on the order in which their payloads arrive would show
+    args = ["--algorithm", "fo-sgd", "--dataset", "digits", "--steps", "10", "--eval-every", "5"]
     a, _ = train(4, tmp_path, *args, name="a.h5")
     b, _ = train(4, tmp_path, *args, name="b.h5")
     (ia, ea, pa), (ib, eb, pb) = curves(a), curves(b)
@@ -132,29 +135,12 @@ def test_killed_worker_ends_the_job_and_keeps_results(tmp_path):
         assert np.array_equal(f["iterations/step"][:], np.arange(stop + 1))
 
 
-def _start(out, *args):
-    cmd = [mpirun_path(), "-n", "3", sys.executable, "-m", "fobsgd_mpi.train", "--quiet", "--out", str(out), *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=job_env(), cwd=ROOT)
-
-
-def _wait_for_rows(out, job, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline and job.poll() is None:
-        try:
-            with h5py.File(out, "r", locking=False) as f:
-                if len(f["evals/step"]) >= 2:
-                    return
-        except (OSError, KeyError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"no rows appeared in {out}")
-
-
 def test_overwrite_of_a_running_job_is_refused_and_ctrl_c_ends_it_cleanly(tmp_path):
     out = tmp_path / "busy.h5"
-    job = _start(out, "--dataset", "digits", "--model", "logreg", "--steps", "100000", "--eval-every", "20")
+    job = start(3, "fobsgd_mpi.train", "--quiet", "--out", out, "--dataset", "digits", "--model", "logreg",
+                "--steps", "100000", "--eval-every", "20")
     try:
-        _wait_for_rows(out, job)
+        wait_for_evals(out, job)
         second = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", out, "--overwrite", "--steps", "5")
         assert second.returncode == 2, second.stderr[-2000:]
         assert second.stderr.strip().count("\n") == 0

@@ -16,12 +16,9 @@ from .mpi_helpers import ROOT, job_env, mpirun, train
 pytestmark = pytest.mark.mpi
 
 
-@pytest.mark.parametrize("algorithm", algorithms.names())
-def test_every_algorithm_runs_a_few_steps(algorithm, tmp_path):
-    out, summary = train(3, tmp_path, "--algorithm", algorithm, "--dataset", "synthetic-logreg", "--model", "mlp",
-                         "--width", "32", "--steps", "6", "--eval-every", "3", "--liec-period", "3",
-                         "--check-every", "3", "--batch-size", "16")
-    assert summary["steps"] == 6 and np.isfinite(summary["final_test_loss"])
+def test_every_algorithm_runs_a_few_steps(short_run):
+    algorithm, out, summary = short_run
+    assert summary["steps"] == 5 and np.isfinite(summary["final_test_loss"])
     with h5py.File(out) as f:
         d = f.attrs["d"]
         up = f["iterations/bytes_up"][:]
@@ -40,7 +37,7 @@ def _ns(cfg):
 @pytest.mark.parametrize("model", ["logreg", "cnn1d"])
 def test_model_and_dataset_pairings(model, tmp_path):
     for dataset in ("mnist1d", "digits") if model == "cnn1d" else ("digits", "synthetic-quadratic"):
-        train(3, tmp_path, "--algorithm", "fo-sgd", "--dataset", dataset, "--model", model, "--width", "16",
+        train(2, tmp_path, "--algorithm", "fo-sgd", "--dataset", dataset, "--model", model, "--width", "16",
               "--steps", "3", name=f"{model}-{dataset}.h5")
 
 
@@ -65,7 +62,8 @@ def test_sgd_equals_single_process_sgd_on_the_union_batch(tmp_path):
 
 
 def test_fo_sgd_reaches_the_least_squares_optimum(tmp_path):
-    out, summary = train(5, tmp_path, "--algorithm", "fo-sgd", "--dataset", "synthetic-quadratic", "--model",
+    # 2 workers converge as 4 do (measured: 0.08 % from the optimum, test loss 0.0098, either way)
+    out, summary = train(3, tmp_path, "--algorithm", "fo-sgd", "--dataset", "synthetic-quadratic", "--model",
                          "logreg", "--steps", "2000", "--batch-size", "32", "--lr", "0.005", "--momentum", "0",
                          "--eval-every", "500")
     _, _, w_hat = data.quadratic_problem(0)
@@ -77,8 +75,8 @@ def test_fo_sgd_reaches_the_least_squares_optimum(tmp_path):
 
 
 def test_fo_sgd_bytes_and_bit_identical_replicas(tmp_path):
-    """50 FO-SGD steps with a cross-rank checksum at 25 and 50: the run fails if replicas differ."""
-    out, summary = train(4, tmp_path, "--algorithm", "fo-sgd", "--steps", "50", "--check-every", "25")
+    """20 FO-SGD steps with a cross-rank checksum at 10 and 20: the run fails if replicas differ."""
+    out, summary = train(4, tmp_path, "--algorithm", "fo-sgd", "--steps", "20", "--check-every", "10")
     with h5py.File(out) as f:
         d = int(f.attrs["d"])
         assert set(f["iterations/bytes_up"][:]) == {compressors.get("fo1bit").payload_nbytes(d)}
@@ -205,8 +203,8 @@ def test_dithered_sign_is_worse_than_fo_sgd_on_sparse_gradients(tmp_path):
 
 @pytest.mark.parametrize("algorithm", ["fo-sgd", "sgd", "signsgd-mv", "ef-sgd", "doublesqueeze", "liec-sgd"])
 def test_sharded_server_gives_the_same_model_as_one_server(algorithm, tmp_path):
-    """--servers all (Alltoallw of block shards, the last one padded: d = 2,244 in blocks of 256)
-    updates the model bit for bit as rank 0 alone does; each worker still sends one payload.
+    """--servers all on 4 ranks (Alltoallw of uneven block shards, the last one padded: d = 2,244 in
+    blocks of 256) updates the model bit for bit as rank 0 alone does; each worker still sends one payload.
     FO-SGD also with --servers 2, and with rank 0 computing a gradient too."""
     common = ["--algorithm", algorithm, "--dataset", "synthetic-logreg", "--model", "mlp", "--width", "32",
               "--steps", "8", "--block-size", "256", "--eval-every", "4", "--check-every", "4", "--liec-period", "4"]
@@ -215,7 +213,7 @@ def test_sharded_server_gives_the_same_model_as_one_server(algorithm, tmp_path):
     cases = [("1", ()), ("all", ())]
     if algorithm == "fo-sgd":
         cases += [("2", ()), ("1", ("--server-also-works",)), ("all", ("--server-also-works",))]
-    runs = {(k, extra): train(5, tmp_path, *common, *extra, "--servers", k, name=f"{k}{len(extra)}.h5")
+    runs = {(k, extra): train(4, tmp_path, *common, *extra, "--servers", k, name=f"{k}{len(extra)}.h5")
             for k, extra in cases}
     params = {}
     for key, (out, summary) in runs.items():
