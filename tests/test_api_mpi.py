@@ -73,7 +73,8 @@ def test_a_stopped_and_resumed_adam_run_equals_the_uninterrupted_one(tmp_path):
         assert np.array_equal(a["final_params"][:], b["final_params"][:])
 
 
-def test_ctrl_c_before_the_first_step_records_status_interrupted(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; scancel or a time limit
+def test_a_stop_signal_before_the_first_step_records_status_interrupted(tmp_path, stop_signal):
     out = tmp_path / "early.h5"
     # rank 1's first gradient takes 1000 times as long (about a second), so the signal arrives before step 0 ends
     cmd = [mpirun_path(), "-n", "3", sys.executable, "-m", "fobsgd_mpi.train", "--quiet", "--out", str(out),
@@ -82,14 +83,14 @@ def test_ctrl_c_before_the_first_step_records_status_interrupted(tmp_path):
     try:
         for line in job.stdout:
             if line.startswith("# fobsgd_mpi:"):  # printed after set-up, just before step 0
-                job.send_signal(signal.SIGINT)
+                job.send_signal(stop_signal)
                 break
         _, stderr = job.communicate(timeout=240)
     finally:
         if job.poll() is None:
             job.kill()
-    assert job.returncode == 130, stderr[-2000:]
-    assert stderr.startswith("interrupted after 0 steps"), stderr[-2000:]
+    assert job.returncode == 128 + stop_signal, stderr[-2000:]
+    assert stderr.startswith(f"interrupted ({stop_signal.name}) after 0 steps"), stderr[-2000:]
     with h5py.File(out) as f:
         assert (f.attrs["status"], f.attrs["steps_done"]) == ("interrupted", 0)
         assert len(f["iterations/step"]) == 0

@@ -155,7 +155,7 @@ def test_overwrite_of_a_running_job_is_refused_and_ctrl_c_ends_it_cleanly(tmp_pa
     assert "Traceback" not in stderr and stderr.strip().count("\n") == 0, stderr[-2000:]
     with h5py.File(out) as f:  # intact, and it says where it stopped
         steps = f["iterations/step"][:]
-        assert stderr.startswith(f"interrupted after {len(steps)} steps")
+        assert stderr.startswith(f"interrupted (SIGINT) after {len(steps)} steps")
         assert len(steps) >= 40 and np.array_equal(steps, np.arange(len(steps)))
         assert (f.attrs["status"], f.attrs["steps_done"]) == ("interrupted", len(steps))
         assert "final_params" in f
