@@ -1,4 +1,5 @@
-"""The real peer: torch.distributed DDP (gloo ring all-reduce) on the same model, data, batch and seed.
+"""The real peer: torch.distributed DDP (gloo ring all-reduce; NCCL with --device cuda) on the same model, data,
+batch and seed.
 
     mpirun -n 8 python -m fobsgd_mpi.ddp --hook none --width 1000 --epochs 10
     python -m fobsgd_mpi.launch --bandwidth 100mbit -n 8 -- python -m fobsgd_mpi.ddp --hook fp16 --width 1000
@@ -22,7 +23,7 @@ import time
 
 import numpy as np
 
-from . import config, data, models
+from . import config, data, device, models
 from .config import FLOAT, INT, STR, Option
 from .errors import EXIT_USAGE
 from .launcher_env import LAUNCHER_ENV, rank_from_environment
@@ -40,6 +41,8 @@ OPTIONS = (
                           "--target-accuracy", batch_size={"help": "per rank"},
                           lr={"default": 0.05, "help": "learning rate"}),
     Option("--bucket-cap-mb", FLOAT, 25.0, "DDP's gradient bucket size", bounds=(0, 1e4), ends="(]"),
+    *config.options_named(config.TRAIN, "--device", device={"help": "cpu (gloo), cuda (NCCL; GPU = node-local rank "
+                                                                     "mod the node's GPUs) or cuda:N"}),
     *config.options_named(config.TRAIN, "--seed"),
     Option("--out", STR, None, "HDF5 file", required=True),
     *config.options_named(config.TRAIN, "--overwrite", "--quiet"),
@@ -97,15 +100,19 @@ def run(cfg):
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29517")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600))
+    dev = device.select(cfg.device)
+    device.activate(dev)
+    clock = device.clock(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600))
     try:
         ds = data.load(cfg.dataset, cfg.seed)
         idx = data.shard_indices(ds.y_train, world, rank, cfg.seed)
         sampler = data.BatchSampler(ds.x_train[idx], ds.y_train[idx], cfg.batch_size, seed=(cfg.seed, rank))
         n_out = ds.n_classes or ds.y_train.shape[1]
-        module = models.build(cfg.model, ds.n_features, n_out, cfg.width, cfg.seed)
+        module = models.build(cfg.model, ds.n_features, n_out, cfg.width, cfg.seed).to(dev)
         d = sum(p.numel() for p in module.parameters())
-        model = DistributedDataParallel(module, bucket_cap_mb=cfg.bucket_cap_mb)
+        model = DistributedDataParallel(module, device_ids=[dev] if dev.type == "cuda" else None,
+                                        bucket_cap_mb=cfg.bucket_cap_mb)
         hook = CommHook(cfg, model, d)
         sent = 0
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -126,15 +133,15 @@ def run(cfg):
         for step in range(total):
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step, total)
-            t0 = time.perf_counter()
+            t0 = clock()
             x, y = sampler.next()
             opt.zero_grad(set_to_none=False)
-            batch_loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
+            batch_loss = loss_fn(model(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
             batch_loss.backward()
-            t1 = time.perf_counter()
+            t1 = clock()
             opt.step()
-            t2 = time.perf_counter()
-            mean_loss = torch.tensor([float(batch_loss.detach())])
+            t2 = clock()
+            mean_loss = torch.tensor([float(batch_loss.detach())], device=dev)
             dist.reduce(mean_loss, dst=0)
             step_bytes = hook.step_bytes()
             sent += step_bytes
@@ -151,13 +158,13 @@ def run(cfg):
                                             "wall_s": time.perf_counter() - start})
                     writer.flush()
             if cfg.target_accuracy is not None and (step + 1) % cfg.eval_every == 0:
-                reached = torch.tensor([float(rank == 0 and acc >= cfg.target_accuracy)])
+                reached = torch.tensor([float(rank == 0 and acc >= cfg.target_accuracy)], device=dev)
                 dist.broadcast(reached, src=0)
                 if reached.item():
                     break
         if writer is not None:
             writer.f.create_dataset("final_params", data=np.concatenate(
-                [p.detach().reshape(-1).numpy() for p in module.parameters()]))
+                [p.detach().reshape(-1).cpu().numpy() for p in module.parameters()]))
             writer.close(steps_done=step + 1, skipped_steps=0)
             print("# summary " + json.dumps({"algorithm": f"ddp-{cfg.hook}", "steps": step + 1, "d": d,
                                              "n_workers": world, "final_test_loss": loss, "final_test_accuracy": acc,
@@ -173,6 +180,7 @@ def main(argv=None):
         config.check(OPTIONS, cfg)
         config.check_memory(cfg, DDP_COPIES)
         rank_and_size()
+        device.select(cfg.device)  # a GPU asked for and missing: one line, exit 2
         if os.path.exists(cfg.out) and not cfg.overwrite:
             raise ValueError(f"{cfg.out} exists; pass --overwrite or choose another --out")
     except ValueError as exc:
