@@ -142,3 +142,35 @@ def clock(dev):
         return time.perf_counter()
 
     return synchronized
+
+
+def best_seconds(fn, dev, repeats=10, loops=10):
+    """Best seconds per fn() on `dev`, each sample `loops` calls between two clock(dev) readings (so
+    a GPU's queue is drained at both ends and launch overhead is amortised); one untimed call first."""
+    read = clock(dev)
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = read()
+        for _ in range(loops):
+            fn()
+        best = min(best, (read() - t0) / loops)
+    return best
+
+
+def name(dev):
+    """What `dev` is, in words: the GPU's name, or the CPU's model and core count."""
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} ({torch.cuda.get_device_properties(dev).total_memory / 2**30:.0f} GiB)"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "CPU"
+    return f"{model}, {os.cpu_count()} cpus"
+
+
+def slug(dev):
+    """name(dev) as a file-name part: NVIDIA H200 (141 GiB) -> nvidia-h200."""
+    words = name(dev).split(" (")[0].split(",")[0]
+    return re.sub(r"[^a-z0-9]+", "-", words.lower()).strip("-")

@@ -112,3 +112,12 @@ def test_gpu_payload_path_round_trip(cuda_aware):
     assert torch.equal(out, t)
     before = device.clock(dev)()
     assert device.clock(dev)() >= before
+
+
+def test_cpu_name_slug_and_best_seconds():
+    cpu = torch.device("cpu")
+    assert device.name(cpu).endswith("cpus")
+    assert device.slug(cpu) and set(device.slug(cpu)) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
+    calls = []
+    assert device.best_seconds(lambda: calls.append(1), cpu, repeats=3, loops=4) >= 0
+    assert len(calls) == 1 + 3 * 4
