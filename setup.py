@@ -88,7 +88,7 @@ class BuildPerISA(build_ext):
         reason = cuda_skip_reason()
         if reason:
             print(f"fobsgd_mpi._native_cuda not built: {reason}")
-            self.extensions.remove(ext)  # nothing to copy or install
+            self.extensions.remove(ext)  # nothing to copy or install (it is the last extension: the loop ends)
             return
         home = cuda_home()
         nvcc = os.path.join(home, "bin", "nvcc")

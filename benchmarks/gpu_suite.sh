@@ -7,9 +7,12 @@
 # 1. the CUDA tests (extension built and imported, GPU kernels and torch codec against the numpy
 #    twin, payload staging); 2. benchmarks/fwht.py and benchmarks/codec.py with --device cuda,
 #    against fast-hadamard-transform and hadamard-transform where installed (--peer-wheels DIR
-#    pip-installs the wheels in DIR first, without dependencies: the GPU node has no network, and
-#    fast-hadamard-transform is an sdist that compiles CUDA for minutes, so build its wheel ahead
-#    with `pip wheel --no-deps --no-build-isolation fast-hadamard-transform`); 3. a short training
+#    pip-installs the wheels in DIR first, without dependencies, as the GPU node has no network.
+#    hadamard-transform 0.2.0 is a pure-python wheel on PyPI. fast-hadamard-transform 1.1.0 on PyPI
+#    is an sdist whose setup.py fetches a prebuilt wheel from GitHub and otherwise compiles CUDA,
+#    but it lacks csrc/ (measured: "csrc/fast_hadamard_transform.cpp missing"), so build its wheel
+#    ahead from a clone of github.com/Dao-AILab/fast-hadamard-transform with `pip wheel --no-deps
+#    --no-build-isolation .`, or take the release wheel matching torch and CUDA); 3. a short training
 #    run on GPUs: the DDP peer over NCCL and the harness with --device cuda; 4. bandwidth_sweep.py
 #    at 3, 5, 9 and 17 ranks (unshaped links). Records go to results/reference/gpu-<device>/ with
 #    each step's output; a step that fails is reported and the rest still run; the exit status
