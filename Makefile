@@ -10,7 +10,7 @@ ifeq ($(wildcard requirements-torch-$(TORCH).txt),)
 $(error TORCH=$(TORCH) is not a torch build: use TORCH=standard or TORCH=cpu)
 endif
 
-.PHONY: install train test test-fast demo bench bench-deps reference clean
+.PHONY: install train test test-fast demo bench bench-deps reference gpu-suite clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench: bench-deps
 # Every file in results/reference/ from the current commit (root, hours): see benchmarks/make_reference.sh
 reference: install
 	PYTHON=$(BIN)/python benchmarks/make_reference.sh
+
+# CUDA tests and GPU benchmarks on a GPU node, into results/reference/gpu-<device>/ (benchmarks/gpu_suite.sh)
+gpu-suite: install
+	PYTHON=$(BIN)/python benchmarks/gpu_suite.sh
 
 clean:
 	rm -rf build *.egg-info fobsgd_mpi/_native*.so $(VENV)/.built

@@ -3,11 +3,17 @@
 The kernels in native/src/kernels.inl are compiled once per instruction set, each translation
 unit with its own flags, and picked at run time (native/src/dispatch.cpp) - never -march=native,
 so one build runs on every node of a mixed cluster.
+
+fobsgd_mpi._native_cuda (native/cuda/) is optional: built when nvcc is found and torch is a CUDA
+build, skipped with FOBSGD_CUDA=0, and a failure only warns (the CPU extension never needs CUDA).
+FOBSGD_CUDA_ARCH picks the GPU architectures (default "80;90": A100, H100/H200, and PTX for newer).
 """
 import glob
 import os
 import platform
 import re
+import shutil
+import subprocess
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
@@ -23,10 +29,49 @@ COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fopenmp", "-Wall
 DEFINES = [("FOBSGD_X86_ISAS", "1")] if X86 else []
 
 
+CUDA_SOURCES = sorted(glob.glob("native/cuda/*.cu"))
+
+
+def cuda_home():
+    """The CUDA toolkit: CUDA_HOME / CUDA_PATH, nvcc's on PATH, /usr/local/cuda(-*); the first with
+    both bin/nvcc and include/cuda_runtime.h (a PATH nvcc can be a wrapper script elsewhere), or None."""
+    nvcc = shutil.which("nvcc")
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else None,
+                  "/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    return next((c for c in candidates if c and os.access(os.path.join(c, "bin", "nvcc"), os.X_OK)
+                 and os.path.exists(os.path.join(c, "include", "cuda_runtime.h"))), None)
+
+
+def cuda_skip_reason():
+    """Why fobsgd_mpi._native_cuda is not built, or None."""
+    if os.environ.get("FOBSGD_CUDA", "1") == "0":
+        return "FOBSGD_CUDA=0"
+    try:
+        import torch
+    except ImportError:
+        return "torch is not importable at build time (install with --no-build-isolation)"
+    if not torch.version.cuda:
+        return f"torch {torch.__version__} is not a CUDA build"
+    if cuda_home() is None:
+        return "no CUDA toolkit with nvcc found (set CUDA_HOME)"
+    return None
+
+
+def gencode_flags():
+    """-gencode per architecture of FOBSGD_CUDA_ARCH ("80;90"), plus PTX of the newest for later GPUs."""
+    archs = [a.strip() for a in os.environ.get("FOBSGD_CUDA_ARCH", "80;90").replace(",", ";").split(";") if a.strip()]
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    return flags + [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+
+
 class BuildPerISA(build_ext):
-    """Compiles native/src/isa_<name>.cpp with that instruction set's flags, then links all."""
+    """Compiles native/src/isa_<name>.cpp with that instruction set's flags, then links all; the
+    CUDA extension's .cu files go through nvcc, and its failure leaves the package without it."""
 
     def build_extension(self, ext):
+        if ext.name == "fobsgd_mpi._native_cuda":
+            return self.build_cuda(ext)
         objects = []
         for isa, flags in ISA_FLAGS.items():
             objects += self.compiler.compile(
@@ -39,6 +84,32 @@ class BuildPerISA(build_ext):
         ext.extra_objects = objects
         super().build_extension(ext)
 
+    def build_cuda(self, ext):
+        reason = cuda_skip_reason()
+        if reason:
+            print(f"fobsgd_mpi._native_cuda not built: {reason}")
+            self.extensions.remove(ext)  # nothing to copy or install (it is the last extension: the loop ends)
+            return
+        home = cuda_home()
+        nvcc = os.path.join(home, "bin", "nvcc")
+        try:
+            os.makedirs(self.build_temp, exist_ok=True)
+            objects = []
+            for source in CUDA_SOURCES:
+                obj = os.path.join(self.build_temp, os.path.basename(source) + ".o")
+                subprocess.run([nvcc, "-std=c++17", "-O3", "-fmad=false", "--extended-lambda", "-Xcompiler", "-fPIC",
+                                *gencode_flags(), "-c", source, "-o", obj], check=True)
+                objects.append(obj)
+            ext.extra_objects = objects
+            ext.include_dirs = [*ext.include_dirs, os.path.join(home, "include")]
+            lib = next(p for p in (os.path.join(home, d) for d in ("lib64", "lib")) if os.path.isdir(p))
+            ext.library_dirs = [lib]
+            ext.runtime_library_dirs = [lib]  # torch loads its own libcudart.so first; this is the fallback
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the CPU package working
+            print(f"WARNING: fobsgd_mpi._native_cuda failed to build ({exc}); GPU tensors use the torch codec")
+            self.extensions.remove(ext)
+
 
 native = Pybind11Extension(
     "fobsgd_mpi._native",
@@ -49,6 +120,15 @@ native = Pybind11Extension(
     cxx_std=17,
     extra_compile_args=COMMON_FLAGS,
     extra_link_args=["-fopenmp"],
+)
+
+native_cuda = Pybind11Extension(
+    "fobsgd_mpi._native_cuda",
+    ["native/cuda/bindings.cpp"],
+    depends=CUDA_SOURCES + ["native/cuda/fobsgd_cuda.h", "native/src/stream.inl", "native/include/fobsgd.h"],
+    include_dirs=["native/cuda"],
+    cxx_std=17,
+    libraries=["cudart"],
 )
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -76,7 +156,7 @@ setup(
         "test": ["pytest>=8", "scipy>=1.10"],
         "bench": ["fht-cpu==1.0.1"],
     },
-    ext_modules=[native],
+    ext_modules=[native, native_cuda],
     cmdclass={"build_ext": BuildPerISA},
     zip_safe=False,
 )

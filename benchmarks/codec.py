@@ -5,6 +5,14 @@ Also the ratios the kernels are held to, measured side by side in this run:
   aggregating 8 fo1bit payloads of 2^24 coordinates against decoding one of them.
 
     python benchmarks/codec.py [--sizes 1000000 25000000] [--repeats 5]
+
+    python benchmarks/codec.py --device cuda [--sizes 1000000 25000000]
+
+instead times the one-bit codec on torch tensors on that device (cpu runs the same code, as a dry
+run): fo1bit (rotated) and dithered sign encode / decode and an 8-payload aggregate, with the CUDA
+kernels (fobsgd_mpi._native_cuda) and with the torch codec's own operations, in GB/s of fp32 and
+as a fraction of the device's copy bandwidth: the least bytes the call must move (fp32 in or out,
+one bit per coordinate the other way) per second over the bytes a same-size copy moves per second.
 """
 import argparse
 
@@ -58,11 +66,80 @@ def goals(repeats):
     ]
 
 
+def device_throughput(dev, d, repeats):
+    """Records of the one-bit codec on torch tensors on `dev`, CUDA kernels and torch operations."""
+    import torch
+
+    from fobsgd_mpi import device, torch_codec as tc
+
+    c = compressors.get("fo1bit")
+    lay = c.layout(d)
+    factors = c.lambda_factors(lay)
+    x = torch.randn(d, device=dev)
+    bits = torch.zeros(lay.n_words, dtype=torch.int64, device=dev)
+    scales = torch.zeros(lay.n_blocks, device=dev)
+    out = torch.empty(d, device=dev)
+    v = torch.empty(lay.padded, device=dev)
+    n_rows, nbytes = 8, lay.n_words * 8 + lay.n_blocks * 4
+    rows = torch.zeros(n_rows, nbytes, dtype=torch.uint8, device=dev)
+    copy_s = device.best_seconds(lambda: out.copy_(x), dev, repeats)
+    copy_Bps = 8 * d / copy_s
+    records = []
+    for kernels in ("cuda", "torch") if dev.type == "cuda" else ("torch",):
+        native.set_cuda_kernels(kernels == "cuda")
+        for scheme, rotate in (("fo1bit", True), ("dithered-sign", False)):
+            def encode():
+                tc.encode_1bit(x, lay, rotate, tc.LAMBDA_MIN, factors, 0, 1, 1, bits, scales)
+
+            encode()
+            for r in range(n_rows):
+                rows[r, : lay.n_words * 8] = bits.view(torch.uint8)
+                rows[r, lay.n_words * 8 :] = scales.view(torch.uint8)
+            times = {"encode": device.best_seconds(encode, dev, repeats),
+                     "decode": device.best_seconds(lambda: tc.decode_1bit(bits, scales, lay, rotate, 0, 1, out), dev,
+                                                   repeats),
+                     "aggregate": device.best_seconds(lambda: tc.aggregate_1bit(rows, lay.n_words * 8,
+                                                                                [1 / n_rows] * n_rows, lay, v),
+                                                      dev, repeats)}
+            moved = {"encode": 4 * d + d / 8, "decode": d / 8 + 4 * d, "aggregate": n_rows * d / 8 + 4 * lay.padded}
+            rec = {"kernels": kernels, "scheme": scheme, "d": d, "copy_GBps": copy_Bps / 1e9}
+            for what, t in times.items():
+                rec[f"{what}_GBps"] = 4 * d / t / 1e9
+                rec[f"{what}_of_bandwidth"] = moved[what] / t / copy_Bps
+            records.append(rec)
+    native.set_cuda_kernels(True)
+    return records
+
+
+def main_device(args):
+    from fobsgd_mpi import device
+
+    dev = device.select(args.device)
+    device.activate(dev)
+    records = [r for d in args.sizes for r in device_throughput(dev, d, args.repeats)]
+    print(f"# python benchmarks/codec.py --device {args.device} --sizes {' '.join(map(str, args.sizes))}   "
+          f"({device.name(dev)}; GB/s of fp32; bandwidth fraction = least bytes moved per second / a copy's)")
+    columns = [("kernels", "kernels", "{}"), ("scheme", "scheme", "{}"), ("d", "d", "{:d}"),
+               ("copy_GBps", "copy [GB/s]", "{:.1f}")]
+    for what in ("encode", "decode", "aggregate"):
+        columns += [(f"{what}_GBps", f"{what} [GB/s]", "{:.2f}"), (f"{what}_of_bandwidth", f"{what} / bw", "{:.3f}")]
+    print(format_table(records, columns))
+    path = results_path("codec-" + device.slug(dev), args.out)
+    units = {k: "GB/s of fp32" for k in records[0] if k.endswith("_GBps")}
+    units |= {k: "fraction of copy bandwidth" for k in records[0] if k.endswith("_of_bandwidth")}
+    save_records(path, "throughput", records, units, meta={"device": device.name(dev), "aggregate_rows": 8})
+    print(f"# wrote {path}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 25_000_000])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", help="time torch tensors on this device (cuda, cuda:N; cpu as a dry run) instead")
+    p.add_argument("--out", help="HDF5 file (default results/codec-<time>.h5)")
     args = p.parse_args(argv)
+    if args.device:
+        return main_device(args)
     print(f"# kernels: {native.isa()}, one thread")
     records = []
     for d in args.sizes:
@@ -74,7 +151,7 @@ def main(argv=None):
     ratios = goals(args.repeats)
     print(format_table(ratios, [("what", "ratio", "{}"), ("ratio", "value [x]", "{:.2f}"),
                                 ("a_ms", "first [ms]", "{:.2f}"), ("b_ms", "second [ms]", "{:.2f}")]))
-    path = results_path("codec")
+    path = results_path("codec", args.out)
     units = {"encode_GBps": "GB/s of fp32 input", "decode_GBps": "GB/s of fp32 output",
              "aggregate_GBps": "GB/s of fp32 output per payload", "bits_per_coord": "bit", "d": "coordinates"}
     save_records(path, "throughput", records, units, meta={"isa": native.isa(), "goals": ratios})

@@ -15,6 +15,14 @@ instead times the FWHT schedules of native/src/fwht.inl per log2 n for every ins
 CPU has (benchmarks/fwht_tune.cpp, compiled with setup.py's flags for that set) after checking
 every schedule bit for bit against the plain stage loop, and rewrites native/src/fwht_plan.h, the
 table the kernels dispatch on; the entries of instruction sets this CPU lacks are kept.
+
+    python benchmarks/fwht.py --device cuda [--min-log 10] [--max-log 15] [--elements 24]
+
+instead times torch tensors on that device (cpu runs the same code, as a dry run): our CUDA kernel
+(fobsgd_mpi._native_cuda), the torch codec's stages, fast-hadamard-transform (Dao-AILab) and
+hadamard-transform (pure torch) where installed, on rows of 2^min-log .. 2^max-log batched to
+2^elements floats, against a device-to-device copy of the same array: wall-clock per call with the
+device synchronized, GB/s of float32 read and written, and the fraction of the copy's GB/s.
 """
 import argparse
 import datetime
@@ -222,13 +230,102 @@ def plot(records, path):
               "length [log2 of float32 elements]", "time per transform, best of N [ms]", "in-place FWHT, one thread")
 
 
+def device_contenders():
+    """name -> fn(x) -> transformed x (in place or not, unnormalised where the peer allows) on torch
+    tensors of any device; the peers only where installed (fast-hadamard-transform: CUDA only)."""
+    import torch
+
+    from fobsgd_mpi import torch_codec
+
+    def ours(x):
+        return torch_codec.fwht_(x, normalize=False)
+
+    def torch_stages(x):
+        native.set_cuda_kernels(False)
+        try:
+            return torch_codec.fwht_(x, normalize=False)
+        finally:
+            native.set_cuda_kernels(True)
+
+    out = {"ours": ours, "torch-codec": torch_stages}
+    try:
+        from fast_hadamard_transform import hadamard_transform as dao
+
+        out["fast-hadamard-transform"] = lambda x: dao(x, 1.0)
+    except ImportError:
+        print("# fast-hadamard-transform not installed; skipped", file=sys.stderr)
+    try:
+        from hadamard_transform import hadamard_transform as pure
+
+        out["hadamard-transform"] = pure
+    except ImportError:
+        print("# hadamard-transform not installed; skipped", file=sys.stderr)
+    return out, torch
+
+
+def run_device(spec, min_log, max_log, log_elements, repeats):
+    """One record per row length: seconds per call of each contender and of a copy, on `spec`."""
+    from fobsgd_mpi import device
+
+    fns, torch = device_contenders()
+    dev = device.select(spec)
+    device.activate(dev)
+    n = 1 << log_elements
+    x = torch.randn(n, device=dev) / 2**12  # repeated unnormalised transforms stay finite for a while
+    y = torch.empty_like(x)
+    records = []
+    for log_n in range(min_log, max_log + 1):
+        rows = x.view(-1, 1 << log_n)
+        rec = {"log_n": log_n, "elements": n, "copy_s": device.best_seconds(lambda: y.copy_(x), dev, repeats)}
+        for name, fn in fns.items():
+            if name == "fast-hadamard-transform" and (dev.type != "cuda" or log_n > 15):
+                continue
+            try:
+                rec[f"{name}_s"] = device.best_seconds(lambda fn=fn: fn(rows), dev, repeats)
+            except (RuntimeError, ValueError, AssertionError) as exc:
+                print(f"# {name} at 2^{log_n}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        for name in fns:
+            if f"{name}_s" in rec:
+                rec[f"{name}_GBps"] = 8 * n / rec[f"{name}_s"] / 1e9
+                rec[f"{name}_of_copy"] = rec["copy_s"] / rec[f"{name}_s"]
+        records.append(rec)
+    return records, dev, list(fns)
+
+
+def main_device(args):
+    from fobsgd_mpi import device
+
+    records, dev, names = run_device(args.device, args.min_log, args.max_log, args.elements, args.repeats)
+    name = device.name(dev)
+    columns = [("log_n", "log2 row", "{:d}"), ("copy_s", "copy [ms]", "{:.4f}")]
+    scaled = [{**r, "copy_s": r["copy_s"] * 1e3, **{f"{k}_s": r[f"{k}_s"] * 1e3 for k in names if f"{k}_s" in r}}
+              for r in records]
+    for k in names:
+        columns += [(f"{k}_s", f"{k} [ms]", "{:.4f}"), (f"{k}_GBps", f"{k} [GB/s]", "{:.1f}"),
+                    (f"{k}_of_copy", f"{k} / copy bandwidth", "{:.2f}")]
+    print(f"# python benchmarks/fwht.py --device {args.device} --min-log {args.min_log} --max-log {args.max_log} "
+          f"--elements {args.elements}   ({datetime.date.today().isoformat()}, {name}; float32, unnormalised, "
+          f"rows batched to 2^{args.elements} floats; GB/s of float32 read + written; best of {args.repeats})")
+    print(format_table(scaled, columns))
+    path = results_path("fwht-" + device.slug(dev), args.out)
+    units = {k: "s" for k in records[0] if k.endswith("_s")}
+    units |= {f"{k}_GBps": "GB/s (read + write)" for k in names} | {f"{k}_of_copy": "ratio" for k in names}
+    save_records(path, "fwht", records, units, meta={"dtype": "float32", "device": name, "repeats": args.repeats})
+    print(f"# wrote {path}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--min-log", type=int, default=10)
     p.add_argument("--max-log", type=int, default=24)
     p.add_argument("--repeats", type=int, default=100)
     p.add_argument("--tune", action="store_true", help="measure the schedules and rewrite native/src/fwht_plan.h")
+    p.add_argument("--device", help="time torch tensors on this device (cuda, cuda:N; cpu as a dry run) instead")
+    p.add_argument("--elements", type=int, default=24, help="with --device: log2 of the floats per call")
+    p.add_argument("--out", help="HDF5 file (default results/fwht-<time>.h5)")
     args = p.parse_args(argv)
+    if args.device:
+        return main_device(args)
     if args.tune:
         return tune(args.min_log, args.max_log, args.repeats)
     with np.errstate(all="ignore"):  # repeated unnormalised transforms overflow to inf; timing is unaffected
@@ -244,7 +341,7 @@ def main(argv=None):
           f" native = dispatch's choice, {native.isa()}; float32, in place, unnormalised, one thread, best thread"
           " CPU time of N interleaved)")
     print(format_table(scaled, columns))
-    path = results_path("fwht")
+    path = results_path("fwht", args.out)
     units = {k: "s" for k in timing_keys} | {k: "ratio" for k, _ in ratios}
     save_records(path, "fwht", records, units, meta={"dtype": "float32", "threads": 1, "repeats": args.repeats})
     plot(records, os.path.splitext(path)[0] + ".png")

@@ -1,4 +1,5 @@
-"""The real peer: torch.distributed DDP (gloo ring all-reduce) on the same model, data, batch and seed.
+"""The real peer: torch.distributed DDP (gloo ring all-reduce; NCCL with --device cuda) on the same model, data,
+batch and seed.
 
     mpirun -n 8 python -m fobsgd_mpi.ddp --hook none --width 1000 --epochs 10
     python -m fobsgd_mpi.launch --bandwidth 100mbit -n 8 -- python -m fobsgd_mpi.ddp --hook fp16 --width 1000
@@ -23,7 +24,7 @@ import time
 
 import numpy as np
 
-from . import config, data, models
+from . import config, data, device, models
 from .config import FLOAT, INT, STR, Option
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, JobError, UsageError
 from .launcher_env import LAUNCHER_ENV, rank_from_environment
@@ -36,11 +37,15 @@ OPTIONS = (
     Option("--powersgd-rank", INT, 1, "matrix approximation rank of the PowerSGD hook", bounds=(1, 1024)),
     Option("--powersgd-start", INT, 10, "iterations of plain all-reduce before PowerSGD starts (DDP's first two "
                                         "are plain whatever this says)", bounds=(2, config.BIG)),
-    *config.options_named(config.TRAIN, "--dataset", "--model", "--width", "--batch-size", "--lr", "--momentum",
-                          "--weight-decay", "--lr-schedule", "--epochs", "--steps", "--eval-every",
-                          "--target-accuracy", batch_size={"help": "per rank"},
-                          lr={"default": 0.05, "help": "learning rate"}),
+    *config.options_named(config.TRAIN, "--dataset", "--model", "--width", "--batch-size", "--lr", "--optimizer",
+                          "--momentum", "--nesterov", "--beta1", "--beta2", "--weight-decay", "--lr-schedule",
+                          "--lr-warmup-steps", "--epochs", "--steps", "--eval-every", "--target-accuracy",
+                          dataset={"help": "training and test data: the built-in arrays or npz:PATH (the image "
+                                           "sets run in fobsgd_mpi.train only)", "rule": data.check_array_set},
+                          batch_size={"help": "per rank"}, lr={"default": 0.05, "help": "learning rate"}),
     Option("--bucket-cap-mb", FLOAT, 25.0, "DDP's gradient bucket size", bounds=(0, 1e4), ends="(]"),
+    *config.options_named(config.TRAIN, "--device", device={"help": "cpu (gloo), cuda (NCCL; GPU = node-local rank "
+                                                                     "mod the node's GPUs) or cuda:N"}),
     *config.options_named(config.TRAIN, "--seed"),
     Option("--out", STR, None, "HDF5 file", required=True),
     *config.options_named(config.TRAIN, "--overwrite", "--quiet"),
@@ -113,13 +118,18 @@ def run(cfg):
     from torch.nn.parallel import DistributedDataParallel
 
     from .results import RunWriter, git_commit
-    from .train import deferred_interrupt, learning_rate
+    from .loop import deferred_interrupt
+    from .optim import build_optimizer, build_scheduler
 
     rank, world = rank_and_size()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29517")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600))
+    dev = device.select(cfg.device)
+    device.activate(dev)
+    clock = device.clock(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=600))
     lock = None
     try:
         lock = claim_output(cfg)
@@ -127,14 +137,16 @@ def run(cfg):
         idx = data.shard_indices(ds.y_train, world, rank, cfg.seed)
         sampler = data.BatchSampler(ds.x_train[idx], ds.y_train[idx], cfg.batch_size, seed=(cfg.seed, rank))
         n_out = ds.n_classes or ds.y_train.shape[1]
-        module = models.build(cfg.model, ds.n_features, n_out, cfg.width, cfg.seed)
+        module = models.build(cfg.model, ds.x_train.shape[1:], n_out, cfg.width, cfg.seed).to(dev)
         d = sum(p.numel() for p in module.parameters())
-        model = DistributedDataParallel(module, bucket_cap_mb=cfg.bucket_cap_mb)
+        model = DistributedDataParallel(module, device_ids=[dev] if dev.type == "cuda" else None,
+                                        bucket_cap_mb=cfg.bucket_cap_mb)
         hook = CommHook(cfg, model, d)
         sent = 0
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        opt = build_optimizer(cfg, model.parameters())
         loss_fn = models.loss_for(ds.n_classes)
         total = cfg.steps or max(1, int(round(cfg.epochs * len(ds.x_train) / (world * cfg.batch_size))))
+        scheduler = build_scheduler(cfg, opt, total)
         writer = None
         if rank == 0:
             writer = RunWriter(cfg.out, {"algorithm": f"ddp-{cfg.hook}", "config": json.dumps(vars(cfg)),
@@ -150,18 +162,18 @@ def run(cfg):
         try:
             with deferred_interrupt() as interrupted:
                 for step in range(total):
-                    for group in opt.param_groups:
-                        group["lr"] = learning_rate(cfg, step, total)
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     x, y = sampler.next()
                     opt.zero_grad(set_to_none=False)
-                    batch_loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
+                    batch_loss = loss_fn(model(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
                     batch_loss.backward()
-                    t1 = time.perf_counter()
+                    t1 = clock()
                     opt.step()
-                    t2 = time.perf_counter()
+                    scheduler.step()
+                    t2 = clock()
                     # the loss sum, and whether any rank saw Ctrl-C: all ranks then stop after this same step
-                    loss_and_interrupts = torch.tensor([float(batch_loss.detach()), float(interrupted.is_set())])
+                    loss_and_interrupts = torch.tensor([float(batch_loss.detach()), float(interrupted.is_set())],
+                                                       device=dev)
                     dist.all_reduce(loss_and_interrupts)
                     step_bytes = hook.step_bytes()
                     sent += step_bytes
@@ -182,7 +194,7 @@ def run(cfg):
                     if loss_and_interrupts[1]:
                         raise KeyboardInterrupt
                     if cfg.target_accuracy is not None and done % cfg.eval_every == 0:
-                        reached = torch.tensor([float(rank == 0 and acc >= cfg.target_accuracy)])
+                        reached = torch.tensor([float(rank == 0 and acc >= cfg.target_accuracy)], device=dev)
                         dist.broadcast(reached, src=0)
                         if reached.item():
                             break
@@ -192,7 +204,7 @@ def run(cfg):
         finally:
             if writer is not None:
                 final_params = None if status == "failed" else np.concatenate(
-                    [p.detach().reshape(-1).numpy() for p in module.parameters()])
+                    [p.detach().reshape(-1).cpu().numpy() for p in module.parameters()])
                 writer.close(final_params=final_params, status=status, steps_done=done, skipped_steps=0)
         dist.barrier()  # no rank leaves while rank 0 still evaluates and writes
         if status == "interrupted":
@@ -213,6 +225,7 @@ def main(argv=None):
         config.check(OPTIONS, cfg)
         config.check_memory(cfg, DDP_COPIES)
         rank_and_size()
+        device.select(cfg.device)  # a GPU asked for and missing: one line, exit 2
         if os.path.exists(cfg.out) and not cfg.overwrite:
             raise ValueError(f"{cfg.out} exists; pass --overwrite or choose another --out")
     except ValueError as exc:

@@ -160,15 +160,17 @@ class FlatModel:
 @torch.no_grad()
 def evaluate(module, x, y, loss_fn, classes):
     """(loss, accuracy) of `module` on (x, y) in eval mode (dropout off, batch norm on its running
-    statistics), its mode restored after; accuracy is NaN for regression (classes = 0)."""
+    statistics), its mode restored after; accuracy is NaN for regression (classes = 0). The data
+    go to the module's device (CPU or GPU)."""
+    dev = next(module.parameters()).device
     training = module.training
     module.eval()
     try:
-        out = module(torch.from_numpy(x))
+        out = module(torch.from_numpy(x).to(dev))
     finally:
         module.train(training)
-    loss = float(loss_fn(out, torch.from_numpy(y)))
-    acc = float((out.argmax(1).numpy() == y).mean()) if classes else float("nan")
+    loss = float(loss_fn(out, torch.from_numpy(y).to(dev)))
+    acc = float((out.argmax(1).cpu().numpy() == y).mean()) if classes else float("nan")
     return loss, acc
 
 

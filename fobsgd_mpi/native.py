@@ -1,6 +1,8 @@
 """The C++ kernels (fobsgd_mpi._native), with the same functions and signatures as
 fobsgd_mpi.reference. If the extension is not built, every function here is the numpy reference
-and a warning says so once.
+and a warning says so once. Also the backend choice for any array (backend_for): numpy arrays
+take these kernels, torch tensors fobsgd_mpi.torch_codec, which runs the CUDA kernels
+(fobsgd_mpi._native_cuda, optional) on a GPU tensor when they are built.
 
     >>> import numpy as np
     >>> from fobsgd_mpi import native
@@ -124,21 +126,50 @@ if _native is None:  # pragma: no cover
     globals().update({name: getattr(reference, name) for name in KERNELS})
 
 
+BACKENDS = ("native", "numpy", "torch", "cuda")
+_cuda = {"enabled": os.environ.get("FOBSGD_CUDA_KERNELS", "1") != "0"}
+
+
+def cuda_extension():
+    """fobsgd_mpi._native_cuda, or None: not built (no nvcc or no CUDA torch at install, FOBSGD_CUDA=0),
+    or turned off (set_cuda_kernels(False), FOBSGD_CUDA_KERNELS=0). Importing it launches nothing."""
+    if not _cuda["enabled"]:
+        return None
+    if "module" not in _cuda:
+        try:
+            import torch  # loads the libcudart the extension links against
+            from . import _native_cuda
+            _cuda["module"] = _native_cuda if torch.version.cuda else None
+        except ImportError:
+            _cuda["module"] = None
+    return _cuda["module"]
+
+
+def set_cuda_kernels(enabled):
+    """Use the CUDA kernels for GPU tensors where they apply (the default), or the torch codec's
+    own operations everywhere (to compare the two)."""
+    _cuda["enabled"] = bool(enabled)
+
+
 def backend(name="native"):
-    """The kernel module for a backend name: "native" (falls back to numpy if unbuilt) or "numpy"."""
+    """The kernel module for a backend name: "native" (falls back to numpy if unbuilt), "numpy",
+    or "torch" / "cuda" (fobsgd_mpi.torch_codec, which runs the CUDA kernels on GPU tensors)."""
     if name == "numpy":
         return reference
     if name == "native":
         import sys
         return sys.modules[__name__]
-    raise ValueError(f"unknown kernel backend {name!r}; choose 'native' or 'numpy'")
+    if name in ("torch", "cuda"):
+        from . import torch_codec
+        return torch_codec
+    raise ValueError(f"unknown kernel backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def backend_for(x):
-    """The kernel module for an array: fobsgd_mpi.torch_codec for a torch tensor (on any device),
-    this module (native, or numpy if unbuilt) for anything else. For a CPU tensor, this module on
+    """Which kernels an array gets: "cuda" for a GPU tensor when the CUDA kernels are built (and
+    on), "torch" for any other tensor, "native" for a numpy array ("numpy" if the extension is not
+    built). backend(backend_for(x)) is the module to call. For a CPU tensor, this module on
     x.numpy() (no copy) is about 40x faster than torch_codec."""
     if type(x).__module__.startswith("torch"):
-        from . import torch_codec
-        return torch_codec
-    return backend("native")
+        return "cuda" if x.is_cuda and cuda_extension() is not None else "torch"
+    return "native" if available() else "numpy"

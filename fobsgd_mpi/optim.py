@@ -33,12 +33,6 @@ def lr_factor(schedule, step, total, warmup_steps=0):
     return factor
 
 
-def learning_rate(cfg, step, total):
-    """The learning rate of a run's options at `step` (for front doors that set it themselves, ddp,
-    whose options have no warm-up)."""
-    return cfg.lr * lr_factor(cfg.lr_schedule, step, total, getattr(cfg, "lr_warmup_steps", 0))
-
-
 def build_optimizer(cfg, parameters):
     """The torch optimizer --optimizer names, with the run's learning rate, momentum, betas, decay."""
     if cfg.optimizer == "sgd":

@@ -26,13 +26,18 @@ dither and tie bits. Equality with the other backends:
   - top-k: the same indices unless magnitudes tie at the k-th largest.
 Run these eagerly: torch.compile may fuse lambda * u + y into one FMA and change bits.
 n_threads is accepted for the signature's sake: torch chooses its own threads.
+
+On a GPU tensor, fwht_ (float32), encode_1bit, decode_1bit and aggregate_1bit run the CUDA kernels
+(native/cuda/, fobsgd_mpi._native_cuda) when they are built: the same bits as above, the sums of
+squares again in their own order (native.backend_for(x) says "cuda"). Otherwise, and for every
+other function, the torch operations below run on the tensor's device.
 """
 import itertools
 import math
 
 import torch
 
-from . import rng
+from . import native, rng
 from .errors import NonFiniteError
 from .reference import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM, TIES_POSITIVE, TIES_RANDOM  # noqa: F401  (re-exported)
 
@@ -166,6 +171,32 @@ def _write(out, x, accumulate):
         out[: len(x)] = x
 
 
+# ---------------------------------------------------------------- the CUDA kernels
+def _cuda_kernels(x):
+    """fobsgd_mpi._native_cuda when x is a GPU tensor and the kernels are built, else None."""
+    return native.cuda_extension() if x.is_cuda else None
+
+
+def _address(t, dtype, numel, device, what):
+    """t's device address after checking what the kernel will read or write there."""
+    if t.device != device or t.dtype not in dtype or not t.is_contiguous() or t.numel() < numel:
+        raise ValueError(f"{what} must be a contiguous {'/'.join(map(str, dtype))} tensor on {device} with at least "
+                         f"{numel} elements, got {t.dtype} {tuple(t.shape)} on {t.device}")
+    return t.data_ptr()
+
+
+def _launch(kernel, what, device, *args):
+    """Run one CUDA kernel call on `device`'s current stream; a launch error becomes a RuntimeError."""
+    with torch.cuda.device(device):
+        status = kernel(*args, torch.cuda.current_stream(device).cuda_stream)
+    if status:
+        raise RuntimeError(f"{what}: CUDA error {status} ({native.cuda_extension().error_string(status)})")
+
+
+WORDS = (torch.int64, torch.uint64)
+F32 = (torch.float32,)
+
+
 # ---------------------------------------------------------------- transform
 def fwht_(x, normalize=True):
     """In-place Walsh-Hadamard transform over the last axis of a contiguous float32 / float64
@@ -178,6 +209,11 @@ def fwht_(x, normalize=True):
     n = x.shape[-1] if x.dim() else 0
     if n < 1 or n & (n - 1) or n > 1 << 30:
         raise ValueError(f"fwht_ needs a power-of-two last axis up to 2^30, got length {n}")
+    cuda = _cuda_kernels(x)
+    if cuda is not None and x.dtype == torch.float32:
+        scale = 1.0 / math.sqrt(n) if normalize and n > 1 else 1.0
+        _launch(cuda.fwht_f32, "fwht_", x.device, x.data_ptr(), x.numel() // n, n.bit_length() - 1, scale)
+        return x
     h = 1
     while h < n:
         v = x.view(-1, n // (2 * h), 2, h)
@@ -195,6 +231,19 @@ def fwht_(x, normalize=True):
 def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, scales, n_threads=1):
     """reference.encode_1bit on tensors: x float32 (length layout.d); bits (n_words) and scales
     (n_blocks, float32) on x's device. Raises NonFiniteError for NaN or Inf in x."""
+    cuda = _cuda_kernels(x)
+    if cuda is not None:
+        work = torch.empty(layout.padded, dtype=torch.float32, device=x.device)
+        sumsq = torch.empty(layout.n_blocks, dtype=torch.float64, device=x.device)
+        ids = torch.as_tensor(layout.block_ids, device=x.device)
+        factors = torch.as_tensor(lambda_factor, dtype=torch.float64, device=x.device)
+        x = x.contiguous()
+        _launch(cuda.encode_1bit, "encode_1bit", x.device, _address(x, F32, layout.d, x.device, "x"), layout.offsets,
+                layout.log_sizes, layout.d, ids.data_ptr(), int(rotate), rule, factors.data_ptr(), seed, step, rank,
+                work.data_ptr(), sumsq.data_ptr(), _address(bits, WORDS, layout.n_words, x.device, "bits"),
+                _address(scales, F32, layout.n_blocks, x.device, "scales"))
+        _require_finite(torch.isfinite(sumsq).all(), "vector to encode")
+        return
     xp = _padded(x, layout)
     ids = torch.as_tensor(layout.block_ids, device=x.device)
     factors = torch.as_tensor(lambda_factor, dtype=torch.float64, device=x.device)
@@ -227,6 +276,16 @@ def decode_1bit(bits, scales, layout, rotate, seed, step, out, weight=1.0, accum
     GPU replica decodes to the same bits as a CPU one with native kernels. The reference
     transforms +-scale and rounds at each stage: it agrees within rtol 1e-5.
     """
+    cuda = _cuda_kernels(out)
+    if cuda is not None:
+        work = torch.empty(layout.padded, dtype=torch.float32, device=out.device)
+        ids = torch.as_tensor(layout.block_ids, device=out.device)
+        _launch(cuda.decode_1bit, "decode_1bit", out.device,
+                _address(bits, WORDS, layout.n_words, out.device, "bits"),
+                _address(scales, F32, layout.n_blocks, out.device, "scales"), layout.offsets, layout.log_sizes,
+                layout.d, ids.data_ptr(), int(rotate), seed, step, float(weight), bool(accumulate), work.data_ptr(),
+                _address(out, F32, layout.d, out.device, "out"))
+        return
     q = torch.where(unpack_bits(bits)[: layout.padded], 1.0, -1.0).to(torch.float32)
     if not rotate:
         _write(out, _f32(weight) * (q * _per_coordinate(scales, layout))[: layout.d], accumulate)
@@ -244,6 +303,17 @@ def aggregate_1bit(payloads, scales_offset, weights, layout, out, n_threads=1):
     """sum_i weights[i] scale_i (2 b_i - 1) over the padded length, from gathered payload rows
     (n, nbytes) uint8, into out[:padded]. Rows are added in rank order, as the reference and
     native kernels do, so the sums are bit-identical to theirs."""
+    cuda = _cuda_kernels(payloads)
+    if cuda is not None:
+        rows = payloads.contiguous()
+        w = torch.as_tensor(weights, dtype=torch.float32, device=rows.device)
+        if rows.dtype != torch.uint8 or rows.dim() != 2 or rows.shape[1] < scales_offset + 4 * layout.n_blocks:
+            raise ValueError(f"payloads must be (n, >= {scales_offset + 4 * layout.n_blocks}) uint8 rows, got "
+                             f"{rows.dtype} {tuple(rows.shape)}")
+        _launch(cuda.aggregate_1bit, "aggregate_1bit", rows.device, rows.data_ptr(), rows.shape[0], rows.shape[1],
+                scales_offset, _address(w, F32, rows.shape[0], rows.device, "weights"), layout.offsets,
+                layout.log_sizes, layout.d, _address(out, F32, layout.padded, rows.device, "out"))
+        return
     scales = payloads[:, scales_offset : scales_offset + 4 * layout.n_blocks].contiguous().view(torch.float32)
     c = torch.as_tensor(weights, dtype=torch.float32, device=payloads.device)[:, None] * scales
     acc = torch.zeros(layout.padded, dtype=torch.float32, device=payloads.device)

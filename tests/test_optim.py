@@ -1,6 +1,5 @@
 """optim.py: the schedules, the torch optimizers the options name, their state in a checkpoint;
 config: the new flags and the API's options."""
-import argparse
 import math
 
 import numpy as np
@@ -31,12 +30,7 @@ def test_the_scheduler_sets_the_learning_rate_of_each_step():
         seen.append(opt.param_groups[0]["lr"])
         opt.step()
         schedule.step()
-    assert seen == pytest.approx([optim.learning_rate(cfg, t, 10) for t in range(10)])
-
-
-def test_learning_rate_of_options_without_a_warm_up():  # ddp's options have no --lr-warmup-steps
-    cfg = argparse.Namespace(lr=0.2, lr_schedule="step")
-    assert optim.learning_rate(cfg, 0, 9) == 0.2 and optim.learning_rate(cfg, 3, 9) == pytest.approx(0.02)
+    assert seen == pytest.approx([0.1 * optim.lr_factor("cosine", t, 10, 2) for t in range(10)])
 
 
 @pytest.mark.parametrize("flags, cls", [([], torch.optim.SGD), (["--optimizer", "adam"], torch.optim.Adam),

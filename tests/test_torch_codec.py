@@ -1,6 +1,7 @@
 """The torch codec (fobsgd_mpi.torch_codec) against the numpy reference and the native kernels, on
-CPU tensors: identical bits and scales, decoded floats identical where the arithmetic is (see the
-module's docstring for where and why it is not)."""
+CPU tensors, and on a GPU (both the CUDA kernels and torch's own operations) where there is one:
+identical bits and scales, decoded floats identical where the arithmetic is (see the module's
+docstring for where and why it is not)."""
 import numpy as np
 import pytest
 
@@ -280,5 +281,95 @@ def test_non_finite_input_refused():
 
 
 def test_backend_for_chooses_by_array_type():
-    assert native.backend_for(torch.zeros(1)) is tc
-    assert native.backend_for(np.zeros(1)) is native.backend("native")
+    assert native.backend_for(torch.zeros(1)) == "torch"
+    assert native.backend_for(np.zeros(1)) == "native"
+    assert native.backend("torch") is tc and native.backend("cuda") is tc
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        native.backend("opencl")
+
+
+# ---------------------------------------------------------------- on a GPU
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+
+
+@pytest.fixture(params=["cuda", "torch"])
+def gpu_kernels(request):
+    """The GPU path under test: the CUDA kernels, or the torch codec's own operations on the GPU."""
+    if request.param == "cuda" and native.cuda_extension() is None:
+        pytest.skip("fobsgd_mpi._native_cuda is not built (nvcc or a CUDA torch missing at install)")
+    native.set_cuda_kernels(request.param == "cuda")
+    yield request.param
+    native.set_cuda_kernels(True)
+
+
+def cuda(a):
+    return torch.from_numpy(a).cuda()
+
+
+@needs_gpu
+def test_gpu_backend_for(gpu_kernels):
+    assert native.backend_for(torch.zeros(1, device="cuda")) == gpu_kernels
+
+
+@needs_gpu
+def test_gpu_fwht_every_size(gpu_kernels, gen):
+    """Every power of two from 2^0 to 2^20 (past the kernels' 2^12 in shared memory), three rows."""
+    for log_n in range(21):
+        x = gen.standard_normal((3, 1 << log_n)).astype(np.float32)
+        got = tc.fwht_(cuda(x)).cpu().numpy()
+        assert np.array_equal(got, reference.fwht_(x)), f"2^{log_n}"
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("rotate", [True, False])
+def test_gpu_encode_identical(gpu_kernels, name, rotate, gen):
+    lay = LAYOUTS[name]
+    x = gen.standard_normal(lay.d).astype(np.float32)
+    factors = np.sqrt(2 * np.log(2 * lay.sizes / 1e-2) / lay.sizes)
+    for rule in RULES:
+        bits, scales = np.zeros(lay.n_words, np.uint64), np.zeros(lay.n_blocks, np.float32)
+        reference.encode_1bit(x, lay, rotate, rule, factors, 7, 3, 2, bits, scales)
+        tbits = torch.zeros(lay.n_words, dtype=torch.int64, device="cuda")
+        tscales = torch.zeros(lay.n_blocks, device="cuda")
+        tc.encode_1bit(cuda(x), lay, rotate, rule, factors, 7, 3, 2, tbits, tscales)
+        assert np.array_equal(tscales.cpu().numpy(), scales), rule
+        assert np.array_equal(words(tbits.cpu()), bits), rule
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("rotate", [True, False])
+def test_gpu_decode_equals_native(gpu_kernels, name, rotate, gen):
+    lay = LAYOUTS[name]
+    bits = gen.integers(0, 2**63, lay.n_words, dtype=np.uint64) * 2 + gen.integers(0, 2, lay.n_words, dtype=np.uint64)
+    scales = gen.random(lay.n_blocks, dtype=np.float32) + 0.1
+    expected = np.full(lay.d, 0.5, dtype=np.float32)
+    native.decode_1bit(bits, scales, lay, rotate, 7, 3, expected, weight=0.25, accumulate=True)
+    out = torch.full((lay.d,), 0.5, device="cuda")
+    tc.decode_1bit(cuda(bits.view(np.int64)), cuda(scales), lay, rotate, 7, 3, out, weight=0.25, accumulate=True)
+    assert np.array_equal(out.cpu().numpy(), expected)
+
+
+@needs_gpu
+@pytest.mark.parametrize("n", [1, 3, 8])
+@pytest.mark.parametrize("shard", [False, True])
+def test_gpu_aggregate_identical(gpu_kernels, n, shard, gen):
+    lay = LAYOUTS["shard" if shard else "70001"]
+    rows, weights = payload_rows(lay, n, gen), gen.random(n, dtype=np.float32)
+    expected = np.empty(lay.padded, np.float32)
+    reference.aggregate_1bit(rows, lay.n_words * 8, weights, lay, expected)
+    out = torch.empty(lay.padded, device="cuda")
+    tc.aggregate_1bit(cuda(rows), lay.n_words * 8, weights, lay, out)
+    assert np.array_equal(out.cpu().numpy(), expected)
+
+
+@needs_gpu
+def test_gpu_non_finite_refused(gpu_kernels):
+    lay = BlockLayout(1000, 256, 64)
+    x = torch.ones(1000, device="cuda")
+    x[517] = float("inf")
+    bits = torch.zeros(lay.n_words, dtype=torch.int64, device="cuda")
+    scales = torch.zeros(lay.n_blocks, device="cuda")
+    with pytest.raises(NonFiniteError, match="NaN or Inf"):
+        tc.encode_1bit(x, lay, True, tc.LAMBDA_NORM, np.ones(lay.n_blocks), 0, 0, 0, bits, scales)
