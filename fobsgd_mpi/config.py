@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from . import algorithms, models, workload
-from .device import CUDA_AWARE_CHOICES, device_rule
 from .errors import EXIT_USAGE, UsageError
 from .launcher_env import local_ranks
 from .optim import OPTIMIZERS, SCHEDULES
@@ -326,11 +325,6 @@ TRAIN = (
                                    "--resume)", bounds=(0, BIG)),
     Option("--on-nonfinite", STR, "stop", "a NaN/Inf gradient on any rank stops the run, or skips that step on "
                                           "every rank", choices=("stop", "skip")),
-    Option("--device", STR, "cpu", "where each rank computes: cpu, cuda (GPU = node-local rank mod the node's "
-                                   "GPUs) or cuda:N; model, data, gradient and codec stay there", rule=device_rule),
-    Option("--cuda-aware-mpi", STR, "auto", "hand GPU payloads straight to MPI: auto = if MPIX_Query_cuda_support "
-                                            "says so, on, or off = stage them through pinned host buffers",
-           choices=CUDA_AWARE_CHOICES),
 )
 
 

@@ -44,8 +44,8 @@ OPTIONS = (
                                            "sets run in fobsgd_mpi.train only)", "rule": data.check_array_set},
                           batch_size={"help": "per rank"}, lr={"default": 0.05, "help": "learning rate"}),
     Option("--bucket-cap-mb", FLOAT, 25.0, "DDP's gradient bucket size", bounds=(0, 1e4), ends="(]"),
-    *config.options_named(config.TRAIN, "--device", device={"help": "cpu (gloo), cuda (NCCL; GPU = node-local rank "
-                                                                     "mod the node's GPUs) or cuda:N"}),
+    Option("--device", STR, "cpu", "cpu (gloo), cuda (NCCL; GPU = node-local rank mod the node's GPUs) or cuda:N",
+           rule=device.device_rule),
     *config.options_named(config.TRAIN, "--seed"),
     Option("--out", STR, None, "HDF5 file", required=True),
     *config.options_named(config.TRAIN, "--overwrite", "--quiet"),

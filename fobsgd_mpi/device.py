@@ -1,7 +1,7 @@
 """Where a rank computes (--device) and how its GPU payloads reach MPI.
 
     dev = device.select(cfg.device)          # cpu, or this node-local rank's GPU (UsageError if none)
-    path = device.PayloadPath(dev, device.cuda_aware_mpi(cfg.cuda_aware_mpi))
+    path = device.PayloadPath(dev, device.cuda_aware_mpi("auto"))
     comm.Gather(path.send_buffer(payload), ...)   # pinned host copy, or the GPU tensor itself
     clock = device.clock(dev)                # time.perf_counter that first waits for the GPU
 
@@ -9,6 +9,9 @@ Each rank takes GPU (node-local rank mod GPUs on the node), the node-local rank 
 launcher's variables, so `mpirun -n 8` on a node of 4 GPUs puts two ranks on each. A CUDA-aware
 MPI (MPIX_Query_cuda_support) reads and writes device memory itself; otherwise payloads are
 staged through pinned host buffers, allocated once per size and reused.
+
+fobsgd_mpi.ddp runs on the device today; the parameter-server loop (loop.py) still computes and
+encodes on the CPU, and PayloadPath / cuda_aware_mpi are the pieces its GPU path is to use.
 """
 import ctypes
 import os
