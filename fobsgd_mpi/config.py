@@ -391,23 +391,25 @@ def api_config(**options):
 
 
 def check_relations(cfg):
-    """What relates options to each other; UsageError with the first that does not hold."""
+    """What relates options to each other; UsageError with the first that does not hold. `cfg` holds
+    the command line's options, or the API's (API_OPTIONS): an option it lacks is unset."""
     shardable = [n for n in algorithms.names() if algorithms.get(n).shardable]
-    paths = {flag: getattr(cfg, flag[2:].replace("-", "_")) for flag in ("--config", "--out", "--save-model")}
+    paths = {flag: getattr(cfg, flag[2:].replace("-", "_"), None) for flag in ("--config", "--out", "--save-model")}
     empty = [flag for flag, path in paths.items() if path == ""]
     folders = [f"{flag} {paths[flag]}" for flag in ("--out", "--save-model")
                if paths[flag] and os.path.isdir(paths[flag])]
-    regression = cfg.dataset in DATASET_SHAPES and DATASET_SHAPES[cfg.dataset][1] == 1  # known before loading
+    dataset, target_accuracy = getattr(cfg, "dataset", None), getattr(cfg, "target_accuracy", None)
+    regression = dataset in DATASET_SHAPES and DATASET_SHAPES[dataset][1] == 1  # known before loading
     relations = [
         (not empty, f"{' and '.join(empty)} is an empty path; give a file name or leave the option out"),
         (not folders, f"{' and '.join(folders)} is a folder; give a file name in it"),
         (not cfg.resume or cfg.out, "--resume needs the --out of the run to continue"),
         (not (cfg.resume and cfg.overwrite), "--resume continues --out and --overwrite replaces it; pass one of them"),
-        (not cfg.out or not cfg.save_model or os.path.abspath(cfg.out) != os.path.abspath(cfg.save_model),
-         f"--save-model {cfg.save_model} is the --out file; the model would overwrite the results: choose another "
-         "path"),
-        (cfg.target_accuracy is None or not regression,
-         f"--target-accuracy needs a classification data set; {cfg.dataset} is a regression, which has no accuracy "
+        (not cfg.out or not paths["--save-model"] or os.path.abspath(cfg.out) != os.path.abspath(paths["--save-model"]),
+         f"--save-model {paths['--save-model']} is the --out file; the model would overwrite the results: choose "
+         "another path"),
+        (target_accuracy is None or not regression,
+         f"--target-accuracy needs a classification data set; {dataset} is a regression, which has no accuracy "
          "to reach"),
         (cfg.servers == "1" or cfg.participation == 1, "--participation below 1 needs --servers 1"),
         (cfg.servers == "1" or cfg.algorithm in shardable,

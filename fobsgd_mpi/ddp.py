@@ -26,7 +26,7 @@ import numpy as np
 
 from . import config, data, device, models
 from .config import FLOAT, INT, STR, Option
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, JobError, UsageError
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, JobError, UsageError, exit_without_finalizing
 from .launcher_env import LAUNCHER_ENV, rank_from_environment
 
 HOOKS = ("none", "fp16", "powersgd")
@@ -243,20 +243,6 @@ def main(argv=None):
             print(f"{exc or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
-
-
-def exit_without_finalizing(code):
-    """End the process without tearing down the interpreter.
-
-    Once DDP has used a gloo process group, torch keeps the group's worker threads alive past
-    destroy_process_group. A worker that has just run a Python comm hook (fp16, PowerSGD) still
-    has to take the GIL to drop the hook's closure; if the interpreter is finalizing by then,
-    Python ends that thread mid-unwind and the rank dies with "terminate called without an active
-    exception". Everything is written and closed before this point, so skipping finalization loses
-    nothing."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import os
 import sys
 
 from .config import parse_config
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, JobError
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, JobError, exit_without_finalizing
 from .launcher_env import rank_from_environment
 from .loop import claim_output, output_problem, run
 
@@ -79,4 +79,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_finalizing(main())

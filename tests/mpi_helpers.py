@@ -1,4 +1,5 @@
 """Running real `mpirun` jobs from the tests (the venv's MPICH, oversubscribed)."""
+import signal
 import subprocess
 import sys
 import time
@@ -34,3 +35,22 @@ def wait_for_evals(out, job, count=2, timeout=120):
             pass
         time.sleep(0.5)
     raise AssertionError(f"no rows appeared in {out}")
+
+
+def busy_out_refused_then_interrupted(n, module, out, *args, env=None, second_env=None):
+    """Start `module` writing `out`; check that a second job with --overwrite on the same `out` is
+    refused in one line (exit 2) while the first goes on; then Ctrl-C the first. Returns its
+    (exit status, stderr)."""
+    job = start(n, module, "--quiet", "--out", out, *args, env=env)
+    try:
+        wait_for_evals(out, job)
+        second = mpirun(n, module, "--quiet", "--out", out, "--overwrite", *args, timeout=120, env=second_env)
+        assert second.returncode == 2 and second.stderr.strip().count("\n") == 0, second.stderr[-2000:]
+        assert f"{out} is being written by a running job (pid " in second.stderr
+        assert job.poll() is None, "the running job must go on"
+        job.send_signal(signal.SIGINT)
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    return job.returncode, stderr

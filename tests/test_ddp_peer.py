@@ -1,6 +1,5 @@
 """The torch DDP peer (fobsgd_mpi.ddp) under real mpirun: it must train exactly what the harness
 trains, so time-to-accuracy comparisons differ only in how the gradients travel."""
-import signal
 import subprocess
 import sys
 
@@ -8,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from .mpi_helpers import ROOT, free_port, job_env, mpirun, mpirun_path, start, train, wait_for_evals
+from .mpi_helpers import ROOT, busy_out_refused_then_interrupted, free_port, job_env, mpirun, mpirun_path, train
 
 pytestmark = pytest.mark.mpi
 COMMON = ["--dataset", "synthetic-logreg", "--model", "mlp", "--width", "64", "--steps", "12", "--eval-every", "6",
@@ -48,20 +47,10 @@ def test_a_second_job_on_the_same_out_is_refused_and_ctrl_c_ends_the_first_clean
     out = tmp_path / "busy.h5"
     endless = ["--dataset", "synthetic-logreg", "--model", "mlp", "--width", "16", "--steps", "1000000",
                "--eval-every", "20"]
-    job = start(2, "fobsgd_mpi.ddp", "--quiet", "--out", out, *endless, env={"MASTER_PORT": str(free_port())})
-    try:
-        wait_for_evals(out, job)
-        second = mpirun(2, "fobsgd_mpi.ddp", "--quiet", "--out", out, "--overwrite", *endless, timeout=120,
-                        env={"MASTER_PORT": str(free_port())})
-        assert second.returncode == 2 and second.stderr.strip().count("\n") == 0, second.stderr[-2000:]
-        assert f"{out} is being written by a running job (pid " in second.stderr
-        assert job.poll() is None, "the running job must go on"
-        job.send_signal(signal.SIGINT)
-        _, stderr = job.communicate(timeout=60)
-    finally:
-        if job.poll() is None:
-            job.kill()
-    assert job.returncode == 130, stderr[-2000:]
+    returncode, stderr = busy_out_refused_then_interrupted(2, "fobsgd_mpi.ddp", out, *endless,
+                                                           env={"MASTER_PORT": str(free_port())},
+                                                           second_env={"MASTER_PORT": str(free_port())})
+    assert returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-2000:]
     with h5py.File(out) as f:  # intact, and it says where it stopped
         steps = f["iterations/step"][:]
@@ -79,7 +68,7 @@ def test_a_second_job_on_the_same_out_is_refused_and_ctrl_c_ends_the_first_clean
 HOOK_THREAD_AT_EXIT = """
 import os, sys, torch, torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
-from fobsgd_mpi import ddp
+from fobsgd_mpi import ddp, errors
 rank, world = ddp.rank_and_size()
 os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", sys.argv[2]
 dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -92,7 +81,7 @@ sys.setswitchinterval(100)
 for _ in range(4):
     model(torch.ones(4, 1000)).sum().backward()
 dist.destroy_process_group()
-ddp.exit_without_finalizing(0)
+errors.exit_without_finalizing(0)
 """
 
 

@@ -60,7 +60,8 @@ def reference_run():
                 cv = scaled_sign(v, lay, t)
                 e_s = v - cv
                 directions = [cv + (g[i] - c[i]) for i in range(2)]
-            xs = [x - np.float32(LR) * u for x, u in zip(xs, directions)]
+            # torch.optim.SGD's step without momentum, as the harness and the reference code take it
+            xs = [torch.from_numpy(x.copy()).add_(torch.from_numpy(u), alpha=-LR).numpy() for x, u in zip(xs, directions)]
     finally:
         torch.set_num_threads(threads)
     return xs, model.d

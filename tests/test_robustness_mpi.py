@@ -13,7 +13,7 @@ import pytest
 from fobsgd_mpi import checkpoint
 from fobsgd_mpi.jobs import job_env, mpirun_path
 
-from .mpi_helpers import ROOT, mpirun, start, train, wait_for_evals
+from .mpi_helpers import ROOT, busy_out_refused_then_interrupted, mpirun, train
 
 pytestmark = pytest.mark.mpi
 CURVES = ("step", "train_loss", "bytes_up", "bytes_down", "replica_spread")
@@ -137,21 +137,10 @@ def test_killed_worker_ends_the_job_and_keeps_results(tmp_path):
 
 def test_overwrite_of_a_running_job_is_refused_and_ctrl_c_ends_it_cleanly(tmp_path):
     out = tmp_path / "busy.h5"
-    job = start(3, "fobsgd_mpi.train", "--quiet", "--out", out, "--dataset", "digits", "--model", "logreg",
-                "--steps", "100000", "--eval-every", "20")
-    try:
-        wait_for_evals(out, job)
-        second = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", out, "--overwrite", "--steps", "5")
-        assert second.returncode == 2, second.stderr[-2000:]
-        assert second.stderr.strip().count("\n") == 0
-        assert "is being written by a running job (pid " in second.stderr
-        assert job.poll() is None, "the running job must go on"
-        job.send_signal(signal.SIGINT)
-        _, stderr = job.communicate(timeout=60)
-    finally:
-        if job.poll() is None:
-            job.kill()
-    assert job.returncode == 130, stderr[-2000:]
+    returncode, stderr = busy_out_refused_then_interrupted(3, "fobsgd_mpi.train", out, "--dataset", "digits",
+                                                           "--model", "logreg", "--steps", "100000",
+                                                           "--eval-every", "20")
+    assert returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and stderr.strip().count("\n") == 0, stderr[-2000:]
     with h5py.File(out) as f:  # intact, and it says where it stopped
         steps = f["iterations/step"][:]
