@@ -396,13 +396,10 @@ def check_relations(cfg):
     shardable = [n for n in algorithms.names() if algorithms.get(n).shardable]
     paths = {flag: getattr(cfg, flag[2:].replace("-", "_"), None) for flag in ("--config", "--out", "--save-model")}
     empty = [flag for flag, path in paths.items() if path == ""]
-    folders = [f"{flag} {paths[flag]}" for flag in ("--out", "--save-model")
-               if paths[flag] and os.path.isdir(paths[flag])]
     dataset, target_accuracy = getattr(cfg, "dataset", None), getattr(cfg, "target_accuracy", None)
     regression = dataset in DATASET_SHAPES and DATASET_SHAPES[dataset][1] == 1  # known before loading
     relations = [
         (not empty, f"{' and '.join(empty)} is an empty path; give a file name or leave the option out"),
-        (not folders, f"{' and '.join(folders)} is a folder; give a file name in it"),
         (not cfg.resume or cfg.out, "--resume needs the --out of the run to continue"),
         (not (cfg.resume and cfg.overwrite), "--resume continues --out and --overwrite replaces it; pass one of them"),
         (not cfg.out or not paths["--save-model"] or os.path.abspath(cfg.out) != os.path.abspath(paths["--save-model"]),

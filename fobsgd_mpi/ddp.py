@@ -28,6 +28,7 @@ from . import config, data, device, models
 from .config import FLOAT, INT, STR, Option
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, JobError, UsageError, exit_without_finalizing
 from .launcher_env import LAUNCHER_ENV, rank_from_environment
+from .loop import deferred_interrupt, output_problem
 
 HOOKS = ("none", "fp16", "powersgd")
 
@@ -118,7 +119,6 @@ def run(cfg):
     from torch.nn.parallel import DistributedDataParallel
 
     from .results import RunWriter, git_commit
-    from .loop import deferred_interrupt
     from .optim import build_optimizer, build_scheduler
 
     rank, world = rank_and_size()
@@ -226,8 +226,9 @@ def main(argv=None):
         config.check_memory(cfg, DDP_COPIES)
         rank_and_size()
         device.select(cfg.device)  # a GPU asked for and missing: one line, exit 2
-        if os.path.exists(cfg.out) and not cfg.overwrite:
-            raise ValueError(f"{cfg.out} exists; pass --overwrite or choose another --out")
+        problem = output_problem(cfg)
+        if problem:
+            raise ValueError(problem)
     except ValueError as exc:
         if rank_from_environment() == 0:
             print(f"error: {exc}", file=sys.stderr)

@@ -554,10 +554,15 @@ def _run(cfg, ps, interrupted):
 # ---------------------------------------------------------------- the results file
 def output_problem(cfg, save_model=None):
     """Why the results file or the saved model cannot be written where asked, or None (any rank,
-    before MPI starts)."""
-    if cfg.out and cfg.resume and not os.path.exists(cfg.out):
+    before MPI starts). `cfg` has out and overwrite, and resume where the front door takes it."""
+    resume = getattr(cfg, "resume", False)
+    folders = [f"{flag} {path}" for flag, path in (("--out", cfg.out), ("--save-model", save_model))
+               if path and os.path.isdir(path)]
+    if folders:
+        return f"{' and '.join(folders)} is a folder; give a file name in it"
+    if cfg.out and resume and not os.path.exists(cfg.out):
         return f"--resume: {cfg.out} does not exist, so there is no run to continue; drop --resume to start one"
-    if cfg.out and os.path.exists(cfg.out) and not (cfg.overwrite or cfg.resume):
+    if cfg.out and os.path.exists(cfg.out) and not (cfg.overwrite or resume):
         return f"{cfg.out} exists; pass --overwrite or choose another --out"
     for flag, path in (("--out", cfg.out), ("--save-model", save_model)):
         if path:

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fobsgd_mpi import checkpoint, config, launch, launcher_env, report, sweep
+from fobsgd_mpi import checkpoint, config, ddp, launch, launcher_env, report, sweep, train
 from fobsgd_mpi.errors import UsageError
 
 from .test_plots import benchmark, tiny_run
@@ -25,12 +25,23 @@ def one_line_error(capsys):
     (["--dataset", "synthetic-quadratic", "--target-accuracy", "0.5"], "synthetic-quadratic is a regression"),
     (["--out", ""], "--out is an empty path"),
     (["--config", ""], "--config is an empty path"),
-    (["--out", "{tmp}"], "is a folder; give a file name"),
-    (["--save-model", "{tmp}"], "is a folder; give a file name"),
 ])
 def test_options_that_cannot_work_together_or_as_paths_are_refused_before_mpi(args, message, tmp_path):
     with pytest.raises(UsageError, match=message):
         config.parse_config([a.format(tmp=tmp_path) for a in args])
+
+
+@pytest.mark.parametrize("flag", ["--out", "--save-model"])
+def test_a_folder_as_output_is_refused_before_mpi(flag, tmp_path, capsys):
+    assert train.main([flag, str(tmp_path)]) == 2
+    assert f"{flag} {tmp_path} is a folder; give a file name in it" in one_line_error(capsys)
+
+
+def test_the_ddp_peer_refuses_a_folder_as_out_before_it_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PMI_RANK", "0")  # as under mpirun: ddp reads its rank from the launcher
+    monkeypatch.setenv("PMI_SIZE", "2")
+    assert ddp.main(["--out", str(tmp_path), "--steps", "3"]) == 2
+    assert "is a folder; give a file name in it" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize("variable", ["PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"])
