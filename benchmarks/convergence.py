@@ -78,7 +78,7 @@ def measure(workdir, args, validation, algorithm, model, setting):
         runs.append(summary)
         files.append(out)
     accuracy = np.array([s["final_test_accuracy"] for s in runs])
-    record.update(accuracy=accuracy.mean(), accuracy_std=accuracy.std(ddof=1) if len(runs) > 1 else 0.0,
+    record.update(accuracy=float(accuracy.mean()), accuracy_std=float(accuracy.std(ddof=1)) if len(runs) > 1 else 0.0,
                   bytes_up=runs[0]["bytes_up_per_worker"], bytes_down=runs[0]["bytes_down_per_worker"],
                   wall_s=float(np.mean([s["wall_s"] for s in runs])), error="")
     return record, files
