@@ -9,9 +9,9 @@ import h5py
 from fobsgd_mpi.jobs import ROOT, free_port, job_env, mpirun, mpirun_path, summary_of  # noqa: F401
 
 
-def train(n, tmp_path, *args, name="run.h5"):
+def train(n, tmp_path, *args, name="run.h5", timeout=240):
     out = tmp_path / name
-    done = mpirun(n, "fobsgd_mpi.train", "--quiet", "--out", out, *args, timeout=240)
+    done = mpirun(n, "fobsgd_mpi.train", "--quiet", "--out", out, *args, timeout=timeout)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return out, summary_of(done.stdout)
 
