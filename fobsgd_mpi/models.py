@@ -153,9 +153,6 @@ class FlatModel:
         loss.backward()
         return float(loss.detach())
 
-    def evaluate(self, x, y, loss_fn, classes):
-        return evaluate(self.module, x, y, loss_fn, classes)
-
 
 @torch.no_grad()
 def evaluate(module, x, y, loss_fn, classes):

@@ -245,7 +245,7 @@ def test_liec_evaluates_and_ends_on_the_average_model(tmp_path):
     ds = data.load("synthetic-logreg", 2)
     model = models.FlatModel(models.build("mlp", ds.n_features, 4, 32, 2))
     model.params[:] = params
-    _, final_acc = model.evaluate(ds.x_test, ds.y_test, torch.nn.functional.cross_entropy, 4)
+    _, final_acc = models.evaluate(model.module, ds.x_test, ds.y_test, torch.nn.functional.cross_entropy, 4)
     assert final_acc == acc  # the last evaluation saw exactly the model the run hands over
 
 
