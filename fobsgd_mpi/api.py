@@ -39,7 +39,7 @@ import time
 
 import torch
 
-from . import config, loop
+from . import config, loop, models
 from .errors import UsageError
 
 _session = None  # the job's state between init() and shutdown()
@@ -160,7 +160,7 @@ def DistributedOptimizer(optimizer, model, algorithm="fo-sgd", scheduler=None, *
         raise UsageError(problem)
     from .transport import ParameterServer
     ps = ParameterServer(comm, cfg.server_also_works)
-    flat = loop.flatten(model, cfg.min_compress_numel)
+    flat = models.FlatModel(model, cfg.min_compress_numel)
     grad_views = [(p, p.grad) for p in model.parameters()]
     trainer = loop.Trainer(cfg, ps, flat, optimizer, session.interrupted, scheduler)
     distributed = _Distributed(trainer, grad_views, lock)

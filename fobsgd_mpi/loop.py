@@ -447,19 +447,12 @@ class Setup:
         self.model, self.sampler, self.gradient, self.evaluate, self.n_train = model, sampler, gradient, evaluate, n_train
 
 
-def flatten(module, min_compress_numel):
-    """`module` with its parameters and gradients turned into views of two flat float32 arrays
-    (models.FlatModel): the vector the algorithms exchange."""
-    from . import models
-    return models.FlatModel(module, min_compress_numel)
-
-
 def open_workload(cfg, ps):
     """The run's model and data: every call into workload.py and models.py is here."""
     from . import models, workload
     work = workload.distribute(ps.comm, cfg, ps.workers)
-    model = flatten(models.build(cfg.model, work.input_shape, work.n_outputs, cfg.width, cfg.seed),
-                    cfg.min_compress_numel)
+    model = models.FlatModel(models.build(cfg.model, work.input_shape, work.n_outputs, cfg.width, cfg.seed),
+                             cfg.min_compress_numel)
     loss_fn = models.loss_for(work.n_classes)
     sampler = work.sampler(cfg.batch_size, seed=(cfg.seed, ps.workers.index(ps.rank))) if ps.is_worker else None
     return Setup(model, sampler, lambda: model.gradient(*sampler.next(), loss_fn),
