@@ -5,9 +5,11 @@ batch and seed.
     python -m fobsgd_mpi.launch --bandwidth 100mbit -n 8 -- python -m fobsgd_mpi.ddp --hook fp16 --width 1000
 
 Every rank is a worker (no server): rank r trains on shard r of the same shards the harness deals
-its workers, with the same SGD (momentum, weight decay, schedule), and DDP averages the
-gradients with gloo's all-reduce, plain (--hook none), compressed to fp16 (--hook fp16) or by
-PowerSGD (--hook powersgd, --powersgd-rank). Rank and world size come from the MPI launcher's
+its workers, any data set the harness takes (arrays, npz, image sets, factories), opened by the
+harness's own code over MPI (rank 0 holds the test set; MPI carries only this set-up), with the
+same SGD (momentum, weight decay, schedule), and DDP averages the gradients with gloo's
+all-reduce, plain (--hook none), compressed to fp16 (--hook fp16) or by PowerSGD (--hook
+powersgd, --powersgd-rank). Rank and world size come from the MPI launcher's
 environment (PMI_RANK / OMPI_COMM_WORLD_RANK / SLURM_PROCID), the rendezvous address from
 MASTER_ADDR (the launcher sets rank 0's address inside shaped namespaces; 127.0.0.1 otherwise).
 Rank 0 evaluates and writes the same HDF5 layout as fobsgd_mpi.train, under the same lock on --out
@@ -24,7 +26,7 @@ import time
 
 import numpy as np
 
-from . import config, data, device, models
+from . import config, device, models
 from .config import FLOAT, INT, STR, Option
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, JobError, UsageError, exit_without_finalizing
 from .launcher_env import LAUNCHER_ENV, rank_from_environment
@@ -38,12 +40,12 @@ OPTIONS = (
     Option("--powersgd-rank", INT, 1, "matrix approximation rank of the PowerSGD hook", bounds=(1, 1024)),
     Option("--powersgd-start", INT, 10, "iterations of plain all-reduce before PowerSGD starts (DDP's first two "
                                         "are plain whatever this says)", bounds=(2, config.BIG)),
-    *config.options_named(config.TRAIN, "--dataset", "--model", "--width", "--batch-size", "--lr", "--optimizer",
-                          "--momentum", "--nesterov", "--beta1", "--beta2", "--weight-decay", "--lr-schedule",
-                          "--lr-warmup-steps", "--epochs", "--steps", "--eval-every", "--target-accuracy",
-                          dataset={"help": "training and test data: the built-in arrays or npz:PATH (the image "
-                                           "sets run in fobsgd_mpi.train only)", "rule": data.check_array_set},
-                          batch_size={"help": "per rank"}, lr={"default": 0.05, "help": "learning rate"}),
+    *config.options_named(config.TRAIN, "--dataset", "--data-dir", "--image-size", "--image-classes",
+                          "--loader-workers", "--partition", "--alpha", "--model", "--width", "--batch-size", "--lr",
+                          "--optimizer", "--momentum", "--nesterov", "--beta1", "--beta2", "--weight-decay",
+                          "--lr-schedule", "--lr-warmup-steps", "--epochs", "--steps", "--eval-every",
+                          "--target-accuracy", batch_size={"help": "per rank"},
+                          lr={"default": 0.05, "help": "learning rate"}),
     Option("--bucket-cap-mb", FLOAT, 25.0, "DDP's gradient bucket size", bounds=(0, 1e4), ends="(]"),
     Option("--device", STR, "cpu", "cpu (gloo), cuda (NCCL; GPU = node-local rank mod the node's GPUs) or cuda:N",
            rule=device.device_rule),
@@ -113,6 +115,15 @@ def claim_output(cfg):
     return lock
 
 
+def open_workload(cfg, rank, world):
+    """The data as fobsgd_mpi.train deals it (loop.open_workload), over MPI's COMM_WORLD with every
+    rank a worker and rank 0 also holding the test set: (the workload, this rank's sampler)."""
+    from . import transport, workload
+
+    work = workload.distribute(transport.mpi().COMM_WORLD, cfg, list(range(world)))
+    return work, work.sampler(cfg.batch_size, seed=(cfg.seed, rank))
+
+
 def run(cfg):
     import torch
     import torch.distributed as dist
@@ -133,19 +144,16 @@ def run(cfg):
     lock = None
     try:
         lock = claim_output(cfg)
-        ds = data.load(cfg.dataset, cfg.seed)
-        idx = data.shard_indices(ds.y_train, world, rank, cfg.seed)
-        sampler = data.BatchSampler(ds.x_train[idx], ds.y_train[idx], cfg.batch_size, seed=(cfg.seed, rank))
-        n_out = ds.n_classes or ds.y_train.shape[1]
-        module = models.build(cfg.model, ds.x_train.shape[1:], n_out, cfg.width, cfg.seed).to(dev)
+        work, sampler = open_workload(cfg, rank, world)
+        module = models.build(cfg.model, work.input_shape, work.n_outputs, cfg.width, cfg.seed).to(dev)
         d = sum(p.numel() for p in module.parameters())
         model = DistributedDataParallel(module, device_ids=[dev] if dev.type == "cuda" else None,
                                         bucket_cap_mb=cfg.bucket_cap_mb)
         hook = CommHook(cfg, model, d)
         sent = 0
         opt = build_optimizer(cfg, model.parameters())
-        loss_fn = models.loss_for(ds.n_classes)
-        total = cfg.steps or max(1, int(round(cfg.epochs * len(ds.x_train) / (world * cfg.batch_size))))
+        loss_fn = models.loss_for(work.n_classes)
+        total = cfg.steps or max(1, int(round(cfg.epochs * work.n_train / (world * cfg.batch_size))))
         scheduler = build_scheduler(cfg, opt, total)
         writer = None
         if rank == 0:
@@ -165,7 +173,7 @@ def run(cfg):
                     t0 = clock()
                     x, y = sampler.next()
                     opt.zero_grad(set_to_none=False)
-                    batch_loss = loss_fn(model(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
+                    batch_loss = loss_fn(model(x.to(dev)), y.to(dev))
                     batch_loss.backward()
                     t1 = clock()
                     opt.step()
@@ -187,7 +195,7 @@ def run(cfg):
                             "train_loss": float(loss_and_interrupts[0]) / world, "participants": world,
                             "modelled_comm_s": nan, "replica_spread": 0.0})
                         if done % cfg.eval_every == 0 or done == total:
-                            loss, acc = models.evaluate(module, ds.x_test, ds.y_test, loss_fn, ds.n_classes)
+                            loss, acc = work.evaluate(module, loss_fn)
                             writer.append("evals", {"step": step, "test_loss": loss, "test_accuracy": acc,
                                                     "bytes_up_total": sent, "wall_s": time.perf_counter() - start})
                             writer.flush()

@@ -35,6 +35,17 @@ def test_ddp_without_hook_equals_the_harness_sgd(tmp_path):
     assert set(sent.tolist()) == {4 * d}
 
 
+def test_the_peer_trains_on_an_image_set_as_the_harness_deals_it(tmp_path):
+    images = ["--dataset", "synthetic-images", "--image-size", "8", "--image-classes", "3", "--model", "mlp",
+              "--width", "16", "--batch-size", "4", "--steps", "2", "--eval-every", "2", "--lr", "0.05"]
+    ref, _ = train(2, tmp_path, "--algorithm", "sgd", "--server-also-works", *images)
+    got, sent, acc, d = ddp(tmp_path, *images)
+    with h5py.File(ref) as f:
+        np.testing.assert_allclose(got, f["final_params"][:], rtol=1e-4, atol=1e-6)
+        assert np.array_equal(acc, f["evals/test_accuracy"][:])
+    assert len(sent) == 2 and d == 3 * 8 * 8 * 16 + 16 + 16 * 16 + 16 + 16 * 3 + 3
+
+
 def test_fp16_and_powersgd_hooks_train_and_count_their_bytes(tmp_path):
     # a target that the first evaluation (after step 5) reaches: the fp16 run ends there, complete
     _, sent, acc, d = ddp(tmp_path, "--hook", "fp16", *COMMON, "--target-accuracy", "0.01", name="fp16.h5")
