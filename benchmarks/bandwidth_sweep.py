@@ -24,9 +24,9 @@ import h5py
 
 from fobsgd_mpi import algorithms, jobs
 from fobsgd_mpi.config import BIG, INT, SERVERS, ScriptParser, _servers_rule, flag_type
-from fobsgd_mpi.benchmarking import (LINK_UNITS, STARTUP_ITERATIONS, format_table, line_plot, link_traffic,
-                                     results_path, save_records, steady_median, steady_step_s)
-from fobsgd_mpi.launch import link_bytes, parse_rate, rate_text
+from fobsgd_mpi.benchmarking import (LINK_UNITS, STARTUP_ITERATIONS, format_table, line_plot, link_text,
+                                     link_traffic, rate_of, results_path, save_records, steady_median, steady_step_s)
+from fobsgd_mpi.launch import link_bytes
 
 PHASES = ("compute", "encode", "comm", "server", "decode")
 
@@ -57,10 +57,6 @@ def run_point(workdir, algorithm, bandwidth, width, ranks, servers, steps, model
                "modelled_comm_ms": 1e3 * steady_median(it["modelled_comm_s"][:]), "error": ""}
         rec.update({f"{p}_ms": 1e3 * steady_median(it[f"{p}_s"][:]) for p in PHASES})
     return rec
-
-
-def rate_of(bandwidth):
-    return float("inf") if bandwidth == "none" else parse_rate(bandwidth)
 
 
 def plots(records, stem):
@@ -108,8 +104,7 @@ def parser():
     p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algorithms", nargs="+", default=["fo-sgd", "sgd", "signsgd-mv", "liec-sgd", "qsgd"],
                    choices=algorithms.names())
-    p.add_argument("--bandwidths", nargs="+", type=lambda text: text if text == "none" else rate_text(text),
-                   default=["10mbit", "100mbit", "1gbit", "10gbit", "none"])
+    p.add_argument("--bandwidths", nargs="+", type=link_text, default=["10mbit", "100mbit", "1gbit", "10gbit", "none"])
     p.add_argument("--widths", type=flag_type(INT, bounds=(1, 2**20)), nargs="+", default=[180, 1024],
                    help="wide-mlp widths: 180 gives d of about 100k, 1024 about 3.2M, 2048 about 12.7M")
     p.add_argument("--ranks", type=flag_type(INT, bounds=(2, 1024)), nargs="+", default=[3, 5, 9])

@@ -87,6 +87,21 @@ def save_records(path, name, records, units, meta=None):
     return path
 
 
+def link_text(text):
+    """argparse type of a benchmark's link: "none" (unshaped) or a rate such as 100mbit, checked as
+    fobsgd_mpi.launch checks --bandwidth and kept as written for it."""
+    from .launch import rate_text
+
+    return text if text == "none" else rate_text(text)
+
+
+def rate_of(link):
+    """Bits per second of a link that link_text accepted; "none" (unshaped) is infinitely fast."""
+    from .launch import parse_rate
+
+    return float("inf") if link == "none" else parse_rate(link)
+
+
 def link_traffic(full, one_step, steps):
     """The busiest interface's bytes per training step and at start-up, each way.
 
