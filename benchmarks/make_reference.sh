@@ -34,3 +34,6 @@ run benchmarks/exchange_scaling.py --algorithms fo-sgd signsgd-mv sgd --ranks 2 
     --bandwidth 10gbit --out $OUT/exchange_scaling_10gbit.h5
 # Time to 0.5 test accuracy against torch DDP, 8 ranks, 100 Mbit and 1 Gbit (-<link>-accuracy.png)
 run benchmarks/time_to_accuracy.py --out $OUT/time_to_accuracy.h5
+# Images/s of ResNet-18 on 32x32 synthetic images, 4 workers, unshaped and 100 Mbit (-throughput.png)
+run benchmarks/synthetic_throughput.py --models torchvision:resnet18 --algorithms fo-sgd sgd ddp-none \
+    --bandwidths none 100mbit --workers 4 --image-size 32 --batch-size 32 --steps 12 --out $OUT/synthetic_throughput.h5
