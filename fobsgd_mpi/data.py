@@ -32,13 +32,6 @@ class Dataset:
         return self.x_train.shape[1]
 
 
-def check_array_set(name):
-    """ValueError unless `name` is a data set of arrays (a built-in or npz:PATH), the rule of the
-    --dataset of a front door that takes no image sets."""
-    if name not in DATASETS and not (name.startswith("npz:") and name[4:]):
-        raise ValueError(f"must be one of {', '.join(DATASETS)} or npz:PATH, got {name!r}")
-
-
 def load(name, seed=0):
     if name == "mnist1d":
         from mnist1d.data import get_dataset_args, make_dataset
