@@ -10,6 +10,12 @@ embeddings: a minibatch touches few weights, so its gradient is sparse). `npz:PA
 own arrays, x_train, y_train, x_test and y_test in one numpy .npz file (integer labels: classes;
 floating-point targets: regression). Image sets read from files are in image_data.py.
 """
+import hashlib
+import importlib.util
+import json
+import os
+import tempfile
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,17 +40,9 @@ class Dataset:
 
 def load(name, seed=0):
     if name == "mnist1d":
-        from mnist1d.data import get_dataset_args, make_dataset
-
-        args = get_dataset_args()
-        args.seed = 42  # the package's canonical data set, whatever the run seed
-        data = make_dataset(args)
-        return Dataset(data["x"].astype(np.float32), data["y"].astype(np.int64),
-                       data["x_test"].astype(np.float32), data["y_test"].astype(np.int64), 10)
+        return mnist1d()
     if name == "digits":
-        from sklearn.datasets import load_digits
-
-        x, y = load_digits(return_X_y=True)
+        x, y = digits()
         perm = np.random.default_rng(0).permutation(len(x))
         x, y = (x[perm] / 16.0).astype(np.float32), y[perm].astype(np.int64)
         return Dataset(x[:1500], y[:1500], x[1500:], y[1500:], 10)
@@ -63,6 +61,61 @@ def load(name, seed=0):
     if name.startswith("npz:"):
         return load_npz(name[4:])
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def cache_dir():
+    """Where generated data sets are kept between runs: $FOBSGD_CACHE, else $XDG_CACHE_HOME/fobsgd_mpi,
+    else ~/.cache/fobsgd_mpi."""
+    return os.environ.get("FOBSGD_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser(os.path.join("~", ".cache")), "fobsgd_mpi")
+
+
+def mnist1d():
+    """The `mnist1d` package's canonical data set (seed 42, whatever the run seed). Generating it takes
+    about 6 s, so the arrays are kept in cache_dir() under a key of the package version and its
+    arguments, and regenerated when the file is missing or unreadable."""
+    from importlib.metadata import version
+
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed = 42
+    key = json.dumps({"mnist1d": version("mnist1d"), **vars(args)}, sort_keys=True)
+    path = os.path.join(cache_dir(), f"mnist1d-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz")
+    try:
+        with np.load(path) as cached:
+            arrays = {k: cached[k] for k in NPZ_KEYS}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        made = make_dataset(args)
+        arrays = {"x_train": made["x"].astype(np.float32), "y_train": made["y"].astype(np.int64),
+                  "x_test": made["x_test"].astype(np.float32), "y_test": made["y_test"].astype(np.int64)}
+        keep(path, arrays)
+    return Dataset(*(arrays[k] for k in NPZ_KEYS), 10)
+
+
+def keep(path, arrays):
+    """Write `arrays` to `path` whole or not at all (concurrent jobs may race; the cache is optional)."""
+    tmp = None
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def digits():
+    """scikit-learn's 8x8 digits (1797 images, pixel values 0..16, labels), read from the file that
+    sklearn.datasets.load_digits reads, without importing scikit-learn (about 2 s)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.origin:
+        raise UsageError("--dataset digits needs scikit-learn (pip install scikit-learn)")
+    table = np.loadtxt(os.path.join(os.path.dirname(spec.origin), "datasets", "data", "digits.csv.gz"),
+                       delimiter=",", dtype=np.float64)
+    return table[:, :-1], table[:, -1].astype(np.int64)
 
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")

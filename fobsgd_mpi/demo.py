@@ -8,16 +8,15 @@ import argparse
 
 import numpy as np
 
-from . import compressors, native
+from . import compressors, data, native
 from .benchmarking import best_time, format_table
 
 
 def mlp_gradient(width, batch, seed=0):
     import torch
-    from sklearn.datasets import load_digits
 
     torch.manual_seed(seed)
-    x, y = load_digits(return_X_y=True)
+    x, y = data.digits()
     x = torch.tensor(x[:batch] / 16.0, dtype=torch.float32)
     y = torch.tensor(y[:batch])
     model = torch.nn.Sequential(torch.nn.Linear(64, width), torch.nn.ReLU(), torch.nn.Linear(width, width),

@@ -1,4 +1,7 @@
 """Running real `mpirun` jobs from the tests (the venv's MPICH, oversubscribed)."""
+import collections
+import json
+import pathlib
 import signal
 import subprocess
 import sys
@@ -54,3 +57,24 @@ def busy_out_refused_then_interrupted(n, module, out, *args, env=None, second_en
         if job.poll() is None:
             job.kill()
     return job.returncode, stderr
+
+
+Run = collections.namedtuple("Run", "out summary returncode stderr")
+
+
+def train_runs(n, tmp_path, runs, check=True, timeout=600):
+    """Each `name: args` of `runs` as `train` runs it (into tmp_path/NAME.h5), in order, all in one
+    `mpirun -n N` job (tests/many_runs.py). Returns {name: Run}; with `check`, every run must exit 0."""
+    spec = tmp_path / f"runs-{len(list(tmp_path.glob('runs-*.json')))}.json"
+    spec.write_text(json.dumps([["--quiet", "--out", str(tmp_path / f"{name}.h5"), *map(str, args)]
+                                for name, args in runs.items()]))
+    done = subprocess.run([mpirun_path(), "-n", str(n), sys.executable, "-m", "tests.many_runs", str(spec)],
+                          capture_output=True, text=True, timeout=timeout, env=job_env(), cwd=ROOT)
+    results = pathlib.Path(f"{spec}.out")
+    assert done.returncode == 0 and results.exists(), done.stdout[-2000:] + done.stderr[-3000:]
+    found = {}
+    for name, record in zip(runs, json.loads(results.read_text())):
+        assert not check or record["returncode"] == 0, (name, record["stderr"][-2000:])
+        found[name] = Run(tmp_path / f"{name}.h5", summary_of(record["stdout"]), record["returncode"],
+                          record["stderr"])
+    return found

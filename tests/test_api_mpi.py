@@ -12,7 +12,7 @@ import torch
 
 from fobsgd_mpi.jobs import job_env, mpirun_path
 
-from .mpi_helpers import ROOT, mpirun, train
+from .mpi_helpers import ROOT
 
 pytestmark = pytest.mark.mpi
 EXAMPLE = ROOT / "examples" / "resnet18_cifar.py"
@@ -57,15 +57,9 @@ def test_example_trains_resnet18_and_its_reported_accuracy_is_the_saved_models(t
         assert f["final_params"].size == sum(p.numel() for p in model.parameters())
 
 
-def test_a_stopped_and_resumed_adam_run_equals_the_uninterrupted_one(tmp_path):
-    common = ["--optimizer", "adam", "--lr", "0.003", "--lr-warmup-steps", "4", "--lr-schedule", "step",
-              "--algorithm", "ef-sgd", "--dataset", "digits", "--model", "logreg", "--steps", "20",
-              "--checkpoint-every", "5", "--eval-every", "5", "--check-every", "5"]
-    whole, _ = train(3, tmp_path, *common, name="whole.h5")
-    part, _ = train(3, tmp_path, *common, "--stop-at", "12", name="part.h5")
-    done = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", part, "--resume", *common)
-    assert done.returncode == 0, done.stderr[-2000:]
-    with h5py.File(whole) as a, h5py.File(part) as b:
+def test_a_stopped_and_resumed_adam_run_equals_the_uninterrupted_one(stopped_and_resumed):
+    whole, _, _, resumed = stopped_and_resumed["adam"]
+    with h5py.File(whole.out) as a, h5py.File(resumed.out) as b:
         assert (b.attrs["status"], b.attrs["steps_done"]) == ("complete", 20)
         for key in ("step", "train_loss", "bytes_up"):
             assert np.array_equal(a["iterations"][key][:], b["iterations"][key][:]), key

@@ -185,3 +185,40 @@ def test_a_cifar_batch_that_is_not_one_is_refused(tmp_path):
     cfg = settings("--dataset", "cifar10", "--data-dir", tmp_path)
     with pytest.raises(UsageError, match="test_batch is not a cifar10 python batch"):
         image_data.open_split(cfg, "test")
+
+
+def test_digits_are_the_arrays_scikit_learn_loads():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    ours_x, ours_y = data.digits()
+    assert np.array_equal(ours_x, x) and np.array_equal(ours_y, y)
+
+
+def test_mnist1d_is_generated_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    import mnist1d.data
+
+    full_args, made = mnist1d.data.get_dataset_args, []
+
+    def few_rows():
+        args = full_args()
+        args.num_samples = 100
+        return args
+
+    def counted(args):
+        made.append(args.num_samples)
+        return make(args)
+
+    make = mnist1d.data.make_dataset
+    monkeypatch.setattr(mnist1d.data, "get_dataset_args", few_rows)
+    monkeypatch.setattr(mnist1d.data, "make_dataset", counted)
+    monkeypatch.setenv("FOBSGD_CACHE", str(tmp_path))
+    first, second = data.load("mnist1d"), data.load("mnist1d")
+    assert made == [100] and len(first.x_train) + len(first.x_test) == 100
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        assert np.array_equal(getattr(first, key), getattr(second, key)) and getattr(first, key).dtype == \
+            getattr(second, key).dtype
+    (cached,) = tmp_path.glob("mnist1d-*.npz")
+    cached.write_bytes(b"damaged")  # an unreadable cache file is made again, not an error
+    assert np.array_equal(data.load("mnist1d").x_train, first.x_train) and made == [100, 100]
+    assert [p.name for p in tmp_path.iterdir()] == [cached.name]

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from fobsgd_mpi import checkpoint
+from fobsgd_mpi import train as train_cli
 from fobsgd_mpi.jobs import job_env, mpirun_path
 
-from .mpi_helpers import ROOT, busy_out_refused_then_interrupted, mpirun, train
+from .mpi_helpers import ROOT, busy_out_refused_then_interrupted, mpirun, train, train_runs
 
 pytestmark = pytest.mark.mpi
 CURVES = ("step", "train_loss", "bytes_up", "bytes_down", "replica_spread")
@@ -26,23 +27,14 @@ def curves(path):
 
 
 @pytest.mark.parametrize("algorithm", ["fo-sgd", "liec-sgd", "doublesqueeze"])
-def test_stopped_and_resumed_run_equals_the_uninterrupted_one(algorithm, tmp_path):
-    # the resume starts from the checkpoint after step 7, between LIEC averages (after steps 5 and 8),
-    # with every error memory non-zero, and redoes the stopped run's steps 8 and 9
-    common = ["--algorithm", algorithm, "--dataset", "digits", "--steps", "16", "--checkpoint-every", "4",
-              "--eval-every", "4", "--liec-period", "3"]
-    whole, _ = train(3, tmp_path, *common, name="whole.h5")
-    part, first = train(3, tmp_path, *common, "--stop-at", "9", name="part.h5")
-    assert first["steps"] == 10
-    with h5py.File(part) as f:
-        assert (f.attrs["status"], f.attrs["steps_done"]) == ("stopped", 10)
-    done = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", part, "--resume", *common)
-    assert done.returncode == 0, done.stderr[-2000:]
-    with h5py.File(part) as f:
+def test_stopped_and_resumed_run_equals_the_uninterrupted_one(algorithm, stopped_and_resumed):
+    whole, first, stopped, resumed = stopped_and_resumed[algorithm]
+    assert first.summary["steps"] == 10 and stopped == ("stopped", 10)
+    with h5py.File(resumed.out) as f:
         assert (f.attrs["status"], f.attrs["steps_done"]) == ("complete", 16)
         wall = f["iterations/wall_s"][:]
     assert (np.diff(wall) > 0).all(), "wall_s restarted at the resume"
-    (ia, ea, pa), (ib, eb, pb) = curves(whole), curves(part)
+    (ia, ea, pa), (ib, eb, pb) = curves(whole.out), curves(resumed.out)
     for k in CURVES:
         assert np.array_equal(ia[k], ib[k]), k
     for k in ea:
@@ -73,13 +65,14 @@ def test_non_finite_gradients_stop_or_skip(tmp_path):
     blow_up = ["--algorithm", "sgd", "--dataset", "synthetic-quadratic", "--model", "logreg", "--lr", "50",
                "--momentum", "0", "--lr-schedule", "constant", "--steps", "60", "--eval-every", "5",
                "--checkpoint-every", "10"]
-    done = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", tmp_path / "stop.h5", *blow_up)
-    assert done.returncode == 1 and "NaN or Inf gradient at step" in done.stderr
-    with h5py.File(tmp_path / "stop.h5") as f:  # rows up to the failure survive; the failed step is not done
+    runs = train_runs(3, tmp_path, {"stop": blow_up, "skip": [*blow_up, "--on-nonfinite", "skip"]}, check=False)
+    assert runs["stop"].returncode == 1 and "NaN or Inf gradient at step" in runs["stop"].stderr
+    with h5py.File(runs["stop"].out) as f:  # rows up to the failure survive; the failed step is not done
         steps = f["iterations/step"][:]
         assert len(steps) > 0 and np.array_equal(steps, np.arange(len(steps)))
         assert (f.attrs["status"], f.attrs["steps_done"]) == ("failed", len(steps))
-    out, summary = train(3, tmp_path, *blow_up, "--on-nonfinite", "skip", name="skip.h5")
+    out, summary, returncode, stderr = runs["skip"]
+    assert returncode == 0, stderr[-2000:]
     with h5py.File(out) as f:
         assert f.attrs["skipped_steps"] > 0
         assert len(f["iterations/step"]) == 60 - f.attrs["skipped_steps"]
@@ -167,12 +160,11 @@ def test_overwrite_clears_old_checkpoints_and_resume_checks_the_configuration(tm
     assert not os.path.exists(checkpoint.directory(str(out)))
 
 
-def test_resume_without_a_results_file_is_refused_and_creates_nothing(tmp_path):
+def test_resume_without_a_results_file_is_refused_and_creates_nothing(tmp_path, capsys):
     out = tmp_path / "none.h5"
-    done = subprocess.run([sys.executable, "-m", "fobsgd_mpi.train", "--out", str(out), "--resume"],
-                          capture_output=True, text=True, env=job_env(), cwd=ROOT, timeout=120)
-    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
-    assert "does not exist, so there is no run to continue" in done.stderr
+    assert train_cli.main(["--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "does not exist, so there is no run to continue" in err, err
     assert os.listdir(tmp_path) == []
 
 

@@ -9,11 +9,59 @@ import pytest
 import torch
 
 from fobsgd_mpi import algorithms, compressors, data, models
+from fobsgd_mpi import train as train_cli
 from fobsgd_mpi.results import EVAL_FIELDS, ITERATION_FIELDS
 
-from .mpi_helpers import ROOT, job_env, mpirun, train
+from .mpi_helpers import ROOT, job_env, mpirun, train_runs
 
 pytestmark = pytest.mark.mpi
+
+
+@pytest.fixture(scope="module")
+def three_rank_runs(tmp_path_factory):
+    """The runs of this module's 3-rank tests, in one job (tests/many_runs.py): {name: Run}."""
+    tmp = tmp_path_factory.mktemp("three")
+    (tmp / "run.toml").write_text(CONFIG_FILE)
+    sparse = ["--dataset", "synthetic-sparse", "--model", "logreg", "--steps", "2000", "--batch-size", "4",
+              "--lr", "0.05", "--momentum", "0", "--eval-every", "2000"]
+    return train_runs(3, tmp, {
+        "sgd-union": ["--algorithm", "sgd", "--dataset", "synthetic-logreg", "--model", "mlp", "--width", "16",
+                      "--steps", UNION["steps"], "--batch-size", UNION["batch"], "--lr", UNION["lr"], "--momentum",
+                      "0", "--lr-schedule", "constant", "--seed", "3"],
+        "least-squares": ["--algorithm", "fo-sgd", "--dataset", "synthetic-quadratic", "--model", "logreg", "--steps",
+                          "2000", "--batch-size", "32", "--lr", "0.005", "--momentum", "0", "--eval-every", "500"],
+        "layout": ["--algorithm", "ef-sgd", "--steps", "20", "--eval-every", "10"],
+        "config-file": ["--config", tmp / "run.toml", "--lr", "0.01"],
+        "min-compress": ["--algorithm", "fo-sgd", "--dataset", "digits", "--model", "mlp", "--width", "64",
+                         "--steps", "4", "--min-compress-numel", "1000"],
+        "fresh-rotation": ["--algorithm", "fo-sgd", "--downlink", "fresh-rotation", "--steps", "20",
+                           "--check-every", "10"],
+        "sparse-fo-sgd": ["--algorithm", "fo-sgd", "--lambda-rule", "min", *sparse],
+        "sparse-dithered-sign": ["--algorithm", "dithered-sign", *sparse],
+        "save-model": ["--dataset", "synthetic-logreg", "--model", "mlp", "--width", "16", "--steps", "4",
+                       "--save-model", tmp / "m.pt"],
+    })
+
+
+@pytest.fixture(scope="module")
+def four_rank_runs(tmp_path_factory):
+    """The runs of this module's 4-rank tests, in one job: {name: Run}."""
+    runs = {
+        "replicas": ["--algorithm", "fo-sgd", "--steps", "20", "--check-every", "10"],
+        "liec-replicas": ["--algorithm", "liec-sgd", "--steps", "24", "--liec-period", "8", "--check-every", "8",
+                          "--momentum", "0"],  # each rank's own momentum would keep them apart
+        "liec-average": ["--algorithm", "liec-sgd", "--dataset", "synthetic-logreg", "--model", "mlp", "--width",
+                         "32", "--steps", "20", "--liec-period", "8", "--eval-every", "5", "--seed", "2"],
+    }
+    for algorithm, cases in SHARDED_CASES.items():
+        common = ["--algorithm", algorithm, "--dataset", "synthetic-logreg", "--model", "mlp", "--width", "32",
+                  "--steps", "8", "--block-size", "256", "--eval-every", "4", "--check-every", "4", "--liec-period",
+                  "4"]
+        if algorithm == "doublesqueeze":  # a per-vector scale cannot be sharded
+            common += ["--sign-scale", "block"]
+        for servers, extra in cases:
+            runs[sharded_name(algorithm, servers, extra)] = [*common, *extra, "--servers", servers]
+    return train_runs(4, tmp_path_factory.mktemp("four"), runs)
 
 
 def test_every_algorithm_runs_a_few_steps(short_run):
@@ -34,19 +82,18 @@ def _ns(cfg):
     return argparse.Namespace(**cfg)
 
 
-@pytest.mark.parametrize("model", ["logreg", "cnn1d"])
-def test_model_and_dataset_pairings(model, tmp_path):
-    for dataset in ("mnist1d", "digits") if model == "cnn1d" else ("digits", "synthetic-quadratic"):
-        train(2, tmp_path, "--algorithm", "fo-sgd", "--dataset", dataset, "--model", model, "--width", "16",
-              "--steps", "3", name=f"{model}-{dataset}.h5")
+def test_model_and_dataset_pairings(tmp_path):
+    pairs = [("logreg", "digits"), ("logreg", "synthetic-quadratic"), ("cnn1d", "mnist1d"), ("cnn1d", "digits")]
+    train_runs(2, tmp_path, {f"{model}-{dataset}": ["--algorithm", "fo-sgd", "--dataset", dataset, "--model", model,
+                                                    "--width", "16", "--steps", "3"] for model, dataset in pairs})
 
 
-def test_sgd_equals_single_process_sgd_on_the_union_batch(tmp_path):
-    steps, batch, lr = 5, 8, 0.1
-    out, _ = train(3, tmp_path, "--algorithm", "sgd", "--dataset", "synthetic-logreg", "--model", "mlp",
-                   "--width", "16", "--steps", steps, "--batch-size", batch, "--lr", lr, "--momentum", "0",
-                   "--lr-schedule", "constant", "--seed", "3")
-    with h5py.File(out) as f:
+UNION = {"steps": 5, "batch": 8, "lr": 0.1}
+
+
+def test_sgd_equals_single_process_sgd_on_the_union_batch(three_rank_runs):
+    steps, batch, lr = UNION["steps"], UNION["batch"], UNION["lr"]
+    with h5py.File(three_rank_runs["sgd-union"].out) as f:
         got = f["final_params"][:]
     ds = data.load("synthetic-logreg", 3)
     model = models.FlatModel(models.build("mlp", ds.n_features, 4, 16, 3))
@@ -61,11 +108,9 @@ def test_sgd_equals_single_process_sgd_on_the_union_batch(tmp_path):
     np.testing.assert_allclose(got, model.params, rtol=1e-5, atol=1e-6)
 
 
-def test_fo_sgd_reaches_the_least_squares_optimum(tmp_path):
+def test_fo_sgd_reaches_the_least_squares_optimum(three_rank_runs):
     # 2 workers converge as 4 do (measured: 0.08 % from the optimum, test loss 0.0098, either way)
-    out, summary = train(3, tmp_path, "--algorithm", "fo-sgd", "--dataset", "synthetic-quadratic", "--model",
-                         "logreg", "--steps", "2000", "--batch-size", "32", "--lr", "0.005", "--momentum", "0",
-                         "--eval-every", "500")
+    out, summary = three_rank_runs["least-squares"][:2]
     _, _, w_hat = data.quadratic_problem(0)
     with h5py.File(out) as f:
         w = f["final_params"][:64]
@@ -74,9 +119,9 @@ def test_fo_sgd_reaches_the_least_squares_optimum(tmp_path):
     assert summary["final_test_loss"] < 0.02
 
 
-def test_fo_sgd_bytes_and_bit_identical_replicas(tmp_path):
+def test_fo_sgd_bytes_and_bit_identical_replicas(four_rank_runs):
     """20 FO-SGD steps with a cross-rank checksum at 10 and 20: the run fails if replicas differ."""
-    out, summary = train(4, tmp_path, "--algorithm", "fo-sgd", "--steps", "20", "--check-every", "10")
+    out = four_rank_runs["replicas"].out
     with h5py.File(out) as f:
         d = int(f.attrs["d"])
         assert set(f["iterations/bytes_up"][:]) == {compressors.get("fo1bit").payload_nbytes(d)}
@@ -84,8 +129,8 @@ def test_fo_sgd_bytes_and_bit_identical_replicas(tmp_path):
         assert 8 * f["iterations/bytes_down"][0] / d <= 1.01
 
 
-def test_hdf5_layout_matches_the_summary(tmp_path):
-    out, summary = train(3, tmp_path, "--algorithm", "ef-sgd", "--steps", "20", "--eval-every", "10")
+def test_hdf5_layout_matches_the_summary(three_rank_runs):
+    out, summary = three_rank_runs["layout"][:2]
     with h5py.File(out) as f:
         for key in ("algorithm", "config", "seed", "n_workers", "d", "git_commit", "versions", "start_time",
                     "end_time"):
@@ -114,30 +159,30 @@ def test_hdf5_layout_matches_the_summary(tmp_path):
     (["--topk-ratio", "0"], "--topk-ratio must lie in (0, 1]"),
     (["--resume", "--steps", "2"], "no run to continue"),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
-    done = mpirun(2, "fobsgd_mpi.train", "--quiet", "--out", tmp_path / "x.h5", *args)
-    assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
-    assert errors and message in errors[0], done.stderr[-2000:]
-    if "checkpoint" not in message:
-        assert done.returncode == 2 and not (tmp_path / "x.h5").exists()
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
+    """Refused before MPI starts, so main() runs in this process (test_config runs such errors under
+    mpirun, where rank 0 alone prints them)."""
+    assert train_cli.main(["--quiet", "--out", str(tmp_path / "x.h5"), *args]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert errors and message in errors[0], errors
+    assert not (tmp_path / "x.h5").exists()
 
 
-def test_bad_toml_and_unknown_keys(tmp_path):
+def test_bad_toml_and_unknown_keys(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("lr = [oops")
     unknown = tmp_path / "unknown.toml"
     unknown.write_text('algorithm = "sgd"\nnot_an_option = 1\n')
     for cfg, message in ((bad, "not valid TOML"), (unknown, "unknown option(s) not_an_option")):
-        done = subprocess.run([sys.executable, "-m", "fobsgd_mpi.train", "--config", str(cfg)], capture_output=True,
-                              text=True, env=job_env(), cwd=ROOT, timeout=120)
-        assert done.returncode == 2 and message in done.stderr
+        assert train_cli.main(["--config", str(cfg)]) == 2
+        assert message in capsys.readouterr().err
 
 
-def test_config_file_with_flag_override(tmp_path):
-    cfg = tmp_path / "run.toml"
-    cfg.write_text('algorithm = "signsgd-mv"\ndataset = "digits"\nmodel = "logreg"\nsteps = 4\nlr = 0.5\n')
-    out, summary = train(3, tmp_path, "--config", cfg, "--lr", "0.01")
+CONFIG_FILE = 'algorithm = "signsgd-mv"\ndataset = "digits"\nmodel = "logreg"\nsteps = 4\nlr = 0.5\n'
+
+
+def test_config_file_with_flag_override(three_rank_runs):
+    out, summary = three_rank_runs["config-file"][:2]
     with h5py.File(out) as f:
         stored = json.loads(f.attrs["config"])
     assert stored["algorithm"] == "signsgd-mv" and stored["lr"] == 0.01 and summary["steps"] == 4
@@ -163,9 +208,8 @@ def test_existing_output_needs_overwrite(tmp_path):
     assert (tmp_path / "taken.h5").read_bytes() == b"keep me"
 
 
-def test_min_compress_numel_sends_small_tensors_in_fp32(tmp_path):
-    out, _ = train(3, tmp_path, "--algorithm", "fo-sgd", "--dataset", "digits", "--model", "mlp", "--width", "64",
-                   "--steps", "4", "--min-compress-numel", "1000")
+def test_min_compress_numel_sends_small_tensors_in_fp32(three_rank_runs):
+    out = three_rank_runs["min-compress"].out
     with h5py.File(out) as f:
         d = int(f.attrs["d"])
         up = set(f["iterations/bytes_up"][:].tolist())
@@ -175,52 +219,49 @@ def test_min_compress_numel_sends_small_tensors_in_fp32(tmp_path):
     assert up == {compressors.get("fo1bit").payload_nbytes(big) + 4 * small}
 
 
-def test_fresh_downlink_rotation_runs_and_keeps_replicas_identical(tmp_path):
-    _, summary = train(3, tmp_path, "--algorithm", "fo-sgd", "--downlink", "fresh-rotation", "--steps", "20",
-                       "--check-every", "10")
+def test_fresh_downlink_rotation_runs_and_keeps_replicas_identical(three_rank_runs):
+    summary = three_rank_runs["fresh-rotation"].summary
     assert np.isfinite(summary["final_test_loss"])
 
 
-def test_liec_replicas_identical_right_after_averaging(tmp_path):
+def test_liec_replicas_identical_right_after_averaging(four_rank_runs):
     """The checksum runs only at averaging steps here (check period = H) and must pass; between
     averages the replicas differ, which the spread records."""
-    out, _ = train(4, tmp_path, "--algorithm", "liec-sgd", "--steps", "24", "--liec-period", "8",
-                   "--check-every", "8", "--momentum", "0")  # each rank's own momentum would keep them apart
-    with h5py.File(out) as f:
+    with h5py.File(four_rank_runs["liec-replicas"].out) as f:
         spread = f["iterations/replica_spread"][:]
     assert (spread[[7, 15, 23]] > 0).all()  # the models had drifted apart before each average
 
 
-def test_dithered_sign_is_worse_than_fo_sgd_on_sparse_gradients(tmp_path):
+def test_dithered_sign_is_worse_than_fo_sgd_on_sparse_gradients(three_rank_runs):
     """One-hot features, 4 samples a worker: at most 4 of 513 gradient coordinates are non-zero.
     Measured: fo-sgd (min rule) 0.69 test loss, as fp32 sgd; dithered-sign 1.75."""
-    common = ["--dataset", "synthetic-sparse", "--model", "logreg", "--steps", "2000", "--batch-size", "4",
-              "--lr", "0.05", "--momentum", "0", "--eval-every", "2000"]
-    _, fo = train(3, tmp_path, "--algorithm", "fo-sgd", "--lambda-rule", "min", *common, name="fo.h5")
-    _, ds = train(3, tmp_path, "--algorithm", "dithered-sign", *common, name="ds.h5")
+    fo, ds = three_rank_runs["sparse-fo-sgd"].summary, three_rank_runs["sparse-dithered-sign"].summary
     assert ds["final_test_loss"] > 2 * fo["final_test_loss"], (fo["final_test_loss"], ds["final_test_loss"])
 
 
-@pytest.mark.parametrize("algorithm", ["fo-sgd", "sgd", "signsgd-mv", "ef-sgd", "doublesqueeze", "liec-sgd"])
-def test_sharded_server_gives_the_same_model_as_one_server(algorithm, tmp_path):
+SHARDED_CASES = {algorithm: [("1", ()), ("all", ())] for algorithm in ("sgd", "signsgd-mv", "ef-sgd", "doublesqueeze",
+                                                                        "liec-sgd")}
+SHARDED_CASES["fo-sgd"] = [("1", ()), ("all", ()), ("2", ()), ("1", ("--server-also-works",)),
+                           ("all", ("--server-also-works",))]
+
+
+def sharded_name(algorithm, servers, extra):
+    return f"sharded-{algorithm}-{servers}{''.join(extra)}"
+
+
+@pytest.mark.parametrize("algorithm", SHARDED_CASES)
+def test_sharded_server_gives_the_same_model_as_one_server(algorithm, four_rank_runs):
     """--servers all on 4 ranks (Alltoallw of uneven block shards, the last one padded: d = 2,244 in
     blocks of 256) updates the model bit for bit as rank 0 alone does; each worker still sends one payload.
     FO-SGD also with --servers 2, and with rank 0 computing a gradient too."""
-    common = ["--algorithm", algorithm, "--dataset", "synthetic-logreg", "--model", "mlp", "--width", "32",
-              "--steps", "8", "--block-size", "256", "--eval-every", "4", "--check-every", "4", "--liec-period", "4"]
-    if algorithm == "doublesqueeze":  # a per-vector scale cannot be sharded
-        common += ["--sign-scale", "block"]
-    cases = [("1", ()), ("all", ())]
-    if algorithm == "fo-sgd":
-        cases += [("2", ()), ("1", ("--server-also-works",)), ("all", ("--server-also-works",))]
-    runs = {(k, extra): train(4, tmp_path, *common, *extra, "--servers", k, name=f"{k}{len(extra)}.h5")
-            for k, extra in cases}
+    cases = SHARDED_CASES[algorithm]
+    runs = {(k, extra): four_rank_runs[sharded_name(algorithm, k, extra)] for k, extra in cases}
     params = {}
-    for key, (out, summary) in runs.items():
+    for key, (out, summary, _, _) in runs.items():
         with h5py.File(out) as f:
             params[key] = f["final_params"][:]
             assert f.attrs["d"] == 2244
-        assert summary["bytes_up_per_worker"] == runs["1", ()][1]["bytes_up_per_worker"]
+        assert summary["bytes_up_per_worker"] == runs["1", ()].summary["bytes_up_per_worker"]
     for k, extra in cases:
         assert np.array_equal(params[k, extra], params["1", extra]), (k, extra)
 
@@ -232,12 +273,11 @@ def test_servers_flag_is_checked(tmp_path):
         assert done.returncode == 2 and why in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
-def test_liec_evaluates_and_ends_on_the_average_model(tmp_path):
+def test_liec_evaluates_and_ends_on_the_average_model(four_rank_runs):
     """A run of 20 steps with H = 8 ends between averages: the last evaluation is of the worker
     average (a measurement, not counted), and the run ends with one more average that is counted
     (4 d bytes each way) and leaves that average as the final model."""
-    out, summary = train(4, tmp_path, "--algorithm", "liec-sgd", "--dataset", "synthetic-logreg", "--model", "mlp",
-                         "--width", "32", "--steps", "20", "--liec-period", "8", "--eval-every", "5", "--seed", "2")
+    out, summary = four_rank_runs["liec-average"][:2]
     with h5py.File(out) as f:
         d, rows, params = int(f.attrs["d"]), f["iterations/bytes_up"][:].sum(), f["final_params"][:]
         acc = f["evals/test_accuracy"][-1]
@@ -263,12 +303,11 @@ def test_progress_lines_under_mpirun_and_quiet_silences_them(tmp_path):
     assert quiet.returncode == 0 and "step " not in quiet.stderr
 
 
-def test_save_model_writes_a_plain_state_dict_of_the_final_model(tmp_path):
-    out, _ = train(3, tmp_path, "--dataset", "synthetic-logreg", "--model", "mlp", "--width", "16", "--steps", "4",
-                   "--save-model", tmp_path / "m.pt")
+def test_save_model_writes_a_plain_state_dict_of_the_final_model(three_rank_runs):
+    out = three_rank_runs["save-model"].out
     with h5py.File(out) as f:
         final = f["final_params"][:]
-    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    state = torch.load(out.parent / "m.pt", weights_only=True)
     ds = data.load("synthetic-logreg", 0)
     module = models.build("mlp", ds.n_features, ds.n_classes or ds.y_train.shape[1], 16, 0)
     module.load_state_dict(state)
