@@ -25,7 +25,8 @@ import h5py
 from fobsgd_mpi import algorithms, jobs
 from fobsgd_mpi.config import BIG, INT, SERVERS, ScriptParser, _servers_rule, flag_type
 from fobsgd_mpi.benchmarking import (LINK_UNITS, STARTUP_ITERATIONS, format_table, line_plot, link_text,
-                                     link_traffic, rate_of, results_path, save_records, steady_median, steady_step_s)
+                                     link_traffic, rate_of, results_path, run_grid, save_records, steady_median,
+                                     steady_step_s)
 from fobsgd_mpi.launch import link_bytes
 
 PHASES = ("compute", "encode", "comm", "server", "decode")
@@ -125,18 +126,10 @@ def main(argv=None):
     if args.steps < 2:
         p.error("--steps must be >= 2 (one-step runs measure the start-up traffic)")
     workdir = tempfile.mkdtemp(prefix="bandwidth-sweep-")
-    records = []
-    for width in args.widths:
-        for ranks in args.ranks:
-            for bandwidth in args.bandwidths:
-                for algorithm in args.algorithms:
-                    for servers in args.servers:
-                        if servers != "1" and not algorithms.get(algorithm).shardable:
-                            continue
-                        rec = run_point(workdir, algorithm, bandwidth, width, ranks, servers, args.steps,
-                                        args.model_network)
-                        records.append(rec)
-                        print(f"# {rec}", flush=True)
+    records = run_grid(lambda width, ranks, bandwidth, algorithm, servers: run_point(
+        workdir, algorithm, bandwidth, width, ranks, servers, args.steps, args.model_network),
+        args.widths, args.ranks, args.bandwidths, args.algorithms, args.servers,
+        keep=lambda width, ranks, bandwidth, algorithm, servers: servers == "1" or algorithms.get(algorithm).shardable)
     print(f"# per-node links{' (alpha-beta model only)' if args.model_network else ''}; median over steps "
           f"{min(STARTUP_ITERATIONS, args.steps - 1)}..{args.steps - 1}; bytes per worker per step")
     print(format_table(records, [("algorithm", "algorithm", "{}"), ("servers", "servers", "{}"),

@@ -22,7 +22,7 @@ import numpy as np
 
 from fobsgd_mpi import algorithms, jobs
 from fobsgd_mpi.config import INT, SERVERS, ScriptParser, _power_of_two, _servers_rule, flag_type
-from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records
+from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, run_grid, save_records
 from fobsgd_mpi.launch import parse_rate, rate_text, time_text
 from fobsgd_mpi.netmodel import NetworkModel
 
@@ -97,12 +97,8 @@ def main(argv=None):
     if args.rank_program:
         return rank_program(args)
     workdir = tempfile.mkdtemp(prefix="exchange-scaling-")
-    records = []
-    for algorithm in args.algorithms:
-        for servers in args.servers:
-            for ranks in args.ranks:
-                records.append(run_point(workdir, algorithm, servers, ranks, args))
-                print(f"# {records[-1]}", flush=True)
+    records = run_grid(lambda algorithm, servers, ranks: run_point(workdir, algorithm, servers, ranks, args),
+                       args.algorithms, args.servers, args.ranks)
     for r in records:
         first = next((q for q in records if q["algorithm"] == r["algorithm"] and q["servers"] == r["servers"]
                       and not q["error"]), None)

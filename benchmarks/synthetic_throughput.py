@@ -28,7 +28,7 @@ import h5py
 
 from fobsgd_mpi import algorithms, jobs
 from fobsgd_mpi.benchmarking import (STARTUP_ITERATIONS, format_table, line_plot, link_text, rate_of, results_path,
-                                     save_records, steady_median, steady_step_s)
+                                     run_grid, save_records, steady_median, steady_step_s)
 from fobsgd_mpi.config import BIG, INT, ScriptParser, flag_type
 
 PEERS = {"ddp-none": ["--hook", "none"], "ddp-fp16": ["--hook", "fp16"],
@@ -139,12 +139,8 @@ def main(argv=None):
         args.models, args.algorithms, args.bandwidths, args.workers, args.image_size, args.batch_size, args.steps = (
             ["mlp"], ["fo-sgd", "sgd", "ddp-none"], ["none", "100mbit"], 2, 8, 8, 5)
     workdir = tempfile.mkdtemp(prefix="synthetic-throughput-")
-    records = []
-    for model in args.models:
-        for bandwidth in args.bandwidths:
-            for method in args.algorithms:
-                records.append(run_point(workdir, method, model, bandwidth, args))
-                print(f"# {records[-1]}", flush=True)
+    records = run_grid(lambda model, bandwidth, method: run_point(workdir, method, model, bandwidth, args),
+                       args.models, args.bandwidths, args.algorithms)
     add_ratios(records)
     print(f"# synthetic {args.image_size}x{args.image_size} images, batch {args.batch_size} per worker, "
           f"{args.workers} workers, per-node links{' (alpha-beta model only)' if args.model_network else ''}; "

@@ -35,6 +35,7 @@ Parameters live in a numpy vector: the model stays on the CPU.
 import contextlib
 import datetime
 import os
+import sys
 import time
 
 import torch
@@ -50,7 +51,28 @@ class _Session:
         self.comm = comm
         self.exits = contextlib.ExitStack()
         self.interrupted = self.exits.enter_context(loop.deferred_interrupt())
+        self.exits.enter_context(_abort_on_uncaught_exception(comm))
         self.optimizer = None  # the DistributedOptimizer, once made
+
+
+@contextlib.contextmanager
+def _abort_on_uncaught_exception(comm):
+    """An exception no one catches on one rank ends the whole job (MPI_Abort after its traceback,
+    as `python -m mpi4py` does) instead of leaving the other ranks waiting in an exchange forever.
+    A Ctrl-C needs no abort: every rank stops after the same step (loop.deferred_interrupt)."""
+    report = sys.excepthook
+
+    def hook(kind, value, traceback):
+        report(kind, value, traceback)
+        if not issubclass(kind, KeyboardInterrupt):
+            sys.stderr.flush()
+            comm.Abort(1)
+
+    sys.excepthook = hook
+    try:
+        yield
+    finally:
+        sys.excepthook = report
 
 
 def init(comm=None):

@@ -4,6 +4,7 @@ Benchmarks return records (dicts); printing and saving are separate, so the tabl
 can never disagree.
 """
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -184,3 +185,14 @@ def results_path(stem, out=None):
         return out
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
     return os.path.join("results", f"{stem}-{stamp}.h5")
+
+
+def run_grid(run_point, *axes, keep=lambda *point: True):
+    """run_point(*point) for each point of the product of `axes` (the last varies fastest) that
+    `keep` accepts, each record printed as it comes (a long sweep shows its progress); the records."""
+    records = []
+    for point in itertools.product(*axes):
+        if keep(*point):
+            records.append(run_point(*point))
+            print(f"# {records[-1]}", flush=True)
+    return records

@@ -117,6 +117,8 @@ class RunWriter:
         self.groups = {name: self._group(name, fields) for name, fields in
                        (("iterations", ITERATION_FIELDS), ("evals", EVAL_FIELDS))}
         self.pending = {"iterations": [], "evals": []}
+        self._reserve(0)
+        self.f.flush()  # readable from the start, should the job be killed before its first rows
 
     @classmethod
     def resume(cls, path, last_step):

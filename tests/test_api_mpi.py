@@ -88,3 +88,33 @@ def test_a_stop_signal_before_the_first_step_records_status_interrupted(tmp_path
     with h5py.File(out) as f:
         assert (f.attrs["status"], f.attrs["steps_done"]) == ("interrupted", 0)
         assert len(f["iterations/step"]) == 0
+
+
+FAILING_WORKER = """
+import torch
+import fobsgd_mpi as fo
+
+fo.init()
+model = torch.nn.Linear(8, 2)
+opt = fo.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, out={out!r})
+if fo.is_server():
+    fo.serve()
+else:
+    for step in range(3):
+        if fo.rank() == 2 and step == 1:
+            raise ValueError("the user's script failed on rank 2")
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.randn(4, 8)), torch.tensor([0, 1, 0, 1])).backward()
+        opt.step()
+fo.shutdown()
+"""
+
+
+def test_an_uncaught_exception_on_one_rank_ends_the_job_instead_of_a_hang(tmp_path):
+    script = tmp_path / "fails.py"
+    script.write_text(FAILING_WORKER.format(out=str(tmp_path / "run.h5")))
+    done = subprocess.run([mpirun_path(), "-n", "3", sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=240, env=job_env(), cwd=ROOT)
+    assert done.returncode != 0 and "ValueError: the user's script failed on rank 2" in done.stderr, done.stderr[-2000:]
+    with h5py.File(tmp_path / "run.h5", locking=False) as f:  # readable, though killed before its first flush
+        assert f.attrs["algorithm"] == "fo-sgd" and "status" not in f.attrs

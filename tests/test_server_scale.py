@@ -147,19 +147,31 @@ def test_mse_shrink_needs_the_noise_and_bad_scale_is_refused():
         compressors.get("fo1bit", server_scale="median")
 
 
+SCALE_CASES = {"mse": ("mse", ()), "mse-debias": ("mse-debias", ()),
+               "mse-shrink-sharded": ("mse-shrink", ("--servers", "all", "--block-size", "256")),
+               "mse-shrink-fresh": ("mse-shrink", ("--downlink", "fresh-rotation"))}
+
+
+@pytest.fixture(scope="module")
+def scale_runs(tmp_path_factory):
+    """Each of SCALE_CASES, 20 fo-sgd steps on 3 ranks, in one job."""
+    from .mpi_helpers import train_runs
+
+    return train_runs(3, tmp_path_factory.mktemp("scale"), {
+        name: ["--algorithm", "fo-sgd", "--server-scale", scale, *extra, "--steps", "20", "--check-every", "10",
+               "--dataset", "synthetic-logreg", "--model", "mlp", "--width", "32"]
+        for name, (scale, extra) in SCALE_CASES.items()})
+
+
 @pytest.mark.mpi
-@pytest.mark.parametrize("scale,extra", [("mse", ()), ("mse-debias", ()),
-                                         ("mse-shrink", ("--servers", "all", "--block-size", "256")),
-                                         ("mse-shrink", ("--downlink", "fresh-rotation"))])
-def test_mpirun_replicas_stay_bit_identical_and_payload_is_unchanged(scale, extra, tmp_path):
+@pytest.mark.parametrize("case", SCALE_CASES)
+def test_mpirun_replicas_stay_bit_identical_and_payload_is_unchanged(case, scale_runs):
     """3 ranks, a cross-rank checksum every 10 steps (the run fails if replicas differ); both
     directions carry exactly the fo1bit payload the eta rule carries."""
     import h5py
 
-    from .mpi_helpers import train
-
-    out, summary = train(3, tmp_path, "--algorithm", "fo-sgd", "--server-scale", scale, *extra, "--steps", "20",
-                         "--check-every", "10", "--dataset", "synthetic-logreg", "--model", "mlp", "--width", "32")
+    scale = SCALE_CASES[case][0]
+    out, summary = scale_runs[case][:2]
     assert np.isfinite(summary["final_test_loss"])
     with h5py.File(out) as f:
         d = int(f.attrs["d"])
