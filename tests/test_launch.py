@@ -106,6 +106,14 @@ def test_without_root_shaping_is_refused_in_one_line():
         assert done.returncode == 2 and "needs root" in done.stderr and "--model-network" in done.stderr
 
 
+def foreground(cmd):
+    """`cmd` as a terminal starts a foreground job: SIGINT at its default action, also where these
+    tests run with it ignored (a background job of a non-interactive shell, nohup), which the
+    launcher, as any program, would inherit and respect."""
+    return [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                                  "os.execv(sys.argv[1], sys.argv[1:])", *cmd]
+
+
 SLEEPER = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_DFL); print('up', flush=True); time.sleep(300)"
 
 
@@ -114,8 +122,8 @@ def test_ctrl_c_ends_the_job_in_one_line_with_exit_130_and_removes_namespaces(mo
     if mode != "--model-network" and not ROOTED:
         pytest.skip("network namespaces need root and iproute2")
     marker = f"fobsgd-sleeper-{os.getpid()}"
-    job = subprocess.Popen([sys.executable, "-m", "fobsgd_mpi.launch", mode, "--bandwidth", "1gbit", "-n", "2", "--",
-                            sys.executable, "-c", f"{SLEEPER}  # {marker}"], stdout=subprocess.PIPE,
+    job = subprocess.Popen(foreground([sys.executable, "-m", "fobsgd_mpi.launch", mode, "--bandwidth", "1gbit", "-n",
+                                       "2", "--", sys.executable, "-c", f"{SLEEPER}  # {marker}"]), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env=jobs.job_env(), cwd=jobs.ROOT, start_new_session=True)
     try:
         seen = ""
