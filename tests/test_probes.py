@@ -130,6 +130,10 @@ def test_launch_refuses_a_model_without_a_rate_and_names_a_missing_mpirun(monkey
     ("time_to_accuracy", ["--algorithms", "fo-sgd@0"], "must be a number of ranks >= 1 or all"),
     ("bandwidth_sweep", ["--bandwidths", "xyz"], "expected a rate like 100mbit"),
     ("bandwidth_sweep", ["--ranks", "1"], "--ranks: must lie in [2, 1024]"),
+    ("synthetic_throughput", ["--bandwidths", "fast"], "expected a rate like 100mbit"),
+    ("synthetic_throughput", ["--workers", "0"], "--workers: must lie in [1, 1024]"),
+    ("synthetic_throughput", ["--steps", "2"], "--steps: must lie in"),
+    ("synthetic_throughput", ["--algorithms", "ddp-nope"], "invalid choice: 'ddp-nope'"),
 ])
 def test_benchmark_flags_are_checked_before_any_run(script, args, message, capsys):
     with pytest.raises(SystemExit) as exit_:
