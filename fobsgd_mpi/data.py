@@ -89,11 +89,11 @@ def mnist1d():
         made = make_dataset(args)
         arrays = {"x_train": made["x"].astype(np.float32), "y_train": made["y"].astype(np.int64),
                   "x_test": made["x_test"].astype(np.float32), "y_test": made["y_test"].astype(np.int64)}
-        keep(path, arrays)
+        write_atomically(path, arrays)
     return Dataset(*(arrays[k] for k in NPZ_KEYS), 10)
 
 
-def keep(path, arrays):
+def write_atomically(path, arrays):
     """Write `arrays` to `path` whole or not at all (concurrent jobs may race; the cache is optional)."""
     tmp = None
     try:

@@ -5,7 +5,6 @@ Array sets (data.py: the built-ins and npz:PATH) are loaded by rank 0, which sca
 its shard (data.distribute). Image sets (image_data.py) are opened by every worker from the file
 system: rank 0 decides the shards from the labels and sends each worker only its index list.
 """
-import numpy as np
 import torch
 
 from . import data, image_data, models

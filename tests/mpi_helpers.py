@@ -1,10 +1,12 @@
 """Running real `mpirun` jobs from the tests (the venv's MPICH, oversubscribed)."""
 import collections
 import json
+import os
 import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import h5py
@@ -65,7 +67,9 @@ Run = collections.namedtuple("Run", "out summary returncode stderr")
 def train_runs(n, tmp_path, runs, check=True, timeout=600):
     """Each `name: args` of `runs` as `train` runs it (into tmp_path/NAME.h5), in order, all in one
     `mpirun -n N` job (tests/many_runs.py). Returns {name: Run}; with `check`, every run must exit 0."""
-    spec = tmp_path / f"runs-{len(list(tmp_path.glob('runs-*.json')))}.json"
+    fd, spec = tempfile.mkstemp(dir=tmp_path, prefix="runs-", suffix=".json")
+    os.close(fd)
+    spec = pathlib.Path(spec)
     spec.write_text(json.dumps([["--quiet", "--out", str(tmp_path / f"{name}.h5"), *map(str, args)]
                                 for name, args in runs.items()]))
     done = subprocess.run([mpirun_path(), "-n", str(n), sys.executable, "-m", "tests.many_runs", str(spec)],
