@@ -38,7 +38,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread for every contender 
 
 import numpy as np  # noqa: E402
 
-from fobsgd_mpi import native, reference  # noqa: E402
+from fobsgd_mpi import arrays, native, reference  # noqa: E402
 from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records
 
 
@@ -112,8 +112,9 @@ def cpu_times_interleaved(fns, repeats):
 def run(min_log, max_log, repeats):
     records = []
     for log_n in range(min_log, max_log + 1):
-        x = np.random.default_rng(log_n).standard_normal(1 << log_n).astype(np.float32)
-        y = np.empty_like(x)
+        x = arrays.aligned_zeros(1 << log_n)  # every contender transforms this one 64-byte-aligned array
+        x[:] = np.random.default_rng(log_n).standard_normal(1 << log_n)
+        y = arrays.aligned_zeros(1 << log_n)
         slow = log_n > 20  # numpy and torch take up to a second a call there
         fns = {"copy": (None, lambda: np.copyto(y, x))}
         fns.update({name: (prepare, lambda fn=fn: fn(x)) for name, (prepare, fn) in contenders().items()

@@ -12,9 +12,9 @@
 #    is an sdist whose setup.py fetches a prebuilt wheel from GitHub and otherwise compiles CUDA,
 #    but it lacks csrc/ (measured: "csrc/fast_hadamard_transform.cpp missing"), so build its wheel
 #    ahead from a clone of github.com/Dao-AILab/fast-hadamard-transform with `pip wheel --no-deps
-#    --no-build-isolation .`, or take the release wheel matching torch and CUDA); 3. a short training
-#    run on GPUs: the DDP peer over NCCL (the parameter-server loop computes on the CPU in this
-#    version); 4. bandwidth_sweep.py
+#    --no-build-isolation .`, or take the release wheel matching torch and CUDA); 3. short training
+#    runs on GPUs: the parameter-server loop (fobsgd_mpi.train --device cuda) and the DDP peer over
+#    NCCL; 4. bandwidth_sweep.py
 #    at 3, 5, 9 and 17 ranks (unshaped links). Records go to results/reference/gpu-<device>/ with
 #    each step's output; a step that fails is reported and the rest still run; the exit status
 #    is the number of failed steps.
@@ -84,10 +84,12 @@ for peer in ('fast_hadamard_transform', 'hadamard_transform'):
     try: __import__(peer); print('# peer', peer, 'installed')
     except ImportError: print('# peer', peer, 'missing')" | tee "$OUT/environment.txt"
 
-step tests 120 "$PYTHON" -m pytest -q -ra tests/test_cuda_compile.py tests/test_device.py tests/test_torch_codec.py \
-    -k "gpu or extension or compiles or device or payload or clock"
+step tests 180 "$PYTHON" -m pytest -q -ra tests/test_cuda_compile.py tests/test_device.py tests/test_torch_codec.py \
+    tests/test_codec_paths_mpi.py -k "gpu or extension or compiles or device or payload or clock"
 step fwht 60 "$PYTHON" benchmarks/fwht.py --device $DEV $FWHT_ARGS --out "$OUT/fwht.h5"
 step codec 90 "$PYTHON" benchmarks/codec.py --device $DEV $CODEC_ARGS --out "$OUT/codec.h5"
+step train 90 "$MPIRUN" -n 3 "$PYTHON" -m fobsgd_mpi.train --device $DEV --algorithm fo-sgd --steps $STEPS \
+    --eval-every 50 --out "$OUT/train.h5" --overwrite --quiet
 step ddp 60 "$MPIRUN" -n 2 "$PYTHON" -m fobsgd_mpi.ddp --device $DEV --steps $STEPS --eval-every 50 \
     --out "$OUT/ddp.h5" --overwrite --quiet
 step sweep 150 "$PYTHON" benchmarks/bandwidth_sweep.py --algorithms fo-sgd sgd --bandwidths none \

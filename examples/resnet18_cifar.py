@@ -3,6 +3,7 @@ compressed (FO-SGD) and exchanged through a parameter server on rank 0.
 
     mpirun -n 3 python examples/resnet18_cifar.py --data ~/cifar --steps 2000 --out results/r18.h5
     mpirun -n 3 python examples/resnet18_cifar.py --steps 3        # synthetic images, no data needed
+    mpirun -n 3 python examples/resnet18_cifar.py --device cuda    # each rank on its node-local GPU
 
 --data is a folder holding CIFAR-10's python version (cifar-10-batches-py, as torchvision
 downloads it; nothing is downloaded here). Without it the script makes synthetic 10-class
@@ -43,11 +44,12 @@ def build_model(seed):
 
 
 @torch.no_grad()
-def evaluate(model, test_set, batch_size=256):
+def evaluate(model, test_set, dev, batch_size=256):
     """(mean loss, accuracy) on `test_set` in eval mode (dropout off, batch norm on its statistics)."""
     model.eval()
     loss, correct = 0.0, 0
     for x, y in torch.utils.data.DataLoader(test_set, batch_size=batch_size):
+        x, y = x.to(dev), y.to(dev)
         out = model(x)
         loss += float(F.cross_entropy(out, y, reduction="sum"))
         correct += int((out.argmax(1) == y).sum())
@@ -67,20 +69,23 @@ def main():
     p.add_argument("--out", help="HDF5 results file (none: results/<algorithm>-api-...h5)")
     p.add_argument("--save-model", help="the server writes the final state_dict here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda (this rank's node-local GPU) or cuda:N")
+    p.add_argument("--codec", default="auto", help="native (CPU), torch, or auto: the device's own")
     args = p.parse_args()
     torch.set_num_threads(1)
 
     fo.init()
+    dev = fo.local_device(args.device)
     train_set, test_set = datasets(args.data, args.image_size, args.seed)
-    model = build_model(args.seed)
+    model = build_model(args.seed).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     opt = fo.DistributedOptimizer(opt, model, algorithm=args.algorithm, scheduler=schedule, out=args.out,
-                                  seed=args.seed, overwrite=True, min_compress_numel=1024)
+                                  seed=args.seed, overwrite=True, min_compress_numel=1024, codec=args.codec)
     if fo.is_server():
         fo.serve()
         if args.save_model:
-            torch.save(model.state_dict(), args.save_model)
+            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, args.save_model)
     else:
         worker, n_workers = fo.rank() - 1, fo.size() - 1
         shard = torch.utils.data.Subset(train_set, range(worker, len(train_set), n_workers))
@@ -89,6 +94,7 @@ def main():
         step = 0
         while step < args.steps:
             for x, y in batches:
+                x, y = x.to(dev), y.to(dev)
                 opt.zero_grad()
                 loss = F.cross_entropy(model(x), y)
                 loss.backward()
@@ -97,7 +103,7 @@ def main():
                 if step % args.eval_every == 0 or step == args.steps:
                     opt.average_buffers()
                     if worker == 0:
-                        test_loss, test_accuracy = evaluate(model, test_set)
+                        test_loss, test_accuracy = evaluate(model, test_set, dev)
                         fo.log(train_loss=loss.item(), test_loss=test_loss, test_accuracy=test_accuracy)
                 if step == args.steps:
                     break

@@ -2,7 +2,8 @@
 __version__ = "0.1.0"
 
 # the Python API (api.py), imported on first use so that `import fobsgd_mpi` stays light
-API = ("init", "DistributedOptimizer", "is_server", "serve", "log", "shutdown", "rank", "size", "steps_done")
+API = ("init", "DistributedOptimizer", "is_server", "serve", "log", "shutdown", "rank", "size", "steps_done",
+       "local_device")
 
 
 def __getattr__(name):

@@ -30,17 +30,20 @@ every step on every rank (the server's replica needs it too), so the script does
 Batch-norm running statistics are each worker's own until `opt.average_buffers()` replaces them
 on every rank by the workers' mean (fp32, counted in the bytes): call it before evaluating or
 saving the model; `shutdown` calls it if steps ran since, so the final model holds averaged ones.
-Parameters live in a numpy vector: the model stays on the CPU.
+
+GPU workers: put the model on `fo.local_device()` (this rank's GPU by its node-local rank) before
+wrapping the optimizer. Its parameters and gradients then stay in one flat tensor on that GPU,
+compressed and decoded there (codec="torch", which a GPU model implies); only the payloads cross
+to the host for MPI. A CPU model's vector is a numpy array with the C++ kernels (codec="native").
 """
 import contextlib
 import datetime
 import os
 import sys
-import time
 
 import torch
 
-from . import config, loop, models
+from . import config, device, loop, models
 from .errors import UsageError
 
 _session = None  # the job's state between init() and shutdown()
@@ -115,6 +118,14 @@ def is_server():
     return not _trainer().ps.is_worker
 
 
+def local_device(spec="cuda"):
+    """The torch.device this rank computes on, made current: for "cuda" the GPU of its node-local
+    rank (mod the node's GPUs), "cuda:N", or "cpu". UsageError (one line) when no GPU is there."""
+    dev = device.select(spec)
+    device.activate(dev)
+    return dev
+
+
 def steps_done():
     """The steps the run has made (after resume=True: those of the run it continues)."""
     return _trainer().done
@@ -130,7 +141,8 @@ class _Distributed:
 
     def __init__(self, trainer, grad_views, lock):
         self.trainer, self.grad_views, self.lock = trainer, grad_views, lock
-        self.last_step_end = time.perf_counter()
+        self.clock = trainer.timer.clock
+        self.last_step_end = self.clock()
 
     def synchronize(self, loss):
         """Collective: exchange the parameters' gradients and write the direction into their .grad."""
@@ -140,9 +152,9 @@ class _Distributed:
             elif p.grad is not view:
                 view.copy_(p.grad)
             p.grad = view
-        compute_s = time.perf_counter() - self.last_step_end
+        compute_s = self.clock() - self.last_step_end
         self.trainer.step(True, loss, compute_s)
-        self.last_step_end = time.perf_counter()
+        self.last_step_end = self.clock()
 
 
 def DistributedOptimizer(optimizer, model, algorithm="fo-sgd", scheduler=None, **options):  # noqa: N802 (Horovod's name)
@@ -155,7 +167,8 @@ def DistributedOptimizer(optimizer, model, algorithm="fo-sgd", scheduler=None, *
 
     Args:
         optimizer: the user's torch.optim optimizer, built on model.parameters().
-        model: the torch.nn.Module on the CPU; its parameters become views of one flat vector.
+        model: the torch.nn.Module, on the CPU or a GPU (local_device()); its parameters become
+            views of one flat vector there.
         algorithm: an fobsgd_mpi algorithm name (fo-sgd, liec-sgd, sgd, ...).
         scheduler: a torch.optim.lr_scheduler of `optimizer`, stepped after every step on every rank.
         **options: config.API_OPTIONS (out=, seed=, servers=, checkpoint_every=, resume=, ...).
@@ -182,7 +195,7 @@ def DistributedOptimizer(optimizer, model, algorithm="fo-sgd", scheduler=None, *
         raise UsageError(problem)
     from .transport import ParameterServer
     ps = ParameterServer(comm, cfg.server_also_works)
-    flat = models.FlatModel(model, cfg.min_compress_numel)
+    flat = models.FlatModel(model, cfg.min_compress_numel, _vector_device(model, cfg.codec))
     grad_views = [(p, p.grad) for p in model.parameters()]
     trainer = loop.Trainer(cfg, ps, flat, optimizer, session.interrupted, scheduler)
     distributed = _Distributed(trainer, grad_views, lock)
@@ -218,11 +231,23 @@ def _model_problem(optimizer, model, scheduler):
         return "the optimizer holds a parameter twice; give each parameter to one parameter group"
     if not {id(p) for p in trained} <= own:
         return "the optimizer trains parameters that are not the model's; pass the model whose parameters it trains"
-    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
-        return "the model must hold float32 parameters on the CPU (they become views of a numpy vector)"
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        return "the model must hold float32 parameters (they become views of one float32 vector)"
+    places = {str(p.device) for p in model.parameters()}
+    if len(places) > 1:
+        return f"the model's parameters are on {', '.join(sorted(places))}; move the whole model to one device"
     if scheduler is not None and scheduler.optimizer is not optimizer:
         return "the scheduler belongs to another optimizer; build it on the optimizer you distribute"
     return None
+
+
+def _vector_device(model, codec):
+    """Where the flat vectors live (arrays.py): the model's GPU, or on the CPU None (numpy) unless
+    codec="torch"."""
+    dev = next(model.parameters()).device
+    if dev.type == "cuda" and codec == "native":
+        raise UsageError(f"codec native runs on the CPU; the model is on {dev}: use codec torch (or auto)")
+    return dev if dev.type == "cuda" or codec == "torch" else None
 
 
 def serve():

@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from . import algorithms, models, workload
+from . import algorithms, device, models, workload
 from .errors import EXIT_USAGE, UsageError
 from .launcher_env import local_ranks
 from .optim import OPTIMIZERS, SCHEDULES
@@ -254,6 +254,11 @@ TRAIN = (
     Option("--image-classes", INT, 10, "classes of synthetic-images", bounds=(2, 10**6)),
     Option("--loader-workers", INT, 0, "DataLoader processes reading each worker's image batches (0: the worker "
                                        "itself)", bounds=(0, 256)),
+    Option("--device", STR, "cpu", "where each rank computes: cpu, cuda (GPU = node-local rank mod the node's GPUs) "
+                                   "or cuda:N", rule=device.device_rule),
+    Option("--codec", STR, "auto", "native = numpy vectors and the C++ kernels (CPU only); torch = tensors on --device "
+                                   "and the torch codec (the CUDA kernels on a GPU); auto = native on cpu, torch on "
+                                   "cuda", choices=("auto", "native", "torch")),
     Option("--width", INT, 256, "hidden width (wide-mlp: 2048 gives d of about 12.7M)", bounds=(1, 2**20)),
     Option("--partition", STR, "iid", "how the training set is split over the workers", choices=("iid", "dirichlet")),
     Option("--alpha", FLOAT, 0.5, "Dirichlet concentration for --partition dirichlet", bounds=(1e-3, 1e6)),
@@ -359,6 +364,9 @@ def validate(cfg):
     if cfg.nesterov and not (cfg.optimizer == "sgd" and cfg.momentum > 0):
         raise UsageError("--nesterov needs --optimizer sgd and --momentum above 0")
     check_relations(cfg)
+    if cfg.codec == "native" and cfg.device != "cpu":
+        raise UsageError(f"--codec native runs on the CPU; with --device {cfg.device} use --codec torch (or auto)")
+    device.select(cfg.device)  # a GPU asked for and missing: one line, exit 2
     check_memory(cfg, TRAIN_COPIES)
     from . import native
 
@@ -372,7 +380,7 @@ def validate(cfg):
 API_OPTIONS = ("algorithm", "block_size", "eta", "lambda_rule", "sign_ties", "sign_scale", "liec_period", "qsgd_levels",
                "topk_ratio", "warmup_steps", "min_compress_numel", "downlink", "server_scale", "server_also_works",
                "servers", "participation", "seed", "out", "overwrite", "check_every", "checkpoint_every", "resume",
-               "on_nonfinite")
+               "on_nonfinite", "codec")
 
 
 def api_config(**options):

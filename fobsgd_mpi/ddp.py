@@ -47,9 +47,9 @@ OPTIONS = (
                           "--target-accuracy", batch_size={"help": "per rank"},
                           lr={"default": 0.05, "help": "learning rate"}),
     Option("--bucket-cap-mb", FLOAT, 25.0, "DDP's gradient bucket size", bounds=(0, 1e4), ends="(]"),
-    Option("--device", STR, "cpu", "cpu (gloo), cuda (NCCL; GPU = node-local rank mod the node's GPUs) or cuda:N",
-           rule=device.device_rule),
-    *config.options_named(config.TRAIN, "--seed"),
+    *config.options_named(config.TRAIN, "--device", "--seed",
+                          device={"help": "cpu (gloo), cuda (NCCL; GPU = node-local rank mod the node's GPUs) or "
+                                          "cuda:N"}),
     Option("--out", STR, None, "HDF5 file", required=True),
     *config.options_named(config.TRAIN, "--overwrite", "--quiet"),
 )

@@ -1,17 +1,14 @@
-"""Where a rank computes (--device) and how its GPU payloads reach MPI.
+"""Where a rank computes (--device), and clocks that wait for it.
 
     dev = device.select(cfg.device)          # cpu, or this node-local rank's GPU (UsageError if none)
-    path = device.PayloadPath(dev, device.cuda_aware_mpi("auto"))
-    comm.Gather(path.send_buffer(payload), ...)   # pinned host copy, or the GPU tensor itself
     clock = device.clock(dev)                # time.perf_counter that first waits for the GPU
 
 Each rank takes GPU (node-local rank mod GPUs on the node), the node-local rank read from the
-launcher's variables, so `mpirun -n 8` on a node of 4 GPUs puts two ranks on each. A CUDA-aware
-MPI (MPIX_Query_cuda_support) reads and writes device memory itself; otherwise payloads are
-staged through pinned host buffers, allocated once per size and reused.
-
-fobsgd_mpi.ddp runs on the device today; the parameter-server loop (loop.py) still computes and
-encodes on the CPU, and PayloadPath / cuda_aware_mpi are the pieces its GPU path is to use.
+launcher's variables, so `mpirun -n 8` on a node of 4 GPUs puts two ranks on each. The
+parameter-server loop keeps a GPU rank's vectors and payloads on its GPU and stages each payload
+through a pinned host twin for MPI (algorithms/base.py); the DDP peer hands NCCL the tensors.
+mpi_cuda_support() reports whether the MPI library could take device memory itself (the GPU
+suite records it); the loop does not rely on it.
 """
 import ctypes
 import os
@@ -25,7 +22,6 @@ from .errors import UsageError
 # Node-local rank: Open MPI, MPICH's Hydra, SLURM's srun, PMI-1 launchers
 LOCAL_RANK_ENV = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "PMI_LOCAL_RANK")
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
-CUDA_AWARE_CHOICES = ("auto", "on", "off")
 
 
 def device_rule(text):
@@ -81,63 +77,11 @@ def mpi_cuda_support():
     return bool(query())
 
 
-def cuda_aware_mpi(choice="auto", query=mpi_cuda_support):
-    """Whether to hand GPU buffers straight to MPI (--cuda-aware-mpi): auto = what the library says
-    (no such query: no), on = trust it, off = always stage through host memory."""
-    if choice not in CUDA_AWARE_CHOICES:
-        raise UsageError(f"--cuda-aware-mpi must be one of {', '.join(CUDA_AWARE_CHOICES)}, got {choice!r}")
-    return choice == "on" or (choice == "auto" and bool(query()))
-
-
-class PayloadPath:
-    """Byte buffers to hand MPI for tensors on `dev`: the tensor's own memory on the CPU or with a
-    CUDA-aware MPI (after the device's work on it is done), else a pinned host buffer per role
-    (send / recv) and size, reused from call to call."""
-
-    def __init__(self, dev, cuda_aware=False):
-        self.device = dev
-        self.staged = dev.type == "cuda" and not cuda_aware
-        self._host = {}
-
-    def _pinned(self, role, nbytes):
-        key = (role, nbytes)
-        if key not in self._host:
-            self._host[key] = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-        return self._host[key]
-
-    def send_buffer(self, t):
-        """A uint8 buffer with t's bytes, ready for MPI (numpy on the host, the tensor on a GPU)."""
-        raw = t.contiguous().view(-1).view(torch.uint8)
-        if raw.device.type == "cpu":
-            return raw.numpy()
-        if not self.staged:
-            torch.cuda.current_stream(raw.device).synchronize()
-            return raw
-        host = self._pinned("send", raw.numel())
-        host.copy_(raw, non_blocking=True)
-        torch.cuda.current_stream(raw.device).synchronize()
-        return host.numpy()
-
-    def recv_buffer(self, t):
-        """Where MPI may write the bytes meant for t (a contiguous tensor); then call finish_recv."""
-        raw = t.view(-1).view(torch.uint8)
-        if raw.device.type == "cpu":
-            return raw.numpy()
-        if not self.staged:
-            torch.cuda.current_stream(raw.device).synchronize()  # no kernel still reading t
-            return raw
-        return self._pinned("recv", raw.numel()).numpy()
-
-    def finish_recv(self, t):
-        """Move what MPI wrote into recv_buffer(t) to t (a blocking copy: the buffer is reused)."""
-        if self.staged and t.device.type == "cuda":
-            t.view(-1).view(torch.uint8).copy_(self._pinned("recv", t.numel() * t.element_size()))
-
-
 def clock(dev):
     """time.perf_counter, waiting first for the work queued on a GPU `dev`, so a phase timed with
-    it (compute / encode / comm / decode) holds its own GPU work, not the next phase's."""
-    if dev.type != "cuda":
+    it (compute / encode / comm / decode) holds its own GPU work, not the next phase's (`dev`
+    None: the host)."""
+    if dev is None or dev.type != "cuda":
         return time.perf_counter
 
     def synchronized():
@@ -162,8 +106,8 @@ def best_seconds(fn, dev, repeats=10, loops=10):
 
 
 def name(dev):
-    """What `dev` is, in words: the GPU's name, or the CPU's model and core count."""
-    if dev.type == "cuda":
+    """What `dev` is, in words: the GPU's name, or the CPU's model and core count (`dev` None: the host)."""
+    if dev is not None and dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)} ({torch.cuda.get_device_properties(dev).total_memory / 2**30:.0f} GiB)"
     try:
         with open("/proc/cpuinfo") as f:

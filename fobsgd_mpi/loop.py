@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from . import algorithms, checkpoint, optim
+from . import algorithms, arrays, checkpoint, device, optim
 from .algorithms.options import AlgorithmOptions
 from .errors import STOP_SIGNALS, Interrupted, JobError, UsageError
 from .netmodel import NetworkModel
@@ -44,9 +44,13 @@ def participants(cfg, step, workers):
 
 
 class PhaseTimer:
+    """Seconds per phase of a step, read with `clock` (device.clock: on a GPU it waits for the
+    phase's queued work, so each phase holds its own)."""
+
     PHASES = ("compute", "encode", "comm", "server", "decode", "optimizer")
 
-    def __init__(self):
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
         self.reset()
 
     def reset(self):
@@ -54,11 +58,11 @@ class PhaseTimer:
 
     @contextmanager
     def __call__(self, phase):
-        t0 = time.perf_counter()
+        t0 = self.clock()
         try:
             yield
         finally:
-            self.seconds[phase] += time.perf_counter() - t0
+            self.seconds[phase] += self.clock() - t0
 
 
 @contextmanager
@@ -126,7 +130,7 @@ def build_algorithm(name, ps, model, options):
 
 
 def check_replicas(comm, params, step):
-    sums = comm.allgather(zlib.crc32(params.tobytes()))
+    sums = comm.allgather(zlib.crc32(arrays.host(params).tobytes()))
     if len(set(sums)) != 1:
         raise JobError(f"replicas diverged at step {step}: parameter checksums {sums}; "
                        "this algorithm must keep every rank's model bit-identical")
@@ -155,7 +159,7 @@ class Trainer:
         self.optimizer, self.scheduler, self.interrupted = optimizer, scheduler, interrupted
         self.optimizer_step = optimizer.step  # the torch step itself, even once the API replaces optimizer.step
         self.total, self.eval_every, self.extra_state = total, eval_every, extra_state
-        options = AlgorithmOptions.from_config(cfg, stateful_optimizer=optim.has_state(optimizer))
+        options = AlgorithmOptions.from_config(cfg, stateful_optimizer=optim.has_state(optimizer), device=model.device)
         self.algo = build_algorithm(cfg.algorithm, ps, model, options)
         self.warmup = build_algorithm("sgd", ps, model, options) if cfg.warmup_steps else None
         self.active = self.algo
@@ -165,7 +169,7 @@ class Trainer:
         # running statistics (batch norm): each worker's own until averaged (average_buffers)
         self.buffers = [b for b in model.module.buffers() if b.is_floating_point()]
         self.network = NetworkModel.from_environment()
-        self.timer = PhaseTimer()
+        self.timer = PhaseTimer(device.clock(model.device))
         self.done, elapsed = 0, 0.0  # done: steps 0..done-1 have run
         self.totals = {"bytes_up": 0, "bytes_down": 0, "skipped": 0}
         self.buffer_bytes = 0  # buffer averages not yet counted in a row
@@ -198,6 +202,7 @@ class Trainer:
             "git_commit": git_commit(), "versions": json.dumps(versions(self.ps.MPI)),
             "optimizer": describe_optimizer(self.optimizer),
             "network_profile": json.dumps(self.network.profile) if self.network else "unshaped",
+            "device": device.name(self.model.device),
             "bits_up_declared": self.algo.up.bits_up, "bits_down_declared": self.algo.down.bits_up},
             overwrite=self.cfg.overwrite)
 
@@ -214,7 +219,7 @@ class Trainer:
         (the workers' action, the ranks with a NaN/Inf gradient or loss, the mean loss of this round's
         workers that gave one, else NaN). `gradient`: this rank computed one; `loss`: None if unknown."""
         works = gradient and self.works()
-        bad = works and not (np.isfinite(self.model.grads).all() and (loss is None or np.isfinite(loss)))
+        bad = works and not (arrays.all_finite(self.model.grads) and (loss is None or np.isfinite(loss)))
         counted = works and not bad and loss is not None
         mine = np.array([action, bad, self.interrupted.is_set(), loss if counted else 0.0, counted, bool(self.metrics)])
         states = np.empty((self.comm.Get_size(), len(mine)))
@@ -328,7 +333,7 @@ class Trainer:
         if not self.buffers:
             return 0
         self.buffers_averaged_at = self.done
-        flat = np.concatenate([b.detach().reshape(-1).numpy() for b in self.buffers]).astype(np.float32)
+        flat = np.concatenate([b.detach().reshape(-1).cpu().numpy() for b in self.buffers]).astype(np.float32)
         if not self.ps.is_worker:
             flat[:] = 0
         total = np.empty_like(flat)
@@ -355,14 +360,14 @@ class Trainer:
         params = self.model.params
         evaluated = self.active.evaluated_params(params, self.done - 1)
         if self.rank == 0:
-            own = None if evaluated is params else params.copy()
+            own = None if evaluated is params else arrays.copy(params)
             if own is not None:
-                params[:] = evaluated
+                arrays.assign(params, evaluated)
             try:
                 loss, accuracy = evaluate_fn()
             finally:
                 if own is not None:
-                    params[:] = own
+                    arrays.assign(params, own)
             self.record_eval(loss, accuracy)
         self.flush()
 
@@ -398,7 +403,7 @@ class Trainer:
             self.totals["bytes_down"] += finish[1]
         finally:
             if self.writer is not None:
-                self.writer.close(final_params=None if status == "failed" else self.model.params,
+                self.writer.close(final_params=None if status == "failed" else arrays.host(self.model.params),
                                   status=status, steps_done=self.done, skipped_steps=self.totals["skipped"],
                                   finish_bytes_up=finish[0], finish_bytes_down=finish[1])
                 self.writer = None
@@ -407,30 +412,30 @@ class Trainer:
     def save_checkpoint(self):
         """Collective: every rank's parameters, buffers, optimizer and schedule, algorithm state and
         `extra_state`, written atomically (checkpoint.save_all)."""
-        arrays, optimizer_meta = optim.state_arrays(self.optimizer, self.scheduler)
-        arrays["params"] = self.model.params
-        arrays.update({f"buffers.{i}": b.detach().numpy() for i, b in enumerate(self.buffers)})
+        saved, optimizer_meta = optim.state_arrays(self.optimizer, self.scheduler)
+        saved["params"] = arrays.host(self.model.params)
+        saved.update({f"buffers.{i}": b.detach().cpu().numpy() for i, b in enumerate(self.buffers)})
         for i, exchange in enumerate(self.exchanges):
-            arrays.update({f"algo{i}.{k}": v for k, v in exchange.state_arrays().items()})
+            saved.update({f"algo{i}.{k}": v for k, v in exchange.state_arrays().items()})
         meta = {"step": self.done - 1, "totals": self.totals, "last_eval": self.last_eval, "wall_s": self.wall_s(),
                 "optimizer": optimizer_meta, "run": run_identity(self.cfg, self.comm.Get_size())}
         if self.extra_state is not None:
             extra_meta, extra_arrays = self.extra_state.state()
             meta["extra"] = extra_meta
-            arrays.update({f"extra.{k}": v for k, v in extra_arrays.items()})
-        checkpoint.save_all(self.comm, self.cfg.out, self.done - 1, arrays, meta)
+            saved.update({f"extra.{k}": v for k, v in extra_arrays.items()})
+        checkpoint.save_all(self.comm, self.cfg.out, self.done - 1, saved, meta)
 
     def resume(self):
         """Load this rank's checkpoint in place; returns the wall seconds the run had taken."""
-        arrays, meta = checkpoint.load_all(self.comm, self.cfg.out, self.model.d)
-        self.model.params[:] = arrays["params"]
+        saved, meta = checkpoint.load_all(self.comm, self.cfg.out, self.model.d)
+        arrays.assign(self.model.params, saved["params"])
         for i, b in enumerate(self.buffers):
-            b.copy_(torch.from_numpy(arrays[f"buffers.{i}"]))
-        optim.load_state(self.optimizer, self.scheduler, checkpoint.prefixed(arrays, "optimizer"), meta["optimizer"])
+            b.copy_(torch.from_numpy(saved[f"buffers.{i}"]))
+        optim.load_state(self.optimizer, self.scheduler, checkpoint.prefixed(saved, "optimizer"), meta["optimizer"])
         for i, exchange in enumerate(self.exchanges):
-            exchange.load_state(checkpoint.prefixed(arrays, f"algo{i}"))
+            exchange.load_state(checkpoint.prefixed(saved, f"algo{i}"))
         if self.extra_state is not None:
-            self.extra_state.load_state(meta["extra"], checkpoint.prefixed(arrays, "extra"))
+            self.extra_state.load_state(meta["extra"], checkpoint.prefixed(saved, "extra"))
         self.totals.update(meta["totals"])
         self.last_eval.update(meta["last_eval"])
         self.done = meta["step"] + 1
@@ -447,12 +452,22 @@ class Setup:
         self.model, self.sampler, self.gradient, self.evaluate, self.n_train = model, sampler, gradient, evaluate, n_train
 
 
+def vector_device(cfg):
+    """Where the run's vectors live (arrays.py): None for --codec native (auto on cpu), else the
+    torch.device of --device, made this process's current device."""
+    if cfg.codec == "native" or (cfg.codec == "auto" and cfg.device == "cpu"):
+        return None
+    dev = device.select(cfg.device)
+    device.activate(dev)
+    return dev
+
+
 def open_workload(cfg, ps):
     """The run's model and data: every call into workload.py and models.py is here."""
     from . import models, workload
     work = workload.distribute(ps.comm, cfg, ps.workers)
     model = models.FlatModel(models.build(cfg.model, work.input_shape, work.n_outputs, cfg.width, cfg.seed),
-                             cfg.min_compress_numel)
+                             cfg.min_compress_numel, vector_device(cfg))
     loss_fn = models.loss_for(work.n_classes)
     sampler = work.sampler(cfg.batch_size, seed=(cfg.seed, ps.workers.index(ps.rank))) if ps.is_worker else None
     return Setup(model, sampler, lambda: model.gradient(*sampler.next(), loss_fn),
@@ -501,11 +516,11 @@ def _run(cfg, ps, interrupted):
         for _ in range(trainer.done, last):
             loss, compute_s = None, 0.0
             if workload.sampler is not None and trainer.works():
-                t0 = time.perf_counter()
+                t0 = trainer.timer.clock()
                 loss = workload.gradient()
                 if rank in slow:  # a straggler: its compute takes `factor` times as long
-                    time.sleep((slow[rank] - 1) * (time.perf_counter() - t0))
-                compute_s = time.perf_counter() - t0
+                    time.sleep((slow[rank] - 1) * (trainer.timer.clock() - t0))
+                compute_s = trainer.timer.clock() - t0
             trainer.step(loss is not None, loss, compute_s)
             done = trainer.done
             if progress is not None:
@@ -531,8 +546,8 @@ def _run(cfg, ps, interrupted):
         trainer.close(status)
         if progress is not None:
             progress.close()
-        if rank == 0 and cfg.save_model and status in ("complete", "stopped"):
-            torch.save(model.module.state_dict(), cfg.save_model)
+        if rank == 0 and cfg.save_model and status in ("complete", "stopped"):  # on the CPU, to load anywhere
+            torch.save({k: v.cpu() for k, v in model.module.state_dict().items()}, cfg.save_model)
     if rank != 0:
         return None
     summary = {"algorithm": cfg.algorithm, "steps": trainer.done, "d": model.d, "n_workers": n,

@@ -11,6 +11,8 @@ import importlib.util
 import numpy as np
 import torch
 
+from . import arrays
+
 MODELS = ("logreg", "mlp", "cnn1d", "wide-mlp")
 MODEL_FORMS = f"{', '.join(MODELS)}, torchvision:NAME, timm:NAME or package.module:factory"
 SMALL_INPUT = 64  # torchvision ResNets on inputs up to this many pixels a side use the CIFAR stem
@@ -124,32 +126,39 @@ def parameter_count(name, input_shape, n_outputs, width=256):
 
 
 class FlatModel:
-    """A torch module whose parameters and gradients are views of two flat float32 arrays.
+    """A torch module whose parameters and gradients are views of two flat float32 vectors:
+    numpy arrays (`device` None: the native codec's path) or tensors on `device` (the torch
+    codec's, arrays.py), where the module then lives too.
 
     Tensors with at least `min_compress_numel` elements come first; `d_compressed` counts them,
     so params[:d_compressed] is what an algorithm compresses and the rest can travel fp32.
     """
 
-    def __init__(self, module, min_compress_numel=0):
-        self.module = module
+    def __init__(self, module, min_compress_numel=0, device=None):
+        self.module = module if device is None else module.to(device)
+        self.device = device
         params = sorted(module.parameters(), key=lambda p: p.numel() < min_compress_numel)
         self.d = sum(p.numel() for p in params)
         self.d_compressed = sum(p.numel() for p in params if p.numel() >= min_compress_numel)
-        self.params = np.empty(self.d, dtype=np.float32)
-        self.grads = np.zeros(self.d, dtype=np.float32)
+        self.params = arrays.zeros(self.d, device)
+        self.grads = arrays.zeros(self.d, device)
+        flat = (lambda v: torch.from_numpy(v)) if device is None else (lambda v: v)
         off = 0
         for p in params:
             n = p.numel()
-            self.params[off : off + n] = p.detach().reshape(-1).numpy()
-            p.data = torch.from_numpy(self.params[off : off + n]).view_as(p)
-            p.grad = torch.from_numpy(self.grads[off : off + n]).view_as(p)
+            arrays.assign(self.params[off : off + n], p.detach().reshape(-1))
+            p.data = flat(self.params[off : off + n]).view_as(p)
+            p.grad = flat(self.grads[off : off + n]).view_as(p)
             off += n
 
     def gradient(self, x, y, loss_fn):
-        """Fills self.grads with the gradient of the minibatch (numpy arrays or tensors); returns the loss."""
+        """Fills self.grads with the gradient of the minibatch (numpy arrays or tensors, moved to the
+        model's device); returns the loss."""
         self.grads[:] = 0
         self.module.train()
-        loss = loss_fn(self.module(torch.as_tensor(x)), torch.as_tensor(y))
+        dev = self.device or "cpu"
+        loss = loss_fn(self.module(torch.as_tensor(x).to(dev, non_blocking=True)),
+                       torch.as_tensor(y).to(dev, non_blocking=True))
         loss.backward()
         return float(loss.detach())
 
@@ -179,7 +188,9 @@ def evaluate_dataset(module, dataset, loss_fn, batch_size=256, loader_workers=0)
     module.eval()
     loss_sum, correct = 0.0, 0
     try:
+        dev = next(module.parameters()).device
         for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=loader_workers):
+            x, y = x.to(dev), y.to(dev)
             out = module(x)
             loss_sum += float(loss_fn(out, y, reduction="sum"))
             correct += int((out.argmax(1) == y).sum())

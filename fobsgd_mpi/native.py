@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from . import reference
+from . import arrays, reference
 from .errors import NonFiniteError
 from .reference import (LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM, TIES_POSITIVE,  # noqa: F401  (re-exported)
                         TIES_RANDOM)
@@ -80,7 +80,7 @@ def fwht_(x, normalize=True):
 
 
 def _work(layout, n_threads):
-    return np.empty(n_threads * int(layout.sizes.max()), dtype=np.float32)
+    return arrays.aligned_zeros(n_threads * int(layout.sizes.max()))
 
 
 def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, scales, n_threads=1):

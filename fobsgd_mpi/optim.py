@@ -57,7 +57,7 @@ def state_arrays(optimizer, scheduler=None):
     """(arrays, meta) that restore `optimizer` (and `scheduler`) exactly: tensors as arrays named
     optimizer.<parameter index>.<key>, the rest as JSON-able meta."""
     saved = optimizer.state_dict()
-    arrays = {f"optimizer.{index}.{key}": value.detach().numpy().copy()
+    arrays = {f"optimizer.{index}.{key}": value.detach().cpu().numpy().copy()
               for index, state in saved["state"].items() for key, value in state.items() if value is not None}
     meta = {"param_groups": saved["param_groups"]}
     if scheduler is not None:

@@ -6,10 +6,16 @@ One iteration, on every rank:
   3. every rank decodes the broadcast into the update direction (``direction``).
 All ranks then apply the same optimizer step, so replicas stay identical unless the algorithm
 keeps per-worker state in the direction (LIEC-SGD).
+
+Where the vectors live (arrays.py): a worker's gradient, its error memory and every rank's
+direction are on options.device (numpy on the native path); the server's rows, sums and error
+memory are host numpy. On the torch path each payload has a device twin: a worker encodes into
+up_dev, which is copied to up_buf (what MPI sends, pinned for a GPU); down_buf (what MPI
+receives) is copied to down_dev, which is decoded. On the native path the twins are the buffers.
 """
 import numpy as np
 
-from .. import compressors
+from .. import arrays, compressors
 
 SERVER_STREAM = 1 << 31  # dither stream of the server's re-quantization, distinct from any worker rank
 
@@ -25,11 +31,15 @@ class PSAlgorithm:
     def __init__(self, ps, d, options):
         self.ps = ps
         self.d = d
+        self.device = options.device
         self.up = compressors.from_config(self.up_compressor, options, **self.compressor_defaults)
         self.down = compressors.from_config(self.down_compressor, options, **self.compressor_defaults)
-        self.up_buf = self.up.spec(d).empty()
-        self.down_buf = self.down.spec(d).empty()
-        self.dir_buf = np.zeros(d, dtype=np.float32)
+        pinned = self.device is not None and self.device.type == "cuda"
+        self.up_buf = self.up.spec(d).empty(pinned=pinned)
+        self.down_buf = self.down.spec(d).empty(pinned=pinned)
+        self.up_dev = self.up_buf if self.device is None else self.up.spec(d).empty(self.device)
+        self.down_dev = self.down_buf if self.device is None else self.down.spec(d).empty(self.device)
+        self.dir_buf = arrays.zeros(d, self.device)
         self.weights = np.full(ps.n_workers, 1.0 / ps.n_workers, dtype=np.float32)
         self.servers = server_count(options.servers, ps.size)
         self.params = None  # the flat parameters the updates apply to (bind)
@@ -54,8 +64,8 @@ class PSAlgorithm:
 
     # ---------------------------------------------------------------- hooks
     def encode_up(self, grad, step):
-        """Encode into self.up_buf (the buffer the uplink sends)."""
-        self.up.encode(grad, step, self.ps.rank, out=self.up_buf)
+        """Encode into self.up_dev (the uplink sends it, through up_buf)."""
+        self.up.encode(grad, step, self.ps.rank, out=self.up_dev)
 
     def server(self, rows, step):
         """Reduce the gathered rows into self.down_buf (the buffer the downlink sends)."""
@@ -77,12 +87,13 @@ class PSAlgorithm:
         return (self.up_buf.spec, self.down_buf.spec)
 
     def state_arrays(self):
-        return {name: getattr(self, name) for name in self.state_names}
+        """The state, as host numpy arrays."""
+        return {name: arrays.host(getattr(self, name)) for name in self.state_names}
 
-    def load_state(self, arrays):
+    def load_state(self, saved):
         for name in self.state_names:
-            if name in arrays:
-                setattr(self, name, np.array(arrays[name], dtype=np.float32))
+            if name in saved:
+                setattr(self, name, arrays.like(getattr(self, name), saved[name]))
 
     def identical_after(self, step):
         """Whether every rank's model must be bit-identical after this step's update."""
@@ -117,12 +128,15 @@ class PSAlgorithm:
         """One iteration; `participants` (default: all workers) are the ranks that send this round."""
         ps = self.ps
         everyone = participants is None or len(participants) == ps.n_workers
+        sends = ps.is_worker and (everyone or ps.rank in participants)
         with timer("encode"):
-            if ps.is_worker and (everyone or ps.rank in participants):
+            if sends:
                 self.encode_up(grad, step)
             elif ps.is_worker:
                 self.idle_worker(step)
         with timer("comm"):
+            if sends and self.up_dev is not self.up_buf:
+                self.up_buf.copy_from(self.up_dev)
             rows = self.uplink.run() if everyone else self.uplink.run(participants)
         with timer("server"):
             if rows is not None:  # this rank serves (all blocks, or its shard of them)
@@ -130,9 +144,11 @@ class PSAlgorithm:
                 self.server(rows, step)
         with timer("comm"):
             self.downlink.run()
+            if self.down_dev is not self.down_buf:
+                self.down_dev.copy_from(self.down_buf)
         self.bytes_up_worker, self.bytes_down_worker = self.payload_bytes_up, self.payload_bytes_down
         with timer("decode"):
-            return self.direction(self.down_buf, step)
+            return self.direction(self.down_dev, step)
 
 
 def server_count(servers, size):
@@ -150,11 +166,11 @@ class ErrorFeedbackUplink:
 
     def __init__(self, ps, d, options):
         super().__init__(ps, d, options)
-        self.error = np.zeros(d if ps.is_worker else 0, dtype=np.float32)
+        self.error = arrays.zeros(d if ps.is_worker else 0, self.device)
 
     def encode_up(self, grad, step):
         corrected = grad + self.error
-        payload = self.up.encode(corrected, step, self.ps.rank, out=self.up_buf)
+        payload = self.up.encode(corrected, step, self.ps.rank, out=self.up_dev)
         self.error = corrected - self.up.decode(payload, step, self.d)
 
 

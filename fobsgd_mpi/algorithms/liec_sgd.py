@@ -20,6 +20,7 @@ fp32 sgd's 32 * 4 d.
 """
 import numpy as np
 
+from .. import arrays
 from .base import PSAlgorithm, ServerErrorFeedback
 from .registry import register
 from .sgd import SGD
@@ -47,7 +48,7 @@ class LIECSGD(ServerErrorFeedback, PSAlgorithm):
 
     def __init__(self, ps, d, options):
         super().__init__(ps, d, options)
-        self.local_error = np.zeros(d if ps.is_worker else 0, dtype=np.float32)
+        self.local_error = arrays.zeros(d if ps.is_worker else 0, self.device)
         self.period = options.liec_period
         self.stateless_optimizer = not options.stateful_optimizer
         self.sync = FullPrecisionSync(self, options)
@@ -74,7 +75,7 @@ class LIECSGD(ServerErrorFeedback, PSAlgorithm):
         return direction
 
     def encode_up(self, grad, step):
-        payload = self.up.encode(grad, step, self.ps.rank, out=self.up_buf)
+        payload = self.up.encode(grad, step, self.ps.rank, out=self.up_dev)
         self.local_error = grad - self.up.decode(payload, step, self.d)
 
     def idle_worker(self, step):
@@ -94,10 +95,10 @@ class LIECSGD(ServerErrorFeedback, PSAlgorithm):
 
     def worker_average(self, params, everywhere):
         """Mean of the worker models (fp32 Reduce; + Bcast when `everywhere`, so all ranks get the
-        same bits); None on ranks that receive nothing."""
+        same bits), a host numpy array; None on ranks that receive nothing."""
         comm, root = self.ps.comm, 0
-        mine = params if self.ps.is_worker else np.zeros_like(params)
-        total = np.empty_like(params) if everywhere or self.ps.rank == root else None
+        mine = arrays.host(params) if self.ps.is_worker else np.zeros(len(params), dtype=np.float32)
+        total = np.empty_like(mine) if everywhere or self.ps.rank == root else None
         comm.Reduce(mine, total, op=self.ps.MPI.SUM, root=root)
         if everywhere:
             comm.Bcast(total, root=root)
@@ -107,10 +108,10 @@ class LIECSGD(ServerErrorFeedback, PSAlgorithm):
         """Replace every rank's model by the workers' average and record the spread; returns the
         bytes one worker handed to MPI each way."""
         average = self.worker_average(params, everywhere=True)
-        local = float(np.linalg.norm(params - average)) if self.ps.is_worker else 0.0
-        params[:] = average
+        local = float(np.linalg.norm(arrays.host(params) - average)) if self.ps.is_worker else 0.0
+        arrays.assign(params, average)
         self.spread = self.ps.comm.allreduce(local, op=self.ps.MPI.MAX)
-        return params.nbytes
+        return average.nbytes
 
     def evaluated_params(self, params, step):
         return params if self.identical_after(step) else self.worker_average(params, everywhere=False)

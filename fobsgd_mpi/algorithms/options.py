@@ -22,8 +22,11 @@ class AlgorithmOptions:
     liec_period: int = 32
     # whether the optimizer keeps state between steps (LIEC-SGD's replicas then stay apart)
     stateful_optimizer: bool = True
+    # where the workers' vectors live: None (numpy, the native codec) or a torch.device (arrays.py)
+    device: object = None
 
     @classmethod
-    def from_config(cls, cfg, stateful_optimizer):
-        names = [f.name for f in fields(cls) if f.name != "stateful_optimizer"]
-        return cls(**{name: getattr(cfg, name) for name in names}, stateful_optimizer=stateful_optimizer)
+    def from_config(cls, cfg, stateful_optimizer, device=None):
+        names = [f.name for f in fields(cls) if f.name not in ("stateful_optimizer", "device")]
+        return cls(**{name: getattr(cfg, name) for name in names}, stateful_optimizer=stateful_optimizer,
+                   device=device)

@@ -6,11 +6,13 @@ fp32 gather / broadcast each iteration and its bytes are counted with the head's
 """
 import numpy as np
 
+from .. import arrays
+
 
 class SplitExchange:
     def __init__(self, head, tail, d_head):
         self.head, self.tail, self.d_head = head, tail, d_head
-        self.direction = np.empty(d_head + tail.d, dtype=np.float32)
+        self.direction = arrays.zeros(d_head + tail.d, head.device)
         self.up, self.down = head.up, head.down
 
     @property
@@ -54,10 +56,11 @@ class SplitExchange:
         self.head.after_step(params[: self.d_head], step)
 
     def evaluated_params(self, params, step):
-        head = self.head.evaluated_params(params[: self.d_head], step)
-        if head is None or np.shares_memory(head, params):
+        own = params[: self.d_head]
+        head = self.head.evaluated_params(own, step)
+        if head is None or head is own:
             return None if head is None else params
-        return np.concatenate([head, params[self.d_head :]])
+        return np.concatenate([head, arrays.host(params[self.d_head :])])
 
     def finish(self, params, step):
         return self.head.finish(params[: self.d_head], step)

@@ -8,8 +8,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from .. import arrays
 from ..layout import DEFAULT_MAX_BLOCK, DEFAULT_MIN_BLOCK, BlockLayout
 from ..native import backend as kernel_backend
+from ..native import backend_for
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,9 @@ class PayloadSpec:
         name, dtype, count = self.fields[-1]
         return self.offsets[name] + np.dtype(dtype).itemsize * count
 
-    def empty(self):
-        return Payload(self, np.zeros(self.nbytes, dtype=np.uint8))
+    def empty(self, device=None, pinned=False):
+        """A zeroed Payload: numpy (device None; `pinned`: in page-locked memory) or on a torch device."""
+        return Payload(self, arrays.empty_bytes(self.nbytes, device, pinned))
 
     def view(self, buffer):
         """A Payload over an existing uint8 buffer (e.g. one row of a gather), no copy."""
@@ -45,7 +48,8 @@ class PayloadSpec:
 
 
 class Payload:
-    """Encoded vector: `buffer` (uint8) is what travels; fields (e.g. `bits`, `scales`) are views."""
+    """Encoded vector: `buffer` (uint8, numpy or a torch tensor) is what travels; fields (e.g.
+    `bits`, `scales`) are views."""
 
     __slots__ = ("spec", "buffer", "__dict__")
 
@@ -53,11 +57,15 @@ class Payload:
         self.spec = spec
         self.buffer = buffer
         for (name, dtype, count), off in zip(spec.fields, spec.offsets.values()):
-            setattr(self, name, buffer[off : off + np.dtype(dtype).itemsize * count].view(dtype))
+            setattr(self, name, arrays.field_view(buffer, off, dtype, count))
 
     @property
     def nbytes(self):
-        return self.buffer.nbytes
+        return self.spec.nbytes
+
+    def copy_from(self, other):
+        """This payload's bytes = other's (same spec; host and device buffers alike)."""
+        arrays.assign(self.buffer, other.buffer)
 
 
 def flag(name):
@@ -111,6 +119,10 @@ class Compressor:
         self.kernels = kernel_backend(self.backend)
         self.n_threads = int(self.n_threads)
 
+    def kernels_for(self, x):
+        """The kernels for x: this compressor's backend for numpy arrays, torch_codec for tensors."""
+        return kernel_backend(backend_for(x)) if arrays.is_tensor(x) else self.kernels
+
     @classmethod
     def from_config(cls, cfg, **defaults):
         """This compressor with the options `cfg` (a run's config) sets; where it leaves one unset
@@ -144,14 +156,15 @@ class Compressor:
 
     def encode(self, x, step, rank, out=None):
         x = _as_gradient(x)
-        payload = out if out is not None else self.spec(len(x)).empty()
+        payload = out if out is not None else self.spec(len(x)).empty(arrays.device_of(x))
         self._encode(x, int(step), int(rank), payload)
         return payload
 
     def decode(self, payload, step, d, out=None, weight=1.0, accumulate=False):
-        """x_hat of length d; with `out`, writes (or with `accumulate` adds) weight * x_hat there."""
+        """x_hat of length d (where the payload lives); with `out`, writes (or with `accumulate`
+        adds) weight * x_hat there."""
         if out is None:
-            out = np.zeros(d, dtype=np.float32)
+            out = arrays.zeros(d, arrays.device_of(payload.buffer))
             accumulate = False
         self._decode(payload, int(step), d, out, float(weight), bool(accumulate))
         return out
@@ -183,14 +196,18 @@ class BlockCompressor(Compressor):
         lay = self.layout_of(len(x) if layout is None else layout)
         if lay.d != len(x):
             raise ValueError(f"layout of {lay.d} coordinates for a vector of {len(x)}")
-        payload = out if out is not None else self.spec_of(lay).empty()
+        payload = out if out is not None else self.spec_of(lay).empty(arrays.device_of(x))
         self._encode(x, int(step), int(rank), payload, lay)
         return payload
 
 
 def _as_gradient(x):
+    if arrays.is_tensor(x):
+        if x.dim() != 1 or str(x.dtype) != "torch.float32" or not x.is_contiguous() or x.numel() == 0:
+            raise ValueError(f"encode needs a non-empty 1-D contiguous float32 tensor, got {x.dtype} {tuple(x.shape)}")
+        return x
     if not isinstance(x, np.ndarray) or x.ndim != 1:
-        raise ValueError("encode needs a 1-D numpy array (flatten the gradient first)")
+        raise ValueError("encode needs a 1-D numpy array or torch tensor (flatten the gradient first)")
     if x.dtype != np.float32:
         raise ValueError(f"encode needs float32, got {x.dtype}; convert with x.astype(np.float32)")
     if not x.flags.c_contiguous:

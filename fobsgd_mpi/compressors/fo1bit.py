@@ -65,8 +65,8 @@ class FlattenedOneBit(OneBitCompressor):
         return np.array([math.sqrt(2 * math.log(2 * m / self.eta) / m) for m in layout.sizes.tolist()])
 
     def _quantize(self, x, layout, rotate, step, rank, payload):
-        self.kernels.encode_1bit(x, layout, rotate, LAMBDA_RULES[self.lambda_rule], self.lambda_factors(layout),
-                                 self.seed, step, rank, payload.bits, payload.scales, self.n_threads)
+        self.kernels_for(x).encode_1bit(x, layout, rotate, LAMBDA_RULES[self.lambda_rule], self.lambda_factors(layout),
+                                        self.seed, step, rank, payload.bits, payload.scales, self.n_threads)
 
     def _encode(self, x, step, rank, payload, lay):
         self._quantize(x, lay, self.rotate, step, rank, payload)
@@ -130,8 +130,8 @@ class FlattenedOneBit(OneBitCompressor):
         return out[:d]
 
     def _decode(self, payload, step, d, out, weight, accumulate):
-        self.kernels.decode_1bit(payload.bits, payload.scales, self.layout(d), self.rotate, self.seed, step, out,
-                                 weight, accumulate, self.n_threads)
+        self.kernels_for(out).decode_1bit(payload.bits, payload.scales, self.layout(d), self.rotate, self.seed, step,
+                                          out, weight, accumulate, self.n_threads)
 
 
 @register("dithered-sign")

@@ -2,6 +2,7 @@
 sharded server splits the vector."""
 import numpy as np
 
+from .. import arrays
 from .base import BlockCompressor, PayloadSpec
 from .registry import register
 
@@ -20,7 +21,13 @@ class Identity(BlockCompressor):
         payload.values[:] = x
 
     def _decode(self, payload, step, d, out, weight, accumulate):
-        if accumulate:
+        if arrays.is_tensor(out):  # torch rounds a Python float to the tensor's float32, as numpy's float32 here
+            values = float(np.float32(weight)) * payload.values
+            if accumulate:
+                out[:d] += values
+            else:
+                out[:d] = values
+        elif accumulate:
             out += np.float32(weight) * payload.values
         else:
             np.multiply(payload.values, np.float32(weight), out=out[:d])

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import rng
+from .. import arrays, rng
 from .base import BlockCompressor, BlockOptions, PayloadSpec, flag
 from .registry import register
 
@@ -44,6 +44,9 @@ class QSGD(BlockCompressor):
                             ("norms", np.float32, lay.n_blocks)))
 
     def _encode(self, x, step, rank, payload, lay):
+        if arrays.is_tensor(x):
+            return self.kernels_for(x).qsgd_encode(x, lay, self.levels, self.seed, step, rank, payload.codes,
+                                                   payload.norms)
         if not np.isfinite(x).all():
             from ..errors import NonFiniteError
             raise NonFiniteError("vector to encode holds NaN or Inf; fix the gradient before encoding")
@@ -64,6 +67,9 @@ class QSGD(BlockCompressor):
 
     def _decode(self, payload, step, d, out, weight, accumulate):
         lay = self.layout(d)
+        if arrays.is_tensor(out):
+            return self.kernels_for(out).qsgd_decode(payload.codes, payload.norms, lay, self.levels, out, weight,
+                                                     accumulate)
         bitplanes = np.unpackbits(payload.codes.view(np.uint8), bitorder="little")[: lay.padded * self.width]
         codes = (bitplanes.reshape(-1, self.width).astype(np.uint32) << np.arange(self.width, dtype=np.uint32)).sum(1)
         values = (codes >> 1).astype(np.float32) / np.float32(self.levels)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import arrays
 from .base import check_choice
 from .onebit import OneBitCompressor
 from .registry import register
@@ -33,11 +34,12 @@ class ScaledSign(OneBitCompressor):
     Options = ScaledSignOptions
 
     def _encode(self, x, step, rank, payload, lay):
-        self.kernels.scaled_sign_encode(x, lay, SIGN_TIES[self.sign_ties], self.seed, step, payload.bits,
-                                        payload.scales, self.n_threads)
+        self.kernels_for(x).scaled_sign_encode(x, lay, SIGN_TIES[self.sign_ties], self.seed, step, payload.bits,
+                                               payload.scales, self.n_threads)
         if self.sign_scale == "vector":  # the blocks' means, weighted by their lengths
-            payload.scales[:] = np.float32(np.dot(payload.scales.astype(np.float64), lay.valid) / len(x))
+            block_l1 = arrays.host(payload.scales).astype(np.float64)
+            payload.scales[:] = float(np.float32(np.dot(block_l1, lay.valid) / len(x)))
 
     def _decode(self, payload, step, d, out, weight, accumulate):
-        self.kernels.scaled_sign_decode(payload.bits, payload.scales, self.layout(d), out, weight, accumulate,
-                                        self.n_threads)
+        self.kernels_for(out).scaled_sign_decode(payload.bits, payload.scales, self.layout(d), out, weight,
+                                                 accumulate, self.n_threads)

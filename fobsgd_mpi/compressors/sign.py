@@ -39,11 +39,12 @@ class Sign(BlockCompressor):
         return [(int(layout.offsets[b]) // 8, -(-int(layout.valid[b]) // 64) * 8) for b in blocks]
 
     def _encode(self, x, step, rank, payload, lay):
-        self.kernels.scaled_sign_encode(x, lay, SIGN_TIES[self.sign_ties], self.seed, step,
-                                        payload.bits, None, self.n_threads)
+        self.kernels_for(x).scaled_sign_encode(x, lay, SIGN_TIES[self.sign_ties], self.seed, step,
+                                               payload.bits, None, self.n_threads)
 
     def _decode(self, payload, step, d, out, weight, accumulate):
-        self.kernels.scaled_sign_decode(payload.bits, None, self.layout(d), out, weight, accumulate, self.n_threads)
+        self.kernels_for(out).scaled_sign_decode(payload.bits, None, self.layout(d), out, weight, accumulate,
+                                                 self.n_threads)
 
     def majority_vote(self, rows, step, d, out=None):
         """Payload whose bit is + where more than half of the gathered rows (n, nbytes) vote +

@@ -11,6 +11,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from .. import arrays
 from .base import Compressor, Options, PayloadSpec, flag
 from .registry import register
 
@@ -42,12 +43,16 @@ class TopK(Compressor):
 
     def _encode(self, x, step, rank, payload):
         k = self.k(len(x))
+        if arrays.is_tensor(x):
+            return self.kernels_for(x).topk_encode(x, k, payload.indices, payload.values)
         idx = np.argpartition(np.abs(x), len(x) - k)[len(x) - k :] if k < len(x) else np.arange(len(x))
         idx.sort()
         payload.indices[:] = idx
         payload.values[:] = x[idx]
 
     def _decode(self, payload, step, d, out, weight, accumulate):
+        if arrays.is_tensor(out):
+            return self.kernels_for(out).topk_decode(payload.indices, payload.values, d, out, weight, accumulate)
         if not accumulate:
             out[:d] = 0
         np.add.at(out, payload.indices.astype(np.int64), np.float32(weight) * payload.values)
