@@ -44,8 +44,9 @@ def build_model(seed):
 
 
 @torch.no_grad()
-def evaluate(model, test_set, dev, batch_size=256):
+def evaluate(model, test_set, batch_size=256):
     """(mean loss, accuracy) on `test_set` in eval mode (dropout off, batch norm on its statistics)."""
+    dev = next(model.parameters()).device
     model.eval()
     loss, correct = 0.0, 0
     for x, y in torch.utils.data.DataLoader(test_set, batch_size=batch_size):
@@ -103,7 +104,7 @@ def main():
                 if step % args.eval_every == 0 or step == args.steps:
                     opt.average_buffers()
                     if worker == 0:
-                        test_loss, test_accuracy = evaluate(model, test_set, dev)
+                        test_loss, test_accuracy = evaluate(model, test_set)
                         fo.log(train_loss=loss.item(), test_loss=test_loss, test_accuracy=test_accuracy)
                 if step == args.steps:
                     break

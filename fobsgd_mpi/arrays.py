@@ -106,5 +106,12 @@ def all_finite(x):
     return bool(np.isfinite(x).all())
 
 
+def synchronize(x):
+    """Wait for the work queued on a GPU tensor x's device (nothing to wait for elsewhere)."""
+    if is_tensor(x) and x.is_cuda:
+        import torch
+        torch.cuda.current_stream(x.device).synchronize()
+
+
 def copy(x):
     return x.clone() if is_tensor(x) else x.copy()

@@ -259,6 +259,10 @@ TRAIN = (
     Option("--codec", STR, "auto", "native = numpy vectors and the C++ kernels (CPU only); torch = tensors on --device "
                                    "and the torch codec (the CUDA kernels on a GPU); auto = native on cpu, torch on "
                                    "cuda", choices=("auto", "native", "torch")),
+    Option("--cuda-aware-mpi", STR, "auto", "with --codec torch, hand MPI the payload tensors themselves instead of "
+                                            "pinned host copies: auto = on a GPU when the MPI library reports CUDA "
+                                            "support; on (on the CPU: tensors through DLPack); off",
+           choices=device.CUDA_AWARE_CHOICES),
     Option("--width", INT, 256, "hidden width (wide-mlp: 2048 gives d of about 12.7M)", bounds=(1, 2**20)),
     Option("--partition", STR, "iid", "how the training set is split over the workers", choices=("iid", "dirichlet")),
     Option("--alpha", FLOAT, 0.5, "Dirichlet concentration for --partition dirichlet", bounds=(1e-3, 1e6)),
@@ -380,7 +384,7 @@ def validate(cfg):
 API_OPTIONS = ("algorithm", "block_size", "eta", "lambda_rule", "sign_ties", "sign_scale", "liec_period", "qsgd_levels",
                "topk_ratio", "warmup_steps", "min_compress_numel", "downlink", "server_scale", "server_also_works",
                "servers", "participation", "seed", "out", "overwrite", "check_every", "checkpoint_every", "resume",
-               "on_nonfinite", "codec")
+               "on_nonfinite", "codec", "cuda_aware_mpi")
 
 
 def api_config(**options):

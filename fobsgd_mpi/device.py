@@ -7,8 +7,8 @@ Each rank takes GPU (node-local rank mod GPUs on the node), the node-local rank 
 launcher's variables, so `mpirun -n 8` on a node of 4 GPUs puts two ranks on each. The
 parameter-server loop keeps a GPU rank's vectors and payloads on its GPU and stages each payload
 through a pinned host twin for MPI (algorithms/base.py); the DDP peer hands NCCL the tensors.
-mpi_cuda_support() reports whether the MPI library could take device memory itself (the GPU
-suite records it); the loop does not rely on it.
+With a CUDA-aware MPI (mpi_cuda_support(), or --cuda-aware-mpi on) it hands MPI the GPU payloads
+themselves (hands_tensors_to_mpi).
 """
 import ctypes
 import os
@@ -75,6 +75,19 @@ def mpi_cuda_support():
         return None
     query.restype = ctypes.c_int
     return bool(query())
+
+
+CUDA_AWARE_CHOICES = ("auto", "on", "off")
+
+
+def hands_tensors_to_mpi(choice, dev, query=mpi_cuda_support):
+    """Whether the loop gives MPI the payload tensors on `dev` as they are (--cuda-aware-mpi) instead
+    of staging them through pinned host twins: never for numpy vectors (`dev` None) or with off;
+    always with on (on the CPU, torch tensors reach MPI through DLPack); with auto, on a GPU whose MPI
+    library says it is CUDA-aware."""
+    if dev is None or choice == "off":
+        return False
+    return choice == "on" or (dev.type == "cuda" and bool(query()))
 
 
 def clock(dev):

@@ -159,7 +159,8 @@ class Trainer:
         self.optimizer, self.scheduler, self.interrupted = optimizer, scheduler, interrupted
         self.optimizer_step = optimizer.step  # the torch step itself, even once the API replaces optimizer.step
         self.total, self.eval_every, self.extra_state = total, eval_every, extra_state
-        options = AlgorithmOptions.from_config(cfg, stateful_optimizer=optim.has_state(optimizer), device=model.device)
+        options = AlgorithmOptions.from_config(cfg, stateful_optimizer=optim.has_state(optimizer), device=model.device,
+                                               direct_mpi=device.hands_tensors_to_mpi(cfg.cuda_aware_mpi, model.device))
         self.algo = build_algorithm(cfg.algorithm, ps, model, options)
         self.warmup = build_algorithm("sgd", ps, model, options) if cfg.warmup_steps else None
         self.active = self.algo

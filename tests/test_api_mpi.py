@@ -118,3 +118,46 @@ def test_an_uncaught_exception_on_one_rank_ends_the_job_instead_of_a_hang(tmp_pa
     assert done.returncode != 0 and "ValueError: the user's script failed on rank 2" in done.stderr, done.stderr[-2000:]
     with h5py.File(tmp_path / "run.h5", locking=False) as f:  # readable, though killed before its first flush
         assert f.attrs["algorithm"] == "fo-sgd" and "status" not in f.attrs
+
+
+API_ON_BOTH_PATHS = """
+import sys
+import torch
+import fobsgd_mpi as fo
+
+fo.init()
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+model = model.to(fo.local_device("cpu"))
+opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+opt = fo.DistributedOptimizer(opt, model, algorithm="doublesqueeze", out=sys.argv[2], codec=sys.argv[1])
+if fo.is_server():
+    fo.serve()
+else:
+    for step in range(6):
+        x = torch.randn(16, 8, generator=torch.Generator().manual_seed(100 * fo.rank() + step))
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), (x[:, 0] > 0).long()).backward()
+        opt.step()
+        if step % 3 == 2:
+            opt.average_buffers()
+            fo.log(running_mean=float(model[1].running_mean.sum()))
+fo.shutdown()
+"""
+
+
+def test_the_api_trains_alike_on_the_native_and_the_torch_codec(tmp_path):
+    """A CPU model through the API's tensor path (codec="torch", what a GPU model takes) gives the native
+    path's model bit for bit, batch-norm averages included."""
+    script = tmp_path / "both.py"
+    script.write_text(API_ON_BOTH_PATHS)
+    records = {}
+    for codec in ("native", "torch"):
+        out = tmp_path / f"{codec}.h5"
+        done = subprocess.run([mpirun_path(), "-n", "3", sys.executable, str(script), codec, str(out)],
+                              capture_output=True, text=True, timeout=240, env=job_env(), cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+        with h5py.File(out) as f:
+            records[codec] = (f["final_params"][:], f["metrics/running_mean/value"][:], f["iterations/bytes_up"][:])
+    for native, torch_path in zip(records["native"], records["torch"]):
+        assert np.array_equal(native, torch_path)

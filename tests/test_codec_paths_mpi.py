@@ -2,7 +2,8 @@
 torch_codec, payloads staged to host buffers for MPI) is what a GPU worker runs. On the CPU it must
 train exactly as the native path (numpy vectors, C++ kernels): every algorithm, the sharded server,
 the fp32 tail of --min-compress-numel, partial participation, LIEC-SGD's model averages, Adam, and a
-resume whose checkpoint the other path wrote."""
+resume whose checkpoint the other path wrote. The "-direct" cases hand MPI the payload tensors
+themselves (--cuda-aware-mpi on: what a CUDA-aware MPI takes on a GPU; on the CPU through DLPack)."""
 import h5py
 import numpy as np
 import pytest
@@ -23,6 +24,13 @@ CASES = {
     "liec-sync": ["--algorithm", "liec-sgd", "--liec-period", "2", "--momentum", "0"],
     "adam": ["--algorithm", "fo-sgd", "--optimizer", "adam", "--lr", "0.001"],
 }
+DIRECT = ["--cuda-aware-mpi", "on"]
+CASES.update({
+    "fo-sgd-direct": ["--algorithm", "fo-sgd", *DIRECT],
+    "sharded-direct": [*CASES["sharded"], *DIRECT],
+    "server-works-direct": ["--algorithm", "liec-sgd", "--server-also-works", "--liec-period", "3", *DIRECT],
+    "partial-direct": [*CASES["partial"], *DIRECT],
+})
 # stopped after step 2 by one path, resumed by the other: state in a checkpoint is host numpy either way
 RESUMED = ["--algorithm", "doublesqueeze", "--checkpoint-every", "3"]
 

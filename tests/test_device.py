@@ -94,3 +94,13 @@ def test_cpu_name_slug_and_best_seconds():
     calls = []
     assert device.best_seconds(lambda: calls.append(1), cpu, repeats=3, loops=4) >= 0
     assert len(calls) == 1 + 3 * 4
+
+
+@pytest.mark.parametrize("choice, dev, library, direct", [
+    ("auto", None, True, False), ("on", None, True, False),  # numpy vectors: always host buffers
+    ("auto", "cuda:0", True, True), ("auto", "cuda:0", False, False), ("auto", "cuda:0", None, False),
+    ("auto", "cpu", True, False), ("on", "cpu", False, True), ("off", "cuda:0", True, False),
+])
+def test_payload_tensors_go_to_mpi_as_they_are_only_when_asked_or_cuda_aware(choice, dev, library, direct):
+    dev = None if dev is None else torch.device(dev)
+    assert device.hands_tensors_to_mpi(choice, dev, query=lambda: library) is direct

@@ -9,9 +9,11 @@ keeps per-worker state in the direction (LIEC-SGD).
 
 Where the vectors live (arrays.py): a worker's gradient, its error memory and every rank's
 direction are on options.device (numpy on the native path); the server's rows, sums and error
-memory are host numpy. On the torch path each payload has a device twin: a worker encodes into
-up_dev, which is copied to up_buf (what MPI sends, pinned for a GPU); down_buf (what MPI
-receives) is copied to down_dev, which is decoded. On the native path the twins are the buffers.
+memory are host numpy, and so is down_buf, the payload a single server reduces into. On the
+torch path each payload has a device twin: a worker encodes into up_dev and decodes down_dev.
+What MPI sends from and receives into (up_wire, down_wire) are host twins (pinned for a GPU),
+copied to and from the device twins, or, with options.direct_mpi (a CUDA-aware MPI), the device
+twins themselves. On the native path every twin is the one host buffer.
 """
 import numpy as np
 
@@ -39,21 +41,25 @@ class PSAlgorithm:
         self.down_buf = self.down.spec(d).empty(pinned=pinned)
         self.up_dev = self.up_buf if self.device is None else self.up.spec(d).empty(self.device)
         self.down_dev = self.down_buf if self.device is None else self.down.spec(d).empty(self.device)
+        self.direct = options.direct_mpi and self.device is not None
+        self.up_wire = self.up_dev if self.direct else self.up_buf
         self.dir_buf = arrays.zeros(d, self.device)
         self.weights = np.full(ps.n_workers, 1.0 / ps.n_workers, dtype=np.float32)
         self.servers = server_count(options.servers, ps.size)
         self.params = None  # the flat parameters the updates apply to (bind)
         # server_layout: the blocks this rank reduces (all of them, or its shard); server_out: the
         # payload of the down compressor it reduces them into; serves: whether this rank reduces
-        if self.servers == 1:
-            self.uplink, self.downlink = ps.uplink(self.up_buf), ps.downlink(self.down_buf)
+        if self.servers == 1:  # the server broadcasts from down_buf, where it reduced
+            self.down_wire = self.down_dev if self.direct and not ps.is_server else self.down_buf
+            self.uplink, self.downlink = ps.uplink(self.up_wire), ps.downlink(self.down_wire)
             blocked = isinstance(self.up, compressors.BlockCompressor)  # top-k's payload has no blocks
             self.server_layout, self.server_out = self.up.layout(d) if blocked else None, self.down_buf
             self.serves = ps.is_server
         else:
             if not self.shardable:
                 raise ValueError(f"--servers {options.servers} is not available for {options.algorithm}; use --servers 1")
-            shard = ps.sharded(self.servers, self.up.layout(d), self.up, self.down, self.up_buf, self.down_buf)
+            self.down_wire = self.down_dev if self.direct else self.down_buf  # servers send from their shard
+            shard = ps.sharded(self.servers, self.up.layout(d), self.up, self.down, self.up_wire, self.down_wire)
             self.uplink, self.downlink = shard.uplink, shard.downlink
             self.server_layout, self.server_out = shard.layout, shard.out
             self.serves = shard.serves
@@ -64,7 +70,7 @@ class PSAlgorithm:
 
     # ---------------------------------------------------------------- hooks
     def encode_up(self, grad, step):
-        """Encode into self.up_dev (the uplink sends it, through up_buf)."""
+        """Encode into self.up_dev (the uplink sends it, or its host twin up_wire)."""
         self.up.encode(grad, step, self.ps.rank, out=self.up_dev)
 
     def server(self, rows, step):
@@ -135,8 +141,10 @@ class PSAlgorithm:
             elif ps.is_worker:
                 self.idle_worker(step)
         with timer("comm"):
-            if sends and self.up_dev is not self.up_buf:
-                self.up_buf.copy_from(self.up_dev)
+            if sends and self.up_wire is not self.up_dev:
+                self.up_wire.copy_from(self.up_dev)
+            elif self.direct:  # MPI reads up_dev and writes down_dev: the device's work on them is done
+                arrays.synchronize(self.dir_buf)
             rows = self.uplink.run() if everyone else self.uplink.run(participants)
         with timer("server"):
             if rows is not None:  # this rank serves (all blocks, or its shard of them)
@@ -144,8 +152,8 @@ class PSAlgorithm:
                 self.server(rows, step)
         with timer("comm"):
             self.downlink.run()
-            if self.down_dev is not self.down_buf:
-                self.down_dev.copy_from(self.down_buf)
+            if self.down_dev is not self.down_wire:
+                self.down_dev.copy_from(self.down_wire)
         self.bytes_up_worker, self.bytes_down_worker = self.payload_bytes_up, self.payload_bytes_down
         with timer("decode"):
             return self.direction(self.down_dev, step)

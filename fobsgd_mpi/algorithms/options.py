@@ -24,9 +24,11 @@ class AlgorithmOptions:
     stateful_optimizer: bool = True
     # where the workers' vectors live: None (numpy, the native codec) or a torch.device (arrays.py)
     device: object = None
+    # whether MPI takes the payload tensors on `device` as they are (a CUDA-aware MPI), not host twins
+    direct_mpi: bool = False
 
     @classmethod
-    def from_config(cls, cfg, stateful_optimizer, device=None):
-        names = [f.name for f in fields(cls) if f.name not in ("stateful_optimizer", "device")]
+    def from_config(cls, cfg, stateful_optimizer, device=None, direct_mpi=False):
+        names = [f.name for f in fields(cls) if f.name not in ("stateful_optimizer", "device", "direct_mpi")]
         return cls(**{name: getattr(cfg, name) for name in names}, stateful_optimizer=stateful_optimizer,
-                   device=device)
+                   device=device, direct_mpi=direct_mpi)
