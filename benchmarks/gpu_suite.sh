@@ -88,7 +88,7 @@ step tests 180 "$PYTHON" -m pytest -q -ra tests/test_cuda_compile.py tests/test_
     tests/test_codec_paths_mpi.py -k "gpu or extension or compiles or device or payload or clock"
 step fwht 60 "$PYTHON" benchmarks/fwht.py --device $DEV $FWHT_ARGS --out "$OUT/fwht.h5"
 step codec 90 "$PYTHON" benchmarks/codec.py --device $DEV $CODEC_ARGS --out "$OUT/codec.h5"
-step train 90 "$MPIRUN" -n 3 "$PYTHON" -m fobsgd_mpi.train --device $DEV --algorithm fo-sgd --steps $STEPS \
+step train 90 "$MPIRUN" -n 3 "$PYTHON" -m fobsgd_mpi.train --device $DEV --codec torch --algorithm fo-sgd --steps $STEPS \
     --eval-every 50 --out "$OUT/train.h5" --overwrite --quiet
 step ddp 60 "$MPIRUN" -n 2 "$PYTHON" -m fobsgd_mpi.ddp --device $DEV --steps $STEPS --eval-every 50 \
     --out "$OUT/ddp.h5" --overwrite --quiet
