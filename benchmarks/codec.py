@@ -18,17 +18,24 @@ import argparse
 
 import numpy as np
 
-from fobsgd_mpi import compressors, native
+from fobsgd_mpi import arrays, compressors, native
 from fobsgd_mpi.benchmarking import best_time, format_table, results_path, save_records
 
 
+def gradient(n, seed):
+    """n standard normal float32s in a 64-byte-aligned array, as the harness's own vectors are."""
+    x = arrays.aligned_zeros(n)
+    x[:] = np.random.default_rng(seed).standard_normal(n)
+    return x
+
+
 def throughput(records, d, repeats):
-    x = np.random.default_rng(0).standard_normal(d).astype(np.float32)
+    x = gradient(d, 0)
     for name in compressors.names():
         c = compressors.get(name)
         reps = repeats if name != "qsgd" else 1
         payload = c.encode(x, 0, 1)
-        out = np.empty(d, dtype=np.float32)
+        out = arrays.aligned_zeros(d)
         enc = best_time(lambda: c.encode(x, 0, 1, out=payload), reps)
         dec = best_time(lambda: c.decode(payload, 0, d, out=out), reps)
         agg = None
@@ -43,18 +50,18 @@ def throughput(records, d, repeats):
 
 def goals(repeats):
     n = 1 << 24
-    x = np.random.default_rng(1).standard_normal(n).astype(np.float32)
+    x = gradient(n, 1)
     c = compressors.get("fo1bit")
-    y = x.copy()
+    y = gradient(n, 1)
     fwht_blocks = best_time(lambda: native.fwht_(y.reshape(-1, c.block_size)), repeats)
     fwht_row = best_time(lambda: native.fwht_(y), repeats)
     payload = c.encode(x, 0, 1)
     encode = best_time(lambda: c.encode(x, 0, 1, out=payload), repeats)
-    out = np.empty(n, dtype=np.float32)
+    out = arrays.aligned_zeros(n)
     decode = best_time(lambda: c.decode(payload, 0, n, out=out), repeats)
     rows = np.stack([c.encode(x, 0, r).buffer for r in range(8)])
     w = np.full(8, 1 / 8, dtype=np.float32)
-    v = np.empty(c.layout(n).padded, dtype=np.float32)
+    v = arrays.aligned_zeros(c.layout(n).padded)
     aggregate = best_time(lambda: c.aggregate(rows, w, n, out=v), repeats)
     return [
         {"what": "fo1bit encode / FWHT blocks of 2^16 (goal <= 3)", "ratio": encode / fwht_blocks,
