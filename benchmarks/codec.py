@@ -121,8 +121,7 @@ def device_throughput(dev, d, repeats):
 def main_device(args):
     from fobsgd_mpi import device
 
-    dev = device.select(args.device)
-    device.activate(dev)
+    dev = device.use(args.device)
     records = [r for d in args.sizes for r in device_throughput(dev, d, args.repeats)]
     print(f"# python benchmarks/codec.py --device {args.device} --sizes {' '.join(map(str, args.sizes))}   "
           f"({device.name(dev)}; GB/s of fp32; bandwidth fraction = least bytes moved per second / a copy's)")

@@ -269,8 +269,7 @@ def run_device(spec, min_log, max_log, log_elements, repeats):
     from fobsgd_mpi import device
 
     fns, torch = device_contenders()
-    dev = device.select(spec)
-    device.activate(dev)
+    dev = device.use(spec)
     n = 1 << log_elements
     x = torch.randn(n, device=dev) / 2**12  # repeated unnormalised transforms stay finite for a while
     y = torch.empty_like(x)

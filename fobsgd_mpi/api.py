@@ -121,9 +121,7 @@ def is_server():
 def local_device(spec="cuda"):
     """The torch.device this rank computes on, made current: for "cuda" the GPU of its node-local
     rank (mod the node's GPUs), "cuda:N", or "cpu". UsageError (one line) when no GPU is there."""
-    dev = device.select(spec)
-    device.activate(dev)
-    return dev
+    return device.use(spec)
 
 
 def steps_done():
@@ -195,7 +193,8 @@ def DistributedOptimizer(optimizer, model, algorithm="fo-sgd", scheduler=None, *
         raise UsageError(problem)
     from .transport import ParameterServer
     ps = ParameterServer(comm, cfg.server_also_works)
-    flat = models.FlatModel(model, cfg.min_compress_numel, _vector_device(model, cfg.codec))
+    flat = models.FlatModel(model, cfg.min_compress_numel,
+                            device.vector_device(cfg.codec, next(model.parameters()).device))
     grad_views = [(p, p.grad) for p in model.parameters()]
     trainer = loop.Trainer(cfg, ps, flat, optimizer, session.interrupted, scheduler)
     distributed = _Distributed(trainer, grad_views, lock)
@@ -239,15 +238,6 @@ def _model_problem(optimizer, model, scheduler):
     if scheduler is not None and scheduler.optimizer is not optimizer:
         return "the scheduler belongs to another optimizer; build it on the optimizer you distribute"
     return None
-
-
-def _vector_device(model, codec):
-    """Where the flat vectors live (arrays.py): the model's GPU, or on the CPU None (numpy) unless
-    codec="torch"."""
-    dev = next(model.parameters()).device
-    if dev.type == "cuda" and codec == "native":
-        raise UsageError(f"codec native runs on the CPU; the model is on {dev}: use codec torch (or auto)")
-    return dev if dev.type == "cuda" or codec == "torch" else None
 
 
 def serve():

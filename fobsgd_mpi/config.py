@@ -13,6 +13,8 @@ import tomllib
 from dataclasses import dataclass, replace
 from typing import Callable
 
+import torch
+
 from . import algorithms, device, models, workload
 from .errors import EXIT_USAGE, UsageError
 from .launcher_env import local_ranks
@@ -368,9 +370,8 @@ def validate(cfg):
     if cfg.nesterov and not (cfg.optimizer == "sgd" and cfg.momentum > 0):
         raise UsageError("--nesterov needs --optimizer sgd and --momentum above 0")
     check_relations(cfg)
-    if cfg.codec == "native" and cfg.device != "cpu":
-        raise UsageError(f"--codec native runs on the CPU; with --device {cfg.device} use --codec torch (or auto)")
-    device.select(cfg.device)  # a GPU asked for and missing: one line, exit 2
+    device.vector_device(cfg.codec, torch.device(cfg.device))  # the native codec on a GPU: one line, exit 2
+    device.select(cfg.device)  # a GPU asked for and missing: likewise
     check_memory(cfg, TRAIN_COPIES)
     from . import native
 

@@ -136,8 +136,7 @@ def run(cfg):
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29517")
     torch.set_num_threads(1)
-    dev = device.select(cfg.device)
-    device.activate(dev)
+    dev = device.use(cfg.device)
     clock = device.clock(dev)
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=600))

@@ -58,10 +58,21 @@ def select(spec, environ=None, device_count=None):
     return torch.device("cuda", local_rank(environ) % count)
 
 
-def activate(dev):
-    """Make `dev` the current CUDA device (so NCCL, cuBLAS and new tensors use it); no-op on cpu."""
+def use(spec):
+    """select(spec), made this process's current device (so NCCL, cuBLAS and new tensors use it)."""
+    dev = select(spec)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    return dev
+
+
+def vector_device(codec, dev):
+    """Where a run's flat vectors live (arrays.py) for --codec `codec` on torch.device `dev`: None
+    (numpy and the native codec, what auto takes on the CPU) or `dev` (the torch codec, what auto
+    takes on a GPU). UsageError for the native codec on a GPU."""
+    if dev.type == "cuda" and codec == "native":
+        raise UsageError(f"--codec native runs on the CPU, not on {dev}; use --codec torch (or auto)")
+    return dev if codec == "torch" or dev.type == "cuda" else None
 
 
 def mpi_cuda_support():

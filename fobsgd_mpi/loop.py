@@ -453,22 +453,12 @@ class Setup:
         self.model, self.sampler, self.gradient, self.evaluate, self.n_train = model, sampler, gradient, evaluate, n_train
 
 
-def vector_device(cfg):
-    """Where the run's vectors live (arrays.py): None for --codec native (auto on cpu), else the
-    torch.device of --device, made this process's current device."""
-    if cfg.codec == "native" or (cfg.codec == "auto" and cfg.device == "cpu"):
-        return None
-    dev = device.select(cfg.device)
-    device.activate(dev)
-    return dev
-
-
 def open_workload(cfg, ps):
     """The run's model and data: every call into workload.py and models.py is here."""
     from . import models, workload
     work = workload.distribute(ps.comm, cfg, ps.workers)
     model = models.FlatModel(models.build(cfg.model, work.input_shape, work.n_outputs, cfg.width, cfg.seed),
-                             cfg.min_compress_numel, vector_device(cfg))
+                             cfg.min_compress_numel, device.vector_device(cfg.codec, device.use(cfg.device)))
     loss_fn = models.loss_for(work.n_classes)
     sampler = work.sampler(cfg.batch_size, seed=(cfg.seed, ps.workers.index(ps.rank))) if ps.is_worker else None
     return Setup(model, sampler, lambda: model.gradient(*sampler.next(), loss_fn),

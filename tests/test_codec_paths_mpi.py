@@ -74,6 +74,8 @@ def test_a_checkpoint_of_one_path_resumes_on_the_other(codec, paths):
 @pytest.mark.parametrize("args, message", [
     (["--device", "gpu"], "--device must be cpu, cuda or cuda:N"),
     (["--codec", "native", "--device", "cuda:0"], "--codec native runs on the CPU"),
+    (["--codec", "numpy"], "argument --codec: invalid choice: 'numpy'"),
+    (["--cuda-aware-mpi", "yes"], "argument --cuda-aware-mpi: invalid choice: 'yes'"),
     pytest.param(["--device", "cuda"], "--device cuda: ", marks=pytest.mark.skipif(
         torch.cuda.is_available(), reason="this machine has a GPU")),
 ])

@@ -104,3 +104,17 @@ def test_cpu_name_slug_and_best_seconds():
 def test_payload_tensors_go_to_mpi_as_they_are_only_when_asked_or_cuda_aware(choice, dev, library, direct):
     dev = None if dev is None else torch.device(dev)
     assert device.hands_tensors_to_mpi(choice, dev, query=lambda: library) is direct
+
+
+@pytest.mark.parametrize("codec, dev, where", [
+    ("auto", "cpu", None), ("native", "cpu", None), ("torch", "cpu", "cpu"),
+    ("auto", "cuda:0", "cuda:0"), ("torch", "cuda:1", "cuda:1"),
+])
+def test_the_codec_decides_where_the_vectors_live(codec, dev, where):
+    got = device.vector_device(codec, torch.device(dev))
+    assert got == (None if where is None else torch.device(where))
+
+
+def test_the_native_codec_on_a_gpu_is_refused():
+    with pytest.raises(UsageError, match="--codec native runs on the CPU, not on cuda:0"):
+        device.vector_device("native", torch.device("cuda:0"))

@@ -144,7 +144,7 @@ class PSAlgorithm:
             if sends and self.up_wire is not self.up_dev:
                 self.up_wire.copy_from(self.up_dev)
             elif self.direct:  # MPI reads up_dev and writes down_dev: the device's work on them is done
-                arrays.synchronize(self.dir_buf)
+                arrays.synchronize(self.up_dev.buffer)
             rows = self.uplink.run() if everyone else self.uplink.run(participants)
         with timer("server"):
             if rows is not None:  # this rank serves (all blocks, or its shard of them)
