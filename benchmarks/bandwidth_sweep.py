@@ -43,12 +43,12 @@ def run_point(workdir, algorithm, bandwidth, width, ranks, servers, steps, model
     done = jobs.launch(*launch, "--", *train, timeout=3600)
     point = {"algorithm": algorithm, "bandwidth": bandwidth, "servers": str(servers), "ranks": ranks}
     if done.returncode:
-        return {**point, "error": jobs.error_line(done)}
+        return {**point, "error": jobs.error_line(done.stderr)}
     links = link_bytes(done.stdout)
     if links:  # the counters cover the whole run: a one-step run of the same job tells start-up from steps
         one = jobs.launch(*launch, "--", *train, "--steps", "1", "--out", out[:-3] + "-1step.h5", timeout=3600)
         if one.returncode:
-            return {**point, "error": "one-step run: " + jobs.error_line(one)}
+            return {**point, "error": "one-step run: " + jobs.error_line(one.stderr)}
         point.update(link_traffic(links, link_bytes(one.stdout), steps))
     with h5py.File(out) as f:
         it = f["iterations"]

@@ -8,21 +8,25 @@ default). Each is trained once (seed 0) on the training set less a held-out vali
 that part: the test set is never looked at. The best learning rate is then trained with
 --seeds seeds on the whole training set and scored on the test set: mean and standard deviation of
 the final test accuracy, bytes each way per worker, their ratio to fp32 sgd, wall-clock. Writes
-results/convergence-<time>.h5 (the table), a PNG of accuracy against bytes, and keeps every run's
-HDF5 file.
+results/convergence-<time>.h5 or --out (the table), a PNG of accuracy against bytes, and keeps every
+run's HDF5 file in --workdir, where a second invocation finds the runs that completed and does not
+repeat them. Each stage (model, data split) runs as two mpirun jobs, the tuning runs of every
+algorithm in one and their seeds in the other (fobsgd_mpi.batch), so the ranks start twice a
+stage, not once a run.
 
-    python benchmarks/convergence.py [--workers 8] [--epochs 30] [--models mlp cnn1d] [--quick]
+    python benchmarks/convergence.py [--workers 8] [--epochs 30] [--models mlp cnn1d] [--workdir DIR] [--quick]
 """
 import argparse
 import os
 import tempfile
 
+import h5py
 import numpy as np
 
 from fobsgd_mpi import algorithms, data, models, report
 from fobsgd_mpi.benchmarking import format_table, results_path, save_records
 from fobsgd_mpi.config import FLOAT, INT, ScriptParser, flag_type
-from fobsgd_mpi.jobs import error_line, mpirun, summary_of
+from fobsgd_mpi.jobs import error_line, mpirun_batch
 
 SETTINGS = {  # name: train flags
     "iid": [],
@@ -44,44 +48,82 @@ def write_validation_split(dataset, fraction, path):
     return f"npz:{path}"
 
 
-def train(workdir, args, dataset, algorithm, model, setting, lr, seed, tag):
+def planned_run(workdir, args, dataset, algorithm, model, setting, lr, seed, tag):
+    """(results file, train's command line) of one run of the protocol."""
     out = os.path.join(workdir, f"{tag}-{algorithm}-{model}-{setting}-lr{lr:g}-s{seed}.h5")
-    flags = ["--algorithm", algorithm, "--model", model, "--dataset", dataset, "--epochs", args.epochs,
-             "--seed", seed, "--lr", lr, "--quiet", "--out", out, "--eval-every", "25", *SETTINGS[setting]]
-    done = mpirun(args.workers + 1, "fobsgd_mpi.train", *flags, timeout=3600)
-    summary = summary_of(done.stdout)
-    if done.returncode or summary is None:
-        return {"error": error_line(done)}, None
-    return summary, out
+    return out, ["--algorithm", algorithm, "--model", model, "--dataset", dataset, "--epochs", args.epochs,
+                 "--seed", seed, "--lr", lr, "--quiet", "--out", out, "--eval-every", "25", *SETTINGS[setting]]
 
 
-def measure(workdir, args, validation, algorithm, model, setting):
-    """Tune the learning rate on the validation split, then train the seeds with it."""
-    default = algorithms.get(algorithm).default_lr
-    tried = {}
-    for factor in args.lr_factors:
-        summary, _ = train(workdir, args, validation, algorithm, model, setting, default * factor, 0, "tune")
-        tried[factor] = summary.get("final_test_accuracy", float("nan"))  # on the validation rows
-    usable = {f: a for f, a in tried.items() if np.isfinite(a)}
-    record = {"algorithm": algorithm, "model": model, "setting": setting,
-              "validation": " ".join(f"{f:g}:{a:.3f}" for f, a in tried.items())}
-    if not usable:
-        return {**record, "error": "every learning rate of the grid failed"}, []
-    factor = max(usable, key=usable.get)
-    lr = default * factor
-    record.update(lr=lr, lr_factor=factor)
-    runs, files = [], []
-    for seed in range(args.seeds):
-        summary, out = train(workdir, args, args.dataset, algorithm, model, setting, lr, seed, "final")
-        if "error" in summary:
-            return {**record, "error": f"seed {seed}: {summary['error']}"}, files
-        runs.append(summary)
-        files.append(out)
-    accuracy = np.array([s["final_test_accuracy"] for s in runs])
-    record.update(accuracy=float(accuracy.mean()), accuracy_std=float(accuracy.std(ddof=1)) if len(runs) > 1 else 0.0,
-                  bytes_up=runs[0]["bytes_up_per_worker"], bytes_down=runs[0]["bytes_down_per_worker"],
-                  wall_s=float(np.mean([s["wall_s"] for s in runs])), error="")
-    return record, files
+def complete(out):
+    try:
+        with h5py.File(out, "r") as f:
+            return f.attrs.get("status") == "complete"
+    except OSError:
+        return False
+
+
+def train_all(workdir, args, planned, name):
+    """Every planned run that `workdir` does not hold complete already, in one mpirun job (they
+    share one start-up). Returns, for each run in order, its results as the HDF5 file has them
+    (report.load: final accuracy, bytes, wall-clock) or {"error": the reason it has none}."""
+    todo = [flags for out, flags in planned if not complete(out)]
+    records, done = [], None
+    if todo:
+        done, records = mpirun_batch(args.workers + 1, todo, os.path.join(workdir, f"{name}.json"),
+                                     timeout=3600 * len(todo))
+    why = dict(zip((flags[flags.index("--out") + 1] for flags in todo),
+                   (error_line(r["stderr"]) for r in records)))
+    results = []
+    for out, _ in planned:
+        if complete(out):
+            run = report.load(out)
+            results.append({**run, "accuracy": float(run["evals"]["test_accuracy"][-1])})
+        else:
+            results.append({"error": why.get(out) or f"the job ended before this run: {error_line(done.stderr)}"})
+    return results
+
+
+def measure(workdir, args, validation, model, setting):
+    """For every algorithm: tune the learning rate on the validation split, then train the seeds
+    with it. One job tunes all the algorithms, a second trains all their seeds."""
+    defaults = {a: algorithms.get(a).default_lr for a in args.algorithms}
+    grid = [(a, f) for a in args.algorithms for f in args.lr_factors]
+    tuned = train_all(workdir, args, [planned_run(workdir, args, validation, a, model, setting, defaults[a] * f, 0,
+                                                  "tune") for a, f in grid], f"tune-{model}-{setting}")
+    tried = {a: {} for a in args.algorithms}
+    for (a, f), run in zip(grid, tuned):
+        tried[a][f] = run.get("accuracy", float("nan"))  # on the validation rows
+    records, chosen = {}, {}
+    for a in args.algorithms:
+        records[a] = {"algorithm": a, "model": model, "setting": setting,
+                      "validation": " ".join(f"{f:g}:{acc:.3f}" for f, acc in tried[a].items())}
+        usable = {f: acc for f, acc in tried[a].items() if np.isfinite(acc)}
+        if not usable:
+            records[a]["error"] = "every learning rate of the grid failed"
+            continue
+        factor = max(usable, key=usable.get)
+        chosen[a] = defaults[a] * factor
+        records[a].update(lr=chosen[a], lr_factor=factor)
+    seeds = [(a, s) for a in chosen for s in range(args.seeds)]
+    planned = [planned_run(workdir, args, args.dataset, a, model, setting, chosen[a], s, "final") for a, s in seeds]
+    finals = train_all(workdir, args, planned, f"final-{model}-{setting}")
+    files = {a: [] for a in chosen}
+    for (a, s), (out, _), run in zip(seeds, planned, finals):
+        if "error" in run:
+            records[a].setdefault("error", f"seed {s}: {run['error']}")
+        else:
+            files[a].append(out)
+    for a in chosen:
+        if "error" in records[a]:
+            continue
+        runs = [run for (b, _), run in zip(seeds, finals) if b == a]
+        accuracy = np.array([r["accuracy"] for r in runs])
+        records[a].update(accuracy=float(accuracy.mean()),
+                          accuracy_std=float(accuracy.std(ddof=1)) if len(runs) > 1 else 0.0,
+                          bytes_up=runs[0]["bytes_up"], bytes_down=runs[0]["bytes_down"],
+                          wall_s=float(np.mean([r["wall_s"] for r in runs])), error="")
+    return [records[a] for a in args.algorithms], [f for a in chosen for f in files[a]]
 
 
 def compare_with_sgd(records):
@@ -107,23 +149,28 @@ def main(argv=None):
     p.add_argument("--validation-fraction", type=flag_type(FLOAT, bounds=(0, 0.9), ends="(]"), default=0.2,
                    help="share of the training set held out to choose the learning rate")
     p.add_argument("--seeds", type=flag_type(INT, bounds=(1, 100)), default=3)
+    p.add_argument("--out", help="the HDF5 file to write (PNGs beside it); default results/convergence-<time>.h5")
+    p.add_argument("--workdir", help="keep every run's file here; the runs it already holds complete are not run "
+                   "again (to continue a protocol that was cut short)")
     p.add_argument("--quick", action="store_true",
                    help="2 workers, 1 epoch, mlp, iid, factors 0.5 and 1, 2 seeds (a smoke run)")
     args = p.parse_args(argv)
     if args.quick:
         args.workers, args.epochs, args.models, args.settings = 2, 1, ["mlp"], ["iid"]
         args.lr_factors, args.seeds = [0.5, 1.0], 2
-    workdir = tempfile.mkdtemp(prefix="convergence-", dir="results" if os.path.isdir("results") else None)
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
+    workdir = args.workdir or tempfile.mkdtemp(prefix="convergence-", dir="results" if os.path.isdir("results") else None)
     validation = write_validation_split(args.dataset, args.validation_fraction,
                                         os.path.join(workdir, "validation.npz"))
     records, files = [], []
     for model in args.models:
         for setting in args.settings:
-            for algorithm in args.algorithms:
-                record, runs = measure(workdir, args, validation, algorithm, model, setting)
-                records.append(record)
-                files += runs
-                print(f"# {model} {setting} {algorithm}: {record}", flush=True)
+            measured, runs = measure(workdir, args, validation, model, setting)
+            records += measured
+            files += runs
+            for record in measured:
+                print(f"# {model} {setting} {record['algorithm']}: {record}", flush=True)
     compare_with_sgd(records)
     print(f"# {args.dataset}, {args.workers} workers + server, {args.epochs} epochs; learning rate chosen on "
           f"{args.validation_fraction:g} of the training set held out; test accuracy over {args.seeds} seeds")
@@ -134,7 +181,7 @@ def main(argv=None):
                                  ("bytes_up", "up/worker [B]", "{:.3e}"), ("fewer_bytes_up", "sgd/this up [x]", "{:.1f}"),
                                  ("fewer_bytes_down", "sgd/this down [x]", "{:.1f}"), ("wall_s", "wall [s]", "{:.1f}"),
                                  ("error", "error", "{}")]))
-    path = results_path("convergence")
+    path = results_path("convergence", args.out)
     save_records(path, "convergence", [{k: (str(v) if k in ("validation", "error") else v) for k, v in r.items()}
                                        for r in records],
                  {"bytes_up": "bytes per worker, whole run", "bytes_down": "bytes per worker, whole run",

@@ -65,7 +65,7 @@ def run_point(workdir, algorithm, servers, ranks, args):
                        "--warmup", args.warmup, "--rank-out", out, timeout=1800)
     point = {"algorithm": algorithm, "servers": servers, "ranks": ranks}
     if done.returncode:
-        return {**point, "error": jobs.error_line(done)}
+        return {**point, "error": jobs.error_line(done.stderr)}
     with open(out) as f:
         got = json.load(f)
     model = NetworkModel("per-node", parse_rate(args.bandwidth))

@@ -27,7 +27,7 @@ def one(workdir, algorithm, workers, width, steps):
                   "synthetic-logreg", "--model", "wide-mlp", "--width", width, "--steps", steps, "--batch-size", "4",
                   "--eval-every", steps, "--check-every", "0", "--out", out, timeout=1800)
     if done.returncode:
-        raise SystemExit(f"error: {algorithm} with {workers} workers failed: {error_line(done)}")
+        raise SystemExit(f"error: {algorithm} with {workers} workers failed: {error_line(done.stderr)}")
     with h5py.File(out) as f:
         server = steady_median(f["iterations/server_s"][:])
         wall = steady_step_s(f["iterations/wall_s"][:])

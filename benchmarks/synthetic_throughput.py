@@ -56,7 +56,7 @@ def run_point(workdir, method, model, bandwidth, args):
     done = jobs.launch(*launch, "--", *cmd, timeout=args.timeout, env={"MASTER_PORT": str(jobs.free_port())})
     point = {"model": model, "algorithm": method, "bandwidth": bandwidth, "workers": args.workers, "ranks": ranks}
     if done.returncode or not os.path.exists(out):
-        return {**point, "error": jobs.error_line(done)}
+        return {**point, "error": jobs.error_line(done.stderr)}
     with h5py.File(out) as f:
         it = f["iterations"]
         step_s = steady_step_s(it["wall_s"][:])

@@ -55,7 +55,7 @@ def run(workdir, name, bandwidth, args):
     done = jobs.launch(*launch, *job, "--out", out, timeout=args.timeout)
     rec = {"name": name, "bandwidth": bandwidth, "ranks": args.ranks, "target": args.target}
     if done.returncode or not os.path.exists(out):
-        return {**rec, "error": jobs.error_line(done)}, None
+        return {**rec, "error": jobs.error_line(done.stderr)}, None
     with h5py.File(out) as f:
         acc, wall, steps = f["evals/test_accuracy"][:], f["evals/wall_s"][:], f["evals/step"][:]
         hit = np.flatnonzero(acc >= args.target)
@@ -68,7 +68,7 @@ def run(workdir, name, bandwidth, args):
     if links and ran > 1:  # the counters cover the whole run: a one-step run tells start-up from steps
         one = jobs.launch(*launch, *job, "--steps", "1", "--out", out[:-3] + "-1step.h5", timeout=args.timeout)
         if one.returncode:
-            return {**rec, "error": "one-step run: " + jobs.error_line(one)}, out
+            return {**rec, "error": "one-step run: " + jobs.error_line(one.stderr)}, out
         rec.update(link_traffic(links, link_bytes(one.stdout), ran))
     return rec, out
 

@@ -29,9 +29,9 @@ def launch(*args, timeout=600, env=None):
                           text=True, timeout=timeout, env=dict(job_env(), **(env or {})), cwd=ROOT)
 
 
-def error_line(done):
-    """The last line a failed job wrote to stderr."""
-    return (done.stderr.strip().splitlines() or ["no output"])[-1]
+def error_line(stderr):
+    """The last line a failed job wrote to its standard error `stderr`."""
+    return (stderr.strip().splitlines() or ["no output"])[-1]
 
 
 def mpirun(n, module, *args, timeout=600, env=None):
@@ -39,6 +39,18 @@ def mpirun(n, module, *args, timeout=600, env=None):
     cmd = [mpirun_path(), "-n", str(n), sys.executable, "-m", module, *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(job_env(), **(env or {})),
                           cwd=ROOT)
+
+
+def mpirun_batch(n, runs, spec, timeout=600, env=None):
+    """The argument lists `runs` of `fobsgd_mpi.train`, in order, in one `mpirun -n N` job
+    (fobsgd_mpi.batch), through the file `spec`. Returns the finished job and, for each run it
+    finished, {returncode, stdout, stderr}: fewer than `runs` when the job ended early."""
+    with open(spec, "w") as f:
+        json.dump([list(map(str, args)) for args in runs], f)
+    results = pathlib.Path(f"{spec}.out")
+    results.unlink(missing_ok=True)
+    done = mpirun(n, "fobsgd_mpi.batch", spec, timeout=timeout, env=env)
+    return done, json.loads(results.read_text()) if results.exists() else []
 
 
 def free_port():

@@ -1,8 +1,6 @@
 """Running real `mpirun` jobs from the tests (the venv's MPICH, oversubscribed)."""
 import collections
-import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -11,7 +9,7 @@ import time
 
 import h5py
 
-from fobsgd_mpi.jobs import ROOT, free_port, job_env, mpirun, mpirun_path, summary_of  # noqa: F401
+from fobsgd_mpi.jobs import ROOT, free_port, job_env, mpirun, mpirun_batch, mpirun_path, summary_of  # noqa: F401
 
 
 def train(n, tmp_path, *args, name="run.h5", timeout=240):
@@ -66,18 +64,14 @@ Run = collections.namedtuple("Run", "out summary returncode stderr")
 
 def train_runs(n, tmp_path, runs, check=True, timeout=600):
     """Each `name: args` of `runs` as `train` runs it (into tmp_path/NAME.h5), in order, all in one
-    `mpirun -n N` job (tests/many_runs.py). Returns {name: Run}; with `check`, every run must exit 0."""
+    `mpirun -n N` job (fobsgd_mpi.batch). Returns {name: Run}; with `check`, every run must exit 0."""
     fd, spec = tempfile.mkstemp(dir=tmp_path, prefix="runs-", suffix=".json")
     os.close(fd)
-    spec = pathlib.Path(spec)
-    spec.write_text(json.dumps([["--quiet", "--out", str(tmp_path / f"{name}.h5"), *map(str, args)]
-                                for name, args in runs.items()]))
-    done = subprocess.run([mpirun_path(), "-n", str(n), sys.executable, "-m", "tests.many_runs", str(spec)],
-                          capture_output=True, text=True, timeout=timeout, env=job_env(), cwd=ROOT)
-    results = pathlib.Path(f"{spec}.out")
-    assert done.returncode == 0 and results.exists(), done.stdout[-2000:] + done.stderr[-3000:]
+    done, records = mpirun_batch(n, [["--quiet", "--out", tmp_path / f"{name}.h5", *args] for name, args in runs.items()],
+                                 spec, timeout=timeout)
+    assert done.returncode == 0 and len(records) == len(runs), done.stdout[-2000:] + done.stderr[-3000:]
     found = {}
-    for name, record in zip(runs, json.loads(results.read_text())):
+    for name, record in zip(runs, records):
         assert not check or record["returncode"] == 0, (name, record["stderr"][-2000:])
         found[name] = Run(tmp_path / f"{name}.h5", summary_of(record["stdout"]), record["returncode"],
                           record["stderr"])

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.mpi
 
 @pytest.fixture(scope="module")
 def three_rank_runs(tmp_path_factory):
-    """The runs of this module's 3-rank tests, in one job (tests/many_runs.py): {name: Run}."""
+    """The runs of this module's 3-rank tests, in one job (fobsgd_mpi.batch): {name: Run}."""
     tmp = tmp_path_factory.mktemp("three")
     (tmp / "run.toml").write_text(CONFIG_FILE)
     sparse = ["--dataset", "synthetic-sparse", "--model", "logreg", "--steps", "2000", "--batch-size", "4",

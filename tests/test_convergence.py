@@ -1,0 +1,42 @@
+"""benchmarks/convergence.py on a tiny protocol: the table it writes, and a second invocation on the
+same --workdir that reruns only the runs that are missing."""
+import h5py
+import numpy as np
+import pytest
+
+from .test_plots import benchmark
+
+pytestmark = pytest.mark.mpi
+
+TINY = ["--workers", "2", "--epochs", "0.2", "--models", "mlp", "--settings", "iid", "--lr-factors", "0.5", "1",
+        "--seeds", "2", "--algorithms", "sgd", "fo-sgd"]
+
+
+def table(path):
+    with h5py.File(path) as f:
+        g = f["convergence"]
+        return {k: g[k][:] for k in g}
+
+
+def test_the_protocol_tunes_on_validation_and_a_second_run_repeats_only_what_is_missing(tmp_path, monkeypatch):
+    convergence = benchmark("convergence")
+    workdir = tmp_path / "runs"
+    convergence.main([*TINY, "--workdir", str(workdir), "--out", str(tmp_path / "first.h5")])
+    first = table(tmp_path / "first.h5")
+    assert [a.decode() for a in first["algorithm"]] == ["sgd", "fo-sgd"] and not any(first["error"])
+    assert (first["accuracy"] > 0.1).all() and first["acc_gap_pp"][0] == 0
+    assert first["fewer_bytes_up"][1] > 25  # one bit a coordinate against 32
+    assert len(list(workdir.glob("tune-*.h5"))) == 4 and len(list(workdir.glob("final-*.h5"))) == 4
+
+    batches = []
+    real_batch = convergence.mpirun_batch
+    monkeypatch.setattr(convergence, "mpirun_batch", lambda n, runs, *a, **k: batches.append(runs) or
+                        real_batch(n, runs, *a, **k))
+    dropped = sorted(workdir.glob("final-fo-sgd-*-s1.h5"))
+    assert len(dropped) == 1
+    dropped[0].unlink()
+    convergence.main([*TINY, "--workdir", str(workdir), "--out", str(tmp_path / "second.h5")])
+    assert len(batches) == 1 and len(batches[0]) == 1 and str(dropped[0]) in batches[0][0]
+    second = table(tmp_path / "second.h5")
+    for key in ("lr", "accuracy", "accuracy_std", "bytes_up", "bytes_down"):
+        np.testing.assert_array_equal(first[key], second[key], err_msg=key)
