@@ -8,8 +8,9 @@ default). Each is trained once (seed 0) on the training set less a held-out vali
 that part: the test set is never looked at. The best learning rate is then trained with
 --seeds seeds on the whole training set and scored on the test set: mean and standard deviation of
 the final test accuracy, bytes each way per worker, their ratio to fp32 sgd, wall-clock. Writes
-results/convergence-<time>.h5 or --out (the table), a PNG of accuracy against bytes, and keeps every
-run's HDF5 file in --workdir, where a second invocation finds the runs that completed and does not
+results/convergence-<time>.h5 or --out (the table), beside it <out>-accuracy-bytes.png (the table
+as a plot) and <out>-<model>-<setting>-accuracy.png (each algorithm's first seed over the run), and
+keeps every run's HDF5 file in --workdir, where a second invocation finds the runs that completed and does not
 repeat them. Each stage (model, data split) runs as two mpirun jobs, the tuning runs of every
 algorithm in one and their seeds in the other (fobsgd_mpi.batch), so the ranks start twice a
 stage, not once a run.
@@ -86,7 +87,8 @@ def train_all(workdir, args, planned, name):
 
 def measure(workdir, args, validation, model, setting):
     """For every algorithm: tune the learning rate on the validation split, then train the seeds
-    with it. One job tunes all the algorithms, a second trains all their seeds."""
+    with it. One job tunes all the algorithms, a second trains all their seeds. Returns the
+    records and the first seed's run file of each algorithm."""
     defaults = {a: algorithms.get(a).default_lr for a in args.algorithms}
     grid = [(a, f) for a in args.algorithms for f in args.lr_factors]
     tuned = train_all(workdir, args, [planned_run(workdir, args, validation, a, model, setting, defaults[a] * f, 0,
@@ -123,7 +125,7 @@ def measure(workdir, args, validation, model, setting):
                           accuracy_std=float(accuracy.std(ddof=1)) if len(runs) > 1 else 0.0,
                           bytes_up=runs[0]["bytes_up"], bytes_down=runs[0]["bytes_down"],
                           wall_s=float(np.mean([r["wall_s"] for r in runs])), error="")
-    return [records[a] for a in args.algorithms], [f for a in chosen for f in files[a]]
+    return [records[a] for a in args.algorithms], [files[a][0] for a in chosen if files[a]]  # a curve an algorithm
 
 
 def compare_with_sgd(records):
@@ -136,7 +138,45 @@ def compare_with_sgd(records):
             r["fewer_bytes_down"] = ref["bytes_down"] / r["bytes_down"]
 
 
-def main(argv=None):
+def plot_table(records, args, out):
+    """<out>-accuracy-bytes.png: test accuracy (mean and std over the seeds) against bytes sent up
+    per worker, a panel per model and data split, a point per algorithm; the dashed line is fp32
+    sgd less 1.5 pp, the accuracy a compressed algorithm has to keep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(args.models), len(args.settings), squeeze=False,
+                             figsize=(6 * len(args.settings), 4.5 * len(args.models)))
+    for row, model in enumerate(args.models):
+        for col, setting in enumerate(args.settings):
+            ax = axes[row][col]
+            done = [r for r in records if r["model"] == model and r["setting"] == setting and "accuracy" in r]
+            for r in done:
+                ax.errorbar(r["bytes_up"] / 1e6, r["accuracy"], yerr=r["accuracy_std"], fmt="o", capsize=3)
+                ax.annotate(r["algorithm"], (r["bytes_up"] / 1e6, r["accuracy"]), fontsize=8,
+                            textcoords="offset points", xytext=(4, 4))
+            sgd = next((r for r in done if r["algorithm"] == "sgd"), None)
+            if sgd:
+                ax.axhline(sgd["accuracy"] - 0.015, color="k", linestyle="--", linewidth=1, label="fp32 sgd - 1.5 pp")
+                ax.legend(fontsize=8, loc="lower right")
+            ax.set_xscale("log")  # one bit a coordinate against 32: the points span decades
+            ax.margins(x=0.15)  # room for the labels
+            ax.set_title(f"{model}, {setting}", fontsize=10)
+            ax.set_xlabel("sent up per worker, whole run [MB]")
+            ax.set_ylabel("test accuracy [fraction]")
+            ax.grid(alpha=0.3)
+    fig.suptitle(f"{args.dataset}, {args.workers} workers and a server, {args.epochs:g} epochs\nlearning rate "
+                 f"tuned on held-out training rows; mean and std over {args.seeds} seeds", fontsize=10)
+    fig.tight_layout()
+    path = f"{out}-accuracy-bytes.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def parser():
     p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=flag_type(INT, bounds=(1, 1023)), default=8)
     p.add_argument("--epochs", type=flag_type(FLOAT, bounds=(0, 1e6), ends="(]"), default=30)
@@ -154,21 +194,27 @@ def main(argv=None):
                    "again (to continue a protocol that was cut short)")
     p.add_argument("--quick", action="store_true",
                    help="2 workers, 1 epoch, mlp, iid, factors 0.5 and 1, 2 seeds (a smoke run)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     if args.quick:
         args.workers, args.epochs, args.models, args.settings = 2, 1, ["mlp"], ["iid"]
         args.lr_factors, args.seeds = [0.5, 1.0], 2
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
-    workdir = args.workdir or tempfile.mkdtemp(prefix="convergence-", dir="results" if os.path.isdir("results") else None)
+        workdir = args.workdir
+    else:
+        workdir = tempfile.mkdtemp(prefix="convergence-", dir="results" if os.path.isdir("results") else None)
     validation = write_validation_split(args.dataset, args.validation_fraction,
                                         os.path.join(workdir, "validation.npz"))
-    records, files = [], []
+    records, curves = [], {}
     for model in args.models:
         for setting in args.settings:
             measured, runs = measure(workdir, args, validation, model, setting)
             records += measured
-            files += runs
+            curves[model, setting] = runs
             for record in measured:
                 print(f"# {model} {setting} {record['algorithm']}: {record}", flush=True)
     compare_with_sgd(records)
@@ -188,8 +234,11 @@ def main(argv=None):
                   "wall_s": "s, mean over seeds", "acc_gap_pp": "percentage points",
                   "accuracy": "fraction, mean over seeds", "accuracy_std": "fraction, sample std over seeds"},
                  meta=vars(args))
-    if files:
-        report.plot([report.load(f) for f in files], os.path.splitext(path)[0])
+    stem = os.path.splitext(path)[0]
+    plot_table(records, args, stem)
+    for (model, setting), runs in curves.items():
+        if runs:
+            report.plot([report.load(f) for f in runs], f"{stem}-{model}-{setting}")
     print(f"# wrote {path} and its PNGs; runs in {workdir}")
 
 

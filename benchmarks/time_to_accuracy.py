@@ -9,6 +9,8 @@ table per bandwidth (time to target, steps, final accuracy, and the bytes the bu
 sent per step and, apart, at start-up: each run is run once more stopped after one step, see
 benchmarking.link_traffic), writes results/time_to_accuracy-*.h5 (or --out) and, per bandwidth,
 accuracy and loss against iterations, bytes and wall-clock (PNGs, the target as a dashed line).
+Learning rates: each algorithm's default, or with --tuned the ones benchmarks/convergence.py chose
+(for the mlp at its default width 256, on iid shards of 8 workers).
 
     python benchmarks/time_to_accuracy.py --quick          # 2 ranks, 100mbit, a few algorithms (CI-sized)
     python benchmarks/time_to_accuracy.py                  # 8 ranks, 100mbit and 1gbit, everything
@@ -41,19 +43,34 @@ def harness_algorithm(text):
     return text
 
 
+def tuned_rates(path, model="mlp", setting="iid"):
+    """{algorithm: learning rate} as benchmarks/convergence.py chose it on validation rows for
+    `model` on `setting` shards (its table in `path`)."""
+    try:
+        with h5py.File(path, "r") as f:
+            g = f["convergence"]
+            rows = zip(*(g[k].asstr()[:] if g[k].dtype.kind in "OS" else g[k][:]
+                         for k in ("algorithm", "model", "setting", "lr")))
+            return {a: float(lr) for a, m, s, lr in rows if m == model and s == setting and np.isfinite(lr)}
+    except (OSError, KeyError) as exc:
+        raise argparse.ArgumentTypeError(f"{path} is not a table of benchmarks/convergence.py ({exc})") from None
+
+
 def run(workdir, name, bandwidth, args):
     out = os.path.join(workdir, f"{name}-{bandwidth}.h5")
     common = ["--dataset", "mnist1d", "--model", "mlp", "--width", args.width, "--epochs", args.epochs,
               "--eval-every", args.eval_every, "--target-accuracy", args.target, "--seed", args.seed, "--quiet"]
     if name in PEERS:
-        job = [sys.executable, "-m", "fobsgd_mpi.ddp", *PEERS[name], "--lr", args.peer_lr, *common]
+        lr = args.tuned.get("sgd", args.peer_lr)
+        job = [sys.executable, "-m", "fobsgd_mpi.ddp", *PEERS[name], "--lr", lr, *common]
     else:
         algorithm, _, servers = name.partition("@")
+        lr = args.tuned.get(algorithm, algorithms.get(algorithm).default_lr)
         job = ["--algorithm", algorithm, "--servers", servers or "1", "--server-also-works", "--check-every", "0",
-               *common]
+               "--lr", lr, *common]
     launch = ["-n", args.ranks, "--bandwidth", bandwidth, "--"]
     done = jobs.launch(*launch, *job, "--out", out, timeout=args.timeout)
-    rec = {"name": name, "bandwidth": bandwidth, "ranks": args.ranks, "target": args.target}
+    rec = {"name": name, "bandwidth": bandwidth, "ranks": args.ranks, "target": args.target, "lr": lr}
     if done.returncode or not os.path.exists(out):
         return {**rec, "error": jobs.error_line(done.stderr)}, None
     with h5py.File(out) as f:
@@ -89,6 +106,10 @@ def parser():
     p.add_argument("--eval-every", type=flag_type(INT, bounds=(1, BIG)), default=10)
     p.add_argument("--peer-lr", type=flag_type(FLOAT, bounds=(0, 1e4), ends="(]"), default=0.05,
                    help="DDP's learning rate (the harness's sgd default)")
+    p.add_argument("--tuned", type=tuned_rates, default={},
+                   help="a table of benchmarks/convergence.py: each harness algorithm trains at the learning rate "
+                   "it chose for mlp on iid shards, and the DDP peers at sgd's (else the algorithms' defaults "
+                   "and --peer-lr)")
     p.add_argument("--seed", type=flag_type(INT, bounds=(0, SEED_MAX)), default=0)
     p.add_argument("--timeout", type=flag_type(INT, bounds=(1, 10**7)), default=3600, help="seconds per run")
     p.add_argument("--quick", action="store_true", help="2 ranks, 100mbit, width 256, fo-sgd, sgd and ddp-fp32")
@@ -114,7 +135,8 @@ def main(argv=None):
           f"accuracy {args.target}, at most {args.epochs} epochs; '-' = target not reached")
     print(format_table(records, [("bandwidth", "link", "{}"), ("name", "method", "{}"), ("d", "d", "{:,}"),
                                  ("time_to_target_s", "time to target [s]", "{:.1f}"),
-                                 ("steps_to_target", "steps", "{}"), ("step_ms", "step [ms]", "{:.1f}"),
+                                 ("lr", "lr", "{:g}"), ("steps_to_target", "steps", "{}"),
+                                 ("step_ms", "step [ms]", "{:.1f}"),
                                  ("final_accuracy", "last acc", "{:.3f}"),
                                  ("node_tx_per_step", "busiest tx/step [B]", "{:,.0f}"),
                                  ("node_tx_startup", "busiest tx start-up [B]", "{:,.0f}"),

@@ -117,8 +117,18 @@ def majority_vote(words, layout, ties, seed, step, out):
                                  step, out), "majority_vote")
 
 
+def qsgd_encode(x, layout, levels, seed, step, rank, codes, norms, n_threads=1):
+    _check(_native.qsgd_encode(x, layout.offsets, layout.log_sizes, layout.d, layout.block_ids, levels, seed, step,
+                               rank, codes, norms, n_threads), "qsgd_encode")
+
+
+def qsgd_decode(codes, norms, layout, levels, out, weight=1.0, accumulate=False, n_threads=1):
+    _check(_native.qsgd_decode(codes, norms, layout.offsets, layout.log_sizes, layout.d, levels, weight, accumulate,
+                               out, n_threads), "qsgd_decode")
+
+
 KERNELS = ("fwht_", "encode_1bit", "decode_1bit", "aggregate_1bit", "scaled_sign_encode", "scaled_sign_decode",
-           "majority_vote")
+           "majority_vote", "qsgd_encode", "qsgd_decode")
 
 if _native is None:  # pragma: no cover
     warnings.warn(f"fobsgd_mpi._native is not built ({_missing}); using the numpy reference kernels, "

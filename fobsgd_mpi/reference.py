@@ -140,6 +140,42 @@ def scaled_sign_decode(bits, scales, layout, out, weight=1.0, accumulate=False, 
             out[off : off + valid] = xb
 
 
+def qsgd_width(levels):
+    """Bits a QSGD code takes: a sign and ceil(log2(levels + 1)) level bits."""
+    return 1 + math.ceil(math.log2(levels + 1))
+
+
+def qsgd_encode(x, layout, levels, seed, step, rank, codes, norms, n_threads=1):
+    """compressors.qsgd.QSGD's payload: per coordinate min(floor(levels |x_j| / ||x_b||_2 + u_j),
+    levels) << 1 | [x_j < 0] in qsgd_width(levels) bits, coordinate-major, little-endian, over the
+    padded length (padding codes 0); one float32 ||x_b||_2 per block in norms."""
+    xp = _padded(x, layout)
+    code = np.zeros(layout.padded, dtype=np.uint16)
+    for b, off, m, valid in layout.blocks():
+        xb = xp[off : off + valid].astype(np.float64)
+        norm = np.float32(math.sqrt(_finite_sumsq(xb, "vector to encode")))
+        words = rng.stream_words(rng.stream_key(seed, step, int(layout.block_ids[b]), rank, rng.PURPOSE_QSGD), valid)
+        u = (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        level = np.floor(levels * np.abs(xb) / norm + u) if norm > 0 else np.zeros(valid)
+        code[off : off + valid] = (np.minimum(level, levels).astype(np.uint16) << 1) | (xb < 0)
+        norms[b] = norm
+    planes = (code[:, None] >> np.arange(qsgd_width(levels), dtype=np.uint16)) & 1
+    codes.view(np.uint8)[:] = np.packbits(planes.astype(np.uint8).ravel(), bitorder="little")
+
+
+def qsgd_decode(codes, norms, layout, levels, out, weight=1.0, accumulate=False, n_threads=1):
+    width = qsgd_width(levels)
+    planes = np.unpackbits(codes.view(np.uint8), bitorder="little")[: layout.padded * width]
+    code = (planes.reshape(-1, width).astype(np.uint32) << np.arange(width, dtype=np.uint32)).sum(1)
+    values = (code >> 1).astype(np.float32) / np.float32(levels)
+    values = np.where(code & 1, -values, values) * np.repeat(norms, layout.sizes)
+    xb = np.float32(weight) * values[: layout.d]
+    if accumulate:
+        out[: layout.d] += xb
+    else:
+        out[: layout.d] = xb
+
+
 def majority_vote(words, layout, ties, seed, step, out):
     """words: (n, n_words) uint64; a position votes + where more than half the inputs set it, and
     where exactly half do (n even) as the tie rule says."""

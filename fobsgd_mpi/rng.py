@@ -10,7 +10,8 @@ MASK = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
 SHARED_RANK = 0xFFFFFFFF
 PURPOSE_SIGN = 1
-PURPOSE_DITHER = 2  # 3: QSGD's dither (compressors/qsgd.py)
+PURPOSE_DITHER = 2
+PURPOSE_QSGD = 3  # QSGD's dither
 PURPOSE_ZERO_SIGN = 4  # the sign an exact zero takes (sign, scaled sign)
 PURPOSE_VOTE_TIE = 5  # the side a tied majority vote takes
 

@@ -40,8 +40,7 @@ import torch
 from . import native, rng
 from .errors import NonFiniteError
 from .reference import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM, TIES_POSITIVE, TIES_RANDOM  # noqa: F401  (re-exported)
-
-PURPOSE_QSGD = 3  # compressors.qsgd's stream purpose
+from .reference import qsgd_width
 
 
 def _signed(v):
@@ -372,10 +371,6 @@ def majority_vote(words, layout, ties, seed, step, out):
 
 
 # ---------------------------------------------------------------- QSGD and top-k (compressors/)
-def qsgd_width(levels):
-    return 1 + math.ceil(math.log2(levels + 1))
-
-
 def qsgd_encode(x, layout, levels, seed, step, rank, codes, norms):
     """compressors.qsgd.QSGD's payload: per coordinate level << 1 | [x < 0] in qsgd_width(levels)
     bits, coordinate-major, little-endian; one float32 ||x_b||_2 per block in norms."""
@@ -383,7 +378,7 @@ def qsgd_encode(x, layout, levels, seed, step, rank, codes, norms):
     xp = _padded(x, layout).double()
     ids = torch.as_tensor(layout.block_ids, device=x.device)
     norm = _block_sums(xp.square(), layout).sqrt().float()
-    u = torch.cat([_shr(stream_words(stream_keys(seed, step, ids[b0:b1], rank, PURPOSE_QSGD), m), 11).flatten()
+    u = torch.cat([_shr(stream_words(stream_keys(seed, step, ids[b0:b1], rank, rng.PURPOSE_QSGD), m), 11).flatten()
                    for b0, b1, _, m in _runs(layout)]).double() * 2.0**-53
     n = _per_coordinate(norm, layout).double()
     level = torch.where(n > 0, torch.floor(levels * xp.abs() / n + u), 0.0).clamp_(max=levels).long()

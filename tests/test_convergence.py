@@ -27,6 +27,11 @@ def test_the_protocol_tunes_on_validation_and_a_second_run_repeats_only_what_is_
     assert (first["accuracy"] > 0.1).all() and first["acc_gap_pp"][0] == 0
     assert first["fewer_bytes_up"][1] > 25  # one bit a coordinate against 32
     assert len(list(workdir.glob("tune-*.h5"))) == 4 and len(list(workdir.glob("final-*.h5"))) == 4
+    for png in ("first-accuracy-bytes.png", "first-mlp-iid-accuracy.png"):
+        assert (tmp_path / png).stat().st_size > 0
+
+    tuned = benchmark("time_to_accuracy").tuned_rates(tmp_path / "first.h5")
+    assert tuned == dict(zip(["sgd", "fo-sgd"], first["lr"])) and tuned["fo-sgd"] in (0.01, 0.02)  # 0.5 or 1 x 0.02
 
     batches = []
     real_batch = convergence.mpirun_batch

@@ -173,6 +173,48 @@ def test_majority_vote_of_a_shard_is_that_of_the_whole(ties, gen):
     assert np.array_equal(part, whole[cut])
 
 
+@pytest.mark.parametrize("d", SIZES)
+@pytest.mark.parametrize("levels", [1, 7, 15, 255, 32767])
+def test_qsgd_identical(isa, d, levels, gen):
+    """Codes (widths 2..16 bits, so codes straddle words), norms and the decode, accumulating."""
+    lay = layout_for(d)
+    x = gen.standard_normal(d).astype(np.float32)
+    x[::5] = 0.0
+    x[1::13] = -0.0
+    if d > 300:
+        x[:64] = 0.0  # a block whose norm is zero
+    width = reference.qsgd_width(levels)
+    res = []
+    for k in (native, reference):
+        codes = np.full(lay.padded * width // 64, 7, np.uint64)  # stale words: the encode overwrites them
+        norms = np.zeros(lay.n_blocks, np.float32)
+        k.qsgd_encode(x, lay, levels, 9, 4, 2, codes, norms)
+        out = np.ones(d, np.float32)
+        k.qsgd_decode(codes, norms, lay, levels, out, weight=0.5, accumulate=True)
+        res.append((codes, norms, out))
+    for a, b in zip(*res):
+        assert np.array_equal(a, b)
+
+
+def test_qsgd_of_a_shard_draws_the_whole_vectors_streams(gen):
+    """A layout subset keeps its blocks' ids, so QSGD encodes a shard's blocks as it encodes them
+    in the whole vector (the numpy reference used the block's position before)."""
+    lay = layout_for(4096)
+    x = gen.standard_normal(lay.d).astype(np.float32)
+    blocks = np.array([1, 3])
+    shard = lay.subset(blocks)
+    width = reference.qsgd_width(15)
+    for k in (native, reference):
+        whole, whole_norms = np.zeros(lay.padded * width // 64, np.uint64), np.zeros(lay.n_blocks, np.float32)
+        k.qsgd_encode(x, lay, 15, 9, 4, 2, whole, whole_norms)
+        part, part_norms = np.zeros(shard.padded * width // 64, np.uint64), np.zeros(2, np.float32)
+        k.qsgd_encode(np.concatenate([x[lay.offsets[b]:lay.offsets[b] + lay.sizes[b]] for b in blocks]), shard, 15,
+                      9, 4, 2, part, part_norms)
+        words = np.concatenate([np.arange(lay.offsets[b] * width // 64, (lay.offsets[b] + lay.sizes[b]) * width // 64)
+                                for b in blocks])
+        assert np.array_equal(part, whole[words]) and np.array_equal(part_norms, whole_norms[blocks])
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("k", [native, reference])
 def test_non_finite_input_refused(k, bad):
@@ -184,6 +226,8 @@ def test_non_finite_input_refused(k, bad):
         k.encode_1bit(x, lay, True, k.LAMBDA_NORM, np.ones(lay.n_blocks), 0, 0, 0, bits, scales)
     with pytest.raises(NonFiniteError):
         k.scaled_sign_encode(x, lay, k.TIES_RANDOM, 0, 0, bits, scales)
+    with pytest.raises(NonFiniteError):
+        k.qsgd_encode(x, lay, 15, 0, 0, 0, np.zeros(lay.padded * 5 // 64, np.uint64), scales)
 
 
 def test_openmp_threads_give_the_same_bits(gen):
@@ -194,8 +238,11 @@ def test_openmp_threads_give_the_same_bits(gen):
     for threads in (1, 2):
         bits, scales = np.zeros(lay.n_words, np.uint64), np.zeros(lay.n_blocks, np.float32)
         native.encode_1bit(x, lay, True, native.LAMBDA_NORM, factors, 1, 2, 3, bits, scales, n_threads=threads)
-        res.append(bits)
-    assert np.array_equal(*res)
+        codes = np.zeros(lay.padded * 5 // 64, np.uint64)
+        native.qsgd_encode(x, lay, 15, 1, 2, 3, codes, scales, n_threads=threads)
+        res.append((bits, codes))
+    for a, b in zip(*res):
+        assert np.array_equal(a, b)
 
 
 def test_forcing_an_unknown_isa_is_an_error():

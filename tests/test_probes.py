@@ -128,6 +128,7 @@ def test_launch_refuses_a_model_without_a_rate_and_names_a_missing_mpirun(monkey
     ("fo_sgd_variance", ["--d", "0"], "--d: must lie in [1,"),
     ("time_to_accuracy", ["--target", "2"], "--target: must lie in (0, 1]"),
     ("time_to_accuracy", ["--algorithms", "fo-sgd@0"], "must be a number of ranks >= 1 or all"),
+    ("time_to_accuracy", ["--tuned", "README.md"], "README.md is not a table of benchmarks/convergence.py"),
     ("bandwidth_sweep", ["--bandwidths", "xyz"], "expected a rate like 100mbit"),
     ("bandwidth_sweep", ["--ranks", "1"], "--ranks: must lie in [2, 1024]"),
     ("synthetic_throughput", ["--bandwidths", "fast"], "expected a rate like 100mbit"),

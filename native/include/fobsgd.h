@@ -87,6 +87,16 @@ int fobsgd_scaled_sign_decode(const uint64_t *bits, const float *scales, fobsgd_
 int fobsgd_majority_vote(const uint64_t *words, int64_t n, int64_t stride, int64_t n_words,
                          fobsgd_layout layout, int ties, uint64_t seed, uint64_t step, uint64_t *out);
 
+/* QSGD (levels s, `width` = 1 + ceil(log2(s + 1)) bits a coordinate): norms[b] = ||x_b||_2 and
+ * code_j = min(floor(s |x_j| / norms[b] + u_j), s) << 1 | [x_j < 0], u_j from the stream of
+ * (seed, step, block, rank, purpose 3), packed coordinate-major, little-endian, over the padded
+ * length: padded * width / 64 words. */
+int fobsgd_qsgd_encode(const float *x, fobsgd_layout layout, int levels, int width, uint64_t seed,
+                       uint64_t step, uint64_t rank, uint64_t *codes, float *norms, int n_threads);
+/* out[:d] (+)= weight * (+-norms[b] * level / s). */
+int fobsgd_qsgd_decode(const uint64_t *codes, const float *norms, fobsgd_layout layout, int levels,
+                       int width, float weight, int accumulate, float *out, int n_threads);
+
 #ifdef __cplusplus
 }
 #endif

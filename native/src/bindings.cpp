@@ -30,6 +30,14 @@ static fobsgd_layout layout_of(arr<int64_t> &offsets, arr<int32_t> &log_sizes, i
     return lay;
 }
 
+// Bits a QSGD code takes: a sign and ceil(log2(levels + 1)) level bits (compressors/qsgd.py).
+static int qsgd_width(int levels) {
+    if (levels < 1 || levels > (1 << 15) - 1) throw std::invalid_argument("qsgd levels must lie in 1..32767");
+    int bits = 0;
+    while ((1 << bits) < levels + 1) ++bits;
+    return 1 + bits;
+}
+
 static int64_t padded_length(const fobsgd_layout &lay) {
     if (!lay.n_blocks) return 0;
     return lay.offsets[lay.n_blocks - 1] + ((int64_t)1 << lay.log_sizes[lay.n_blocks - 1]);
@@ -157,4 +165,31 @@ PYBIND11_MODULE(_native, m) {
     }, py::arg("words").noconvert(), py::arg("offsets").noconvert(), py::arg("log_sizes").noconvert(),
        py::arg("d"), py::arg("block_ids").noconvert(), py::arg("ties"), py::arg("seed"), py::arg("step"),
        py::arg("out").noconvert());
+
+    m.def("qsgd_encode", [](arr<float> x, arr<int64_t> offsets, arr<int32_t> log_sizes, int64_t d,
+                            arr<int64_t> block_ids, int levels, uint64_t seed, uint64_t step, uint64_t rank,
+                            arr<uint64_t> codes, arr<float> norms, int n_threads) {
+        fobsgd_layout lay = layout_of(offsets, log_sizes, d, block_ids);
+        const int width = qsgd_width(levels);
+        const float *px = data_of(x, "x", d);
+        uint64_t *pc = data_of(codes, "codes", padded_length(lay) / 64 * width);
+        float *pn = data_of(norms, "norms", lay.n_blocks);
+        py::gil_scoped_release nogil;
+        return fobsgd_qsgd_encode(px, lay, levels, width, seed, step, rank, pc, pn, n_threads);
+    }, py::arg("x").noconvert(), py::arg("offsets").noconvert(), py::arg("log_sizes").noconvert(), py::arg("d"),
+       py::arg("block_ids").noconvert(), py::arg("levels"), py::arg("seed"), py::arg("step"), py::arg("rank"),
+       py::arg("codes").noconvert(), py::arg("norms").noconvert(), py::arg("n_threads"));
+
+    m.def("qsgd_decode", [](arr<uint64_t> codes, arr<float> norms, arr<int64_t> offsets, arr<int32_t> log_sizes,
+                            int64_t d, int levels, float weight, bool accumulate, arr<float> out, int n_threads) {
+        fobsgd_layout lay = layout_of(offsets, log_sizes, d);
+        const int width = qsgd_width(levels);
+        const uint64_t *pc = data_of(codes, "codes", padded_length(lay) / 64 * width);
+        const float *pn = data_of(norms, "norms", lay.n_blocks);
+        float *po = data_of(out, "out", d);
+        py::gil_scoped_release nogil;
+        return fobsgd_qsgd_decode(pc, pn, lay, levels, width, weight, accumulate, po, n_threads);
+    }, py::arg("codes").noconvert(), py::arg("norms").noconvert(), py::arg("offsets").noconvert(),
+       py::arg("log_sizes").noconvert(), py::arg("d"), py::arg("levels"), py::arg("weight"), py::arg("accumulate"),
+       py::arg("out").noconvert(), py::arg("n_threads"));
 }

@@ -103,5 +103,13 @@ int fobsgd_majority_vote(const uint64_t *words, int64_t n, int64_t stride, int64
                          fobsgd_layout layout, int ties, uint64_t seed, uint64_t step, uint64_t *out) {
     return active->majority_vote(words, n, stride, n_words, layout, ties, seed, step, out);
 }
+int fobsgd_qsgd_encode(const float *x, fobsgd_layout layout, int levels, int width, uint64_t seed, uint64_t step,
+                       uint64_t rank, uint64_t *codes, float *norms, int n_threads) {
+    return active->qsgd_encode(x, layout, levels, width, seed, step, rank, codes, norms, n_threads);
+}
+int fobsgd_qsgd_decode(const uint64_t *codes, const float *norms, fobsgd_layout layout, int levels, int width,
+                       float weight, int accumulate, float *out, int n_threads) {
+    return active->qsgd_decode(codes, norms, layout, levels, width, weight, accumulate, out, n_threads);
+}
 
 }  // extern "C"

@@ -340,6 +340,70 @@ int scaled_sign_decode(const uint64_t *bits, const float *scales, fobsgd_layout 
     return FOBSGD_OK;
 }
 
+// QSGD: per coordinate level = floor(levels |x| / ||x_b||_2 + u), u from the rank's stream
+// (purpose 3, word j >> 11 times 2^-53), code = min(level, levels) << 1 | [x < 0] in `width` bits,
+// coordinate-major and little-endian over the padded length (padding codes 0). A block starts on
+// a word (offsets are multiples of 64) and 64 codes fill exactly `width` words, so blocks write
+// disjoint words. The arithmetic is fobsgd_mpi/reference.py's, operation for operation in double.
+int qsgd_encode(const float *x, fobsgd_layout lay, int levels, int width, uint64_t seed, uint64_t step,
+                uint64_t rank, uint64_t *codes, float *norms, int n_threads) {
+    int status = FOBSGD_OK;
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_threads > 1)
+    for (int64_t b = 0; b < lay.n_blocks; ++b) {
+        const Block k = block_at(lay, b);
+        const float *xb = x + k.off;
+        vd acc = {};
+        for (int64_t j = 0; j < k.valid; j += WF) acc = add_squares(acc, load_padded(xb, j, k.valid));
+        const double sum_sq = lane_sum(acc);
+        if (!__builtin_isfinite(sum_sq)) {
+#pragma omp atomic write
+            status = FOBSGD_ENONFINITE;
+            continue;
+        }
+        const float norm = (float)__builtin_sqrt(sum_sq);
+        norms[b] = norm;
+        const uint64_t key = stream_key(seed, step, block_id(lay, b), rank, kPurposeQSGD);
+        uint64_t *wb = codes + k.off / 64 * width;
+        for (int64_t i = 0; i < k.m / 64 * width; ++i) wb[i] = 0;
+        for (int64_t j = 0; j < k.valid; ++j) {
+            const double xj = (double)xb[j];
+            uint64_t level = 0;
+            if (norm > 0) {
+                const double u = (double)(stream_word(key, (uint64_t)j) >> 11) * 0x1p-53;
+                const double l = __builtin_floor((double)levels * __builtin_fabs(xj) / (double)norm + u);
+                level = l < (double)levels ? (uint64_t)l : (uint64_t)levels;
+            }
+            const uint64_t code = level << 1 | (uint64_t)(xj < 0);
+            const int64_t pos = j * width;
+            wb[pos / 64] |= code << (pos % 64);
+            if (pos % 64 + width > 64) wb[pos / 64 + 1] |= code >> (64 - pos % 64);
+        }
+    }
+    return status;
+}
+
+int qsgd_decode(const uint64_t *codes, const float *norms, fobsgd_layout lay, int levels, int width, float weight,
+                int accumulate, float *out, int n_threads) {
+    const uint64_t mask = ((uint64_t)1 << width) - 1;
+    const float levels_f = (float)levels;
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_threads > 1)
+    for (int64_t b = 0; b < lay.n_blocks; ++b) {
+        const Block k = block_at(lay, b);
+        const uint64_t *wb = codes + k.off / 64 * width;
+        float *ob = out + k.off;
+        for (int64_t j = 0; j < k.valid; ++j) {
+            const int64_t pos = j * width;
+            uint64_t code = wb[pos / 64] >> (pos % 64);
+            if (pos % 64 + width > 64) code |= wb[pos / 64 + 1] << (64 - pos % 64);
+            code &= mask;
+            float v = (float)(code >> 1) / levels_f;
+            v = weight * ((code & 1 ? -v : v) * norms[b]);
+            ob[j] = accumulate ? ob[j] + v : v;
+        }
+    }
+    return FOBSGD_OK;
+}
+
 // Bit-sliced counters: planes[p] holds bit p of the per-position count; one add ripples a carry.
 // Then + where count > n/2, and where count == n/2 (a tie, n even) the tie rule decides.
 int majority_vote(const uint64_t *words, int64_t n, int64_t stride, int64_t n_words, fobsgd_layout lay,
@@ -378,5 +442,6 @@ int majority_vote(const uint64_t *words, int64_t n, int64_t stride, int64_t n_wo
 
 extern const KernelTable table = {
     FOBSGD_ISA_NAME, fwht<float>,       fwht<double>,       encode_1bit,  decode_1bit,
-    aggregate_1bit,  scaled_sign_encode, scaled_sign_decode, majority_vote,
+    aggregate_1bit,  scaled_sign_encode, scaled_sign_decode, majority_vote, qsgd_encode,
+    qsgd_decode,
 };

@@ -8,7 +8,7 @@
 
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
 constexpr uint64_t kSharedRank = 0xFFFFFFFFull;  // "rank" of streams every rank shares
-constexpr uint64_t kPurposeSign = 1, kPurposeDither = 2;  // 3: QSGD's dither (fobsgd_mpi/compressors/qsgd.py)
+constexpr uint64_t kPurposeSign = 1, kPurposeDither = 2, kPurposeQSGD = 3;
 constexpr uint64_t kPurposeZeroSign = 4, kPurposeVoteTie = 5;  // the sign of an exact zero, a tied vote
 
 FOBSGD_HD uint64_t mix64(uint64_t z) {

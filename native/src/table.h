@@ -19,6 +19,9 @@ struct KernelTable {
     int (*scaled_sign_decode)(const uint64_t *, const float *, fobsgd_layout, float, int, float *, int);
     int (*majority_vote)(const uint64_t *, int64_t, int64_t, int64_t, fobsgd_layout, int, uint64_t, uint64_t,
                          uint64_t *);
+    int (*qsgd_encode)(const float *, fobsgd_layout, int, int, uint64_t, uint64_t, uint64_t, uint64_t *, float *,
+                       int);
+    int (*qsgd_decode)(const uint64_t *, const float *, fobsgd_layout, int, int, float, int, float *, int);
 };
 namespace generic { extern const KernelTable table; }
 namespace avx2 { extern const KernelTable table; }
