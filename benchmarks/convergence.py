@@ -50,10 +50,12 @@ def write_validation_split(dataset, fraction, path):
 
 
 def planned_run(workdir, args, dataset, algorithm, model, setting, lr, seed, tag):
-    """(results file, train's command line) of one run of the protocol."""
+    """(results file, train's command line) of one run of the protocol. Only a run whose file is
+    not complete is run (train_all), so --overwrite replaces nothing but a cut-short run's file."""
     out = os.path.join(workdir, f"{tag}-{algorithm}-{model}-{setting}-lr{lr:g}-s{seed}.h5")
     return out, ["--algorithm", algorithm, "--model", model, "--dataset", dataset, "--epochs", args.epochs,
-                 "--seed", seed, "--lr", lr, "--quiet", "--out", out, "--eval-every", "25", *SETTINGS[setting]]
+                 "--seed", seed, "--lr", lr, "--quiet", "--out", out, "--overwrite", "--eval-every", "25",
+                 *SETTINGS[setting]]
 
 
 def complete(out):
