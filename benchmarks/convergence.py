@@ -5,7 +5,8 @@ For each model (mlp, cnn1d) and data split over the workers (iid; Dirichlet alph
 algorithm gets the same grid of learning rates around its own default (--lr-factors times the
 default). Each is trained once (seed 0) on the training set less a held-out validation part
 (--validation-fraction, the same rows for every algorithm) and judged by its final accuracy on
-that part: the test set is never looked at. The best learning rate is then trained with
+that part: the test set is never looked at. Where the best lies at an end of the grid, the grid
+grows past that end by a factor of 2, up to --grid-extensions times. The best learning rate is then trained with
 --seeds seeds on the whole training set and scored on the test set: mean and standard deviation of
 the final test accuracy, bytes each way per worker, their ratio to fp32 sgd, wall-clock. Writes
 results/convergence-<time>.h5 or --out (the table), beside it <out>-accuracy-bytes.png (the table
@@ -87,21 +88,42 @@ def train_all(workdir, args, planned, name):
     return results
 
 
+def beyond_the_edge(tried):
+    """The factor to try next when the best finite validation accuracy of `tried` ({factor:
+    accuracy}) lies at an end of the factors tried: twice the largest or half the smallest; else
+    None. A grid that stops where the accuracy still rises would leave the algorithms that like
+    a larger step (often fp32 sgd) under-tuned."""
+    usable = {f: acc for f, acc in tried.items() if np.isfinite(acc)}
+    if not usable:
+        return None
+    best = max(usable, key=usable.get)
+    if best == max(tried):
+        return 2 * best
+    if best == min(tried):
+        return best / 2
+    return None
+
+
 def measure(workdir, args, validation, model, setting):
     """For every algorithm: tune the learning rate on the validation split, then train the seeds
     with it. One job tunes all the algorithms, a second trains all their seeds. Returns the
     records and the first seed's run file of each algorithm."""
     defaults = {a: algorithms.get(a).default_lr for a in args.algorithms}
-    grid = [(a, f) for a in args.algorithms for f in args.lr_factors]
-    tuned = train_all(workdir, args, [planned_run(workdir, args, validation, a, model, setting, defaults[a] * f, 0,
-                                                  "tune") for a, f in grid], f"tune-{model}-{setting}")
     tried = {a: {} for a in args.algorithms}
-    for (a, f), run in zip(grid, tuned):
-        tried[a][f] = run.get("accuracy", float("nan"))  # on the validation rows
+    grid = [(a, f) for a in args.algorithms for f in args.lr_factors]
+    for round_ in range(1 + args.grid_extensions):
+        tuned = train_all(workdir, args, [planned_run(workdir, args, validation, a, model, setting, defaults[a] * f,
+                                                      0, "tune") for a, f in grid],
+                          f"tune-{model}-{setting}" + (f"-more{round_}" if round_ else ""))
+        for (a, f), run in zip(grid, tuned):
+            tried[a][f] = run.get("accuracy", float("nan"))  # on the validation rows
+        grid = [(a, f) for a in args.algorithms for f in [beyond_the_edge(tried[a])] if f is not None]
+        if not grid:
+            break
     records, chosen = {}, {}
     for a in args.algorithms:
         records[a] = {"algorithm": a, "model": model, "setting": setting,
-                      "validation": " ".join(f"{f:g}:{acc:.3f}" for f, acc in tried[a].items())}
+                      "validation": " ".join(f"{f:g}:{tried[a][f]:.3f}" for f in sorted(tried[a]))}
         usable = {f: acc for f, acc in tried[a].items() if np.isfinite(acc)}
         if not usable:
             records[a]["error"] = "every learning rate of the grid failed"
@@ -188,6 +210,9 @@ def parser():
     p.add_argument("--settings", nargs="+", default=["iid", "dirichlet"], choices=list(SETTINGS))
     p.add_argument("--lr-factors", type=flag_type(FLOAT, bounds=(0, 1e4), ends="(]"), nargs="+",
                    default=list(LR_FACTORS), help="the grid: these times each algorithm's default learning rate")
+    p.add_argument("--grid-extensions", type=flag_type(INT, bounds=(0, 10)), default=2,
+                   help="times the grid may grow by a factor of 2 past an end where an algorithm's best "
+                   "validation accuracy lies")
     p.add_argument("--validation-fraction", type=flag_type(FLOAT, bounds=(0, 0.9), ends="(]"), default=0.2,
                    help="share of the training set held out to choose the learning rate")
     p.add_argument("--seeds", type=flag_type(INT, bounds=(1, 100)), default=3)
@@ -195,7 +220,7 @@ def parser():
     p.add_argument("--workdir", help="keep every run's file here; the runs it already holds complete are not run "
                    "again (to continue a protocol that was cut short)")
     p.add_argument("--quick", action="store_true",
-                   help="2 workers, 1 epoch, mlp, iid, factors 0.5 and 1, 2 seeds (a smoke run)")
+                   help="2 workers, 1 epoch, mlp, iid, factors 0.5 and 1 (not extended), 2 seeds (a smoke run)")
     return p
 
 
@@ -203,7 +228,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     if args.quick:
         args.workers, args.epochs, args.models, args.settings = 2, 1, ["mlp"], ["iid"]
-        args.lr_factors, args.seeds = [0.5, 1.0], 2
+        args.lr_factors, args.seeds, args.grid_extensions = [0.5, 1.0], 2, 0
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
         workdir = args.workdir

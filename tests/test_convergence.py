@@ -9,7 +9,16 @@ from .test_plots import benchmark
 pytestmark = pytest.mark.mpi
 
 TINY = ["--workers", "2", "--epochs", "0.2", "--models", "mlp", "--settings", "iid", "--lr-factors", "0.5", "1",
-        "--seeds", "2", "--algorithms", "sgd", "fo-sgd"]
+        "--grid-extensions", "1", "--seeds", "2", "--algorithms", "sgd", "fo-sgd"]
+
+
+@pytest.mark.parametrize("tried, beyond", [
+    ({0.5: 0.3, 1: 0.4, 2: 0.5}, 4), ({0.5: 0.5, 1: 0.4, 2: 0.3}, 0.25), ({0.5: 0.3, 1: 0.5, 2: 0.4}, None),
+    ({0.5: 0.3, 1: 0.5, 2: float("nan")}, None), ({0.5: 0.3, 1: float("nan")}, 0.25),
+    ({0.5: float("nan"), 1: float("nan")}, None),
+])
+def test_the_grid_grows_past_an_end_only_where_the_best_lies(tried, beyond):
+    assert benchmark("convergence").beyond_the_edge(tried) == beyond
 
 
 def table(path):
@@ -26,7 +35,11 @@ def test_the_protocol_tunes_on_validation_and_a_second_run_repeats_only_what_is_
     assert [a.decode() for a in first["algorithm"]] == ["sgd", "fo-sgd"] and not any(first["error"])
     assert (first["accuracy"] > 0.1).all() and first["acc_gap_pp"][0] == 0
     assert first["fewer_bytes_up"][1] > 25  # one bit a coordinate against 32
-    assert len(list(workdir.glob("tune-*.h5"))) == 4 and len(list(workdir.glob("final-*.h5"))) == 4
+    tried = [[float(t.split(":")[0]) for t in v.decode().split()] for v in first["validation"]]
+    for factors, lr, name in zip(tried, first["lr"], ["sgd", "fo-sgd"]):  # an end that wins gets one more
+        assert factors in ([0.5, 1], [0.25, 0.5, 1], [0.5, 1, 2]), factors
+        assert lr / convergence.algorithms.get(name).default_lr in factors
+    assert len(list(workdir.glob("tune-*.h5"))) == sum(map(len, tried)) and len(list(workdir.glob("final-*.h5"))) == 4
     for png in ("first-accuracy-bytes.png", "first-mlp-iid-accuracy.png"):
         assert (tmp_path / png).stat().st_size > 0
 
