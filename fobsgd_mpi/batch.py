@@ -7,7 +7,8 @@ start-up: with 9 ranks on 2 cores, starting the ranks (importing torch and torch
 the data) took about 70 s of a 90 s MNIST-1D run. Each run still goes through train.main, lock and
 all, so it is the run a job of its own would make. After every run rank 0 rewrites RUNS.json.out,
 a list with each finished run's exit status and rank 0's stdout and stderr, so a job cut short
-keeps what it finished. A stop signal (Ctrl-C, scancel) ends the batch after the run it
+keeps what it finished. Standard error also reaches the job's own, from every rank, so the message
+of a rank that aborts the job is not lost. A stop signal (Ctrl-C, scancel) ends the batch after the run it
 interrupted; a run that fails otherwise does not stop the others.
 """
 import contextlib
@@ -19,6 +20,20 @@ import sys
 from . import train
 from .errors import EXIT_USAGE, exit_without_finalizing
 from .launcher_env import rank_from_environment
+
+
+class Tee(io.TextIOBase):
+    """Writes go to `kept` and to `stream`."""
+
+    def __init__(self, kept, stream):
+        self.kept, self.stream = kept, stream
+
+    def write(self, text):
+        self.stream.write(text)
+        return self.kept.write(text)
+
+    def flush(self):
+        self.stream.flush()
 
 
 def write_atomically(path, records):
@@ -44,14 +59,16 @@ def main(argv=None):
         if rank_from_environment() == 0:
             print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    records = []
+    records, rank = [], rank_from_environment()
     for args in runs:
-        stdout, stderr = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            code = train.main(args)
-        records.append({"returncode": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()})
-        if rank_from_environment() == 0:
+        if rank == 0:
+            stdout, stderr = io.StringIO(), Tee(io.StringIO(), sys.stderr)
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                code = train.main(args)
+            records.append({"returncode": code, "stdout": stdout.getvalue(), "stderr": stderr.kept.getvalue()})
             write_atomically(argv[0] + ".out", records)
+        else:  # its errors go straight to the job's stderr: an abort leaves no record to hold them
+            code = train.main(args)
         if code > 128:  # a stop signal: the whole batch stops, as a single run would
             return code
     return 0

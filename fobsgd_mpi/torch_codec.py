@@ -371,7 +371,7 @@ def majority_vote(words, layout, ties, seed, step, out):
 
 
 # ---------------------------------------------------------------- QSGD and top-k (compressors/)
-def qsgd_encode(x, layout, levels, seed, step, rank, codes, norms):
+def qsgd_encode(x, layout, levels, seed, step, rank, codes, norms, n_threads=1):
     """compressors.qsgd.QSGD's payload: per coordinate level << 1 | [x < 0] in qsgd_width(levels)
     bits, coordinate-major, little-endian; one float32 ||x_b||_2 per block in norms."""
     _require_finite(torch.isfinite(x).all(), "vector to encode")
@@ -391,7 +391,7 @@ def qsgd_encode(x, layout, levels, seed, step, rank, codes, norms):
     norms[:] = norm
 
 
-def qsgd_decode(codes, norms, layout, levels, out, weight=1.0, accumulate=False):
+def qsgd_decode(codes, norms, layout, levels, out, weight=1.0, accumulate=False, n_threads=1):
     width = qsgd_width(levels)
     planes = unpack_bits(codes)[: layout.padded * width].view(layout.padded, width).long()
     code = (planes << torch.arange(width, device=planes.device)).sum(1)

@@ -1,13 +1,11 @@
 """fobsgd_mpi.batch: several train runs in one mpirun job are the runs separate jobs would make."""
-import json
-
 import h5py
 import numpy as np
 import pytest
 
 from fobsgd_mpi import batch
 
-from .mpi_helpers import train, train_runs
+from .mpi_helpers import mpirun_batch, summary_of, train
 
 pytestmark = pytest.mark.mpi
 
@@ -21,19 +19,23 @@ def final_params(path):
 
 
 def test_runs_in_one_job_equal_runs_in_their_own_jobs_and_a_bad_one_stops_nothing(tmp_path):
-    runs = train_runs(3, tmp_path, {
+    runs = {
         "fo-sgd": FO_SGD,
         "bad-lr": [*FO_SGD, "--lr", "-1"],
         "sgd": ["--algorithm", "sgd", "--dataset", "synthetic-logreg", "--model", "mlp", "--width", "16",
                 "--steps", "4"],
         "fo-sgd-again": FO_SGD,
-    }, check=False)
-    assert [r.returncode for r in runs.values()] == [0, 2, 0, 0]
-    assert runs["bad-lr"].stderr.strip().splitlines() == ["error: --lr must lie in (0, 10000], got -1"]
+    }
+    done, records = mpirun_batch(3, [["--quiet", "--out", tmp_path / f"{name}.h5", *args] for name, args in runs.items()],
+                                 tmp_path / "runs.json")
+    assert done.returncode == 0 and [r["returncode"] for r in records] == [0, 2, 0, 0]
+    message = "error: --lr must lie in (0, 10000], got -1"
+    assert records[1]["stderr"].strip().splitlines() == [message]
+    assert message in done.stderr  # the job's own stderr has it too: an aborted job keeps its message
     alone, summary = train(3, tmp_path, *FO_SGD, name="alone.h5")
-    assert np.array_equal(final_params(runs["fo-sgd"].out), final_params(alone))
-    assert np.array_equal(final_params(runs["fo-sgd-again"].out), final_params(alone))
-    assert runs["fo-sgd"].summary["bytes_up_per_worker"] == summary["bytes_up_per_worker"]
+    assert np.array_equal(final_params(tmp_path / "fo-sgd.h5"), final_params(alone))
+    assert np.array_equal(final_params(tmp_path / "fo-sgd-again.h5"), final_params(alone))
+    assert summary_of(records[0]["stdout"])["bytes_up_per_worker"] == summary["bytes_up_per_worker"]
 
 
 @pytest.mark.parametrize("spec, message", [
