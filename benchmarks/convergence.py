@@ -6,7 +6,8 @@ algorithm gets the same grid of learning rates around its own default (--lr-fact
 default). Each is trained once (seed 0) on the training set less a held-out validation part
 (--validation-fraction, the same rows for every algorithm) and judged by its final accuracy on
 that part: the test set is never looked at. Where the best lies at an end of the grid, the grid
-grows past that end by a factor of 2, up to --grid-extensions times. The best learning rate is then trained with
+grows past that end by a factor of 2, up to --grid-extensions times; the table says where the
+best still lies at an end ("best at grid end"). The best learning rate is then trained with
 --seeds seeds on the whole training set and scored on the test set: mean and standard deviation of
 the final test accuracy, bytes each way per worker, their ratio to fp32 sgd, wall-clock. Writes
 results/convergence-<time>.h5 or --out (the table), beside it <out>-accuracy-bytes.png (the table
@@ -122,7 +123,7 @@ def measure(workdir, args, validation, model, setting):
             break
     records, chosen = {}, {}
     for a in args.algorithms:
-        records[a] = {"algorithm": a, "model": model, "setting": setting,
+        records[a] = {"algorithm": a, "model": model, "setting": setting, "grid_end": "",
                       "validation": " ".join(f"{f:g}:{tried[a][f]:.3f}" for f in sorted(tried[a]))}
         usable = {f: acc for f, acc in tried[a].items() if np.isfinite(acc)}
         if not usable:
@@ -130,7 +131,8 @@ def measure(workdir, args, validation, model, setting):
             continue
         factor = max(usable, key=usable.get)
         chosen[a] = defaults[a] * factor
-        records[a].update(lr=chosen[a], lr_factor=factor)
+        records[a].update(lr=chosen[a], lr_factor=factor,
+                          grid_end="yes" if beyond_the_edge(tried[a]) is not None else "no")
     seeds = [(a, s) for a in chosen for s in range(args.seeds)]
     planned = [planned_run(workdir, args, args.dataset, a, model, setting, chosen[a], s, "final") for a, s in seeds]
     finals = train_all(workdir, args, planned, f"final-{model}-{setting}")
@@ -210,7 +212,7 @@ def parser():
     p.add_argument("--settings", nargs="+", default=["iid", "dirichlet"], choices=list(SETTINGS))
     p.add_argument("--lr-factors", type=flag_type(FLOAT, bounds=(0, 1e4), ends="(]"), nargs="+",
                    default=list(LR_FACTORS), help="the grid: these times each algorithm's default learning rate")
-    p.add_argument("--grid-extensions", type=flag_type(INT, bounds=(0, 10)), default=2,
+    p.add_argument("--grid-extensions", type=flag_type(INT, bounds=(0, 10)), default=4,
                    help="times the grid may grow by a factor of 2 past an end where an algorithm's best "
                    "validation accuracy lies")
     p.add_argument("--validation-fraction", type=flag_type(FLOAT, bounds=(0, 0.9), ends="(]"), default=0.2,
@@ -249,6 +251,7 @@ def main(argv=None):
           f"{args.validation_fraction:g} of the training set held out; test accuracy over {args.seeds} seeds")
     print(format_table(records, [("model", "model", "{}"), ("setting", "data", "{}"),
                                  ("algorithm", "algorithm", "{}"), ("lr", "lr", "{:g}"),
+                                 ("grid_end", "best at grid end", "{}"),
                                  ("accuracy", "test acc", "{:.4f}"), ("accuracy_std", "+-std", "{:.4f}"),
                                  ("acc_gap_pp", "behind sgd [pp]", "{:.2f}"),
                                  ("bytes_up", "up/worker [B]", "{:.3e}"), ("fewer_bytes_up", "sgd/this up [x]", "{:.1f}"),
