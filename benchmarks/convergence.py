@@ -9,7 +9,10 @@ that part: the test set is never looked at. Where the best lies at an end of the
 grows past that end by a factor of 2, up to --grid-extensions times; the table says where the
 best still lies at an end ("best at grid end"). The best learning rate is then trained with
 --seeds seeds on the whole training set and scored on the test set: mean and standard deviation of
-the final test accuracy, bytes each way per worker, their ratio to fp32 sgd, wall-clock. Writes
+the final test accuracy, bytes each way per worker, their ratio to fp32 sgd, wall-clock. A seed
+whose data split train refuses (a Dirichlet shard smaller than the batch: exit 2, before any
+step) has no outcome and is left out for that algorithm, and the table names it; any other
+failure of a seed (a divergence) fails the row. Writes
 results/convergence-<time>.h5 or --out (the table), beside it <out>-accuracy-bytes.png (the table
 as a plot) and <out>-<model>-<setting>-accuracy.png (each algorithm's first seed over the run), and
 keeps every run's HDF5 file in --workdir, where a second invocation finds the runs that completed and does not
@@ -29,6 +32,7 @@ import numpy as np
 from fobsgd_mpi import algorithms, data, models, report
 from fobsgd_mpi.benchmarking import format_table, results_path, save_records
 from fobsgd_mpi.config import FLOAT, INT, ScriptParser, flag_type
+from fobsgd_mpi.errors import EXIT_USAGE
 from fobsgd_mpi.jobs import error_line, mpirun_batch
 
 SETTINGS = {  # name: train flags
@@ -78,14 +82,14 @@ def train_all(workdir, args, planned, name):
         done, records = mpirun_batch(args.workers + 1, todo, os.path.join(workdir, f"{name}.json"),
                                      timeout=3600 * len(todo))
     why = dict(zip((flags[flags.index("--out") + 1] for flags in todo),
-                   (error_line(r["stderr"]) for r in records)))
+                   ({"error": error_line(r["stderr"]), "refused": r["returncode"] == EXIT_USAGE} for r in records)))
     results = []
     for out, _ in planned:
         if complete(out):
             run = report.load(out)
             results.append({**run, "accuracy": float(run["evals"]["test_accuracy"][-1])})
         else:
-            results.append({"error": why.get(out) or f"the job ended before this run: {error_line(done.stderr)}"})
+            results.append(why.get(out) or {"error": f"the job ended before this run: {error_line(done.stderr)}"})
     return results
 
 
@@ -123,7 +127,7 @@ def measure(workdir, args, validation, model, setting):
             break
     records, chosen = {}, {}
     for a in args.algorithms:
-        records[a] = {"algorithm": a, "model": model, "setting": setting, "grid_end": "",
+        records[a] = {"algorithm": a, "model": model, "setting": setting, "grid_end": "", "skipped": "",
                       "validation": " ".join(f"{f:g}:{tried[a][f]:.3f}" for f in sorted(tried[a]))}
         usable = {f: acc for f, acc in tried[a].items() if np.isfinite(acc)}
         if not usable:
@@ -136,18 +140,24 @@ def measure(workdir, args, validation, model, setting):
     seeds = [(a, s) for a in chosen for s in range(args.seeds)]
     planned = [planned_run(workdir, args, args.dataset, a, model, setting, chosen[a], s, "final") for a, s in seeds]
     finals = train_all(workdir, args, planned, f"final-{model}-{setting}")
-    files = {a: [] for a in chosen}
+    files, skipped = {a: [] for a in chosen}, {a: [] for a in chosen}
     for (a, s), (out, _), run in zip(seeds, planned, finals):
-        if "error" in run:
+        if run.get("refused"):  # the seed's data split cannot be trained (a shard below the batch): no outcome
+            skipped[a].append(f"seed {s}: {run['error']}")
+        elif "error" in run:
             records[a].setdefault("error", f"seed {s}: {run['error']}")
         else:
             files[a].append(out)
     for a in chosen:
+        records[a]["skipped"] = "; ".join(skipped[a])
         if "error" in records[a]:
             continue
-        runs = [run for (b, _), run in zip(seeds, finals) if b == a]
+        if not files[a]:
+            records[a]["error"] = "every seed was refused"
+            continue
+        runs = [run for (b, _), run in zip(seeds, finals) if b == a and "error" not in run]
         accuracy = np.array([r["accuracy"] for r in runs])
-        records[a].update(accuracy=float(accuracy.mean()),
+        records[a].update(accuracy=float(accuracy.mean()), seeds=len(runs),
                           accuracy_std=float(accuracy.std(ddof=1)) if len(runs) > 1 else 0.0,
                           bytes_up=runs[0]["bytes_up"], bytes_down=runs[0]["bytes_down"],
                           wall_s=float(np.mean([r["wall_s"] for r in runs])), error="")
@@ -248,17 +258,20 @@ def main(argv=None):
                 print(f"# {model} {setting} {record['algorithm']}: {record}", flush=True)
     compare_with_sgd(records)
     print(f"# {args.dataset}, {args.workers} workers + server, {args.epochs} epochs; learning rate chosen on "
-          f"{args.validation_fraction:g} of the training set held out; test accuracy over {args.seeds} seeds")
+          f"{args.validation_fraction:g} of the training set held out; test accuracy over {args.seeds} seeds, less "
+          "those whose data split cannot be trained (seeds refused)")
     print(format_table(records, [("model", "model", "{}"), ("setting", "data", "{}"),
                                  ("algorithm", "algorithm", "{}"), ("lr", "lr", "{:g}"),
                                  ("grid_end", "best at grid end", "{}"),
                                  ("accuracy", "test acc", "{:.4f}"), ("accuracy_std", "+-std", "{:.4f}"),
+                                 ("seeds", "seeds", "{:.0f}"),
                                  ("acc_gap_pp", "behind sgd [pp]", "{:.2f}"),
                                  ("bytes_up", "up/worker [B]", "{:.3e}"), ("fewer_bytes_up", "sgd/this up [x]", "{:.1f}"),
                                  ("fewer_bytes_down", "sgd/this down [x]", "{:.1f}"), ("wall_s", "wall [s]", "{:.1f}"),
-                                 ("error", "error", "{}")]))
+                                 ("error", "error", "{}"), ("skipped", "seeds refused", "{}")]))
     path = results_path("convergence", args.out)
-    save_records(path, "convergence", [{k: (str(v) if k in ("validation", "error") else v) for k, v in r.items()}
+    text = ("validation", "error", "skipped")
+    save_records(path, "convergence", [{k: (str(v) if k in text else v) for k, v in r.items()}
                                        for r in records],
                  {"bytes_up": "bytes per worker, whole run", "bytes_down": "bytes per worker, whole run",
                   "wall_s": "s, mean over seeds", "acc_gap_pp": "percentage points",
