@@ -204,7 +204,7 @@ def plot_table(records, args, out):
             ax.set_ylabel("test accuracy [fraction]")
             ax.grid(alpha=0.3)
     fig.suptitle(f"{args.dataset}, {args.workers} workers and a server, {args.epochs:g} epochs\nlearning rate "
-                 f"tuned on held-out training rows; mean and std over {args.seeds} seeds", fontsize=10)
+                 f"tuned on held-out training rows; mean and std over the seeds that ran (of {args.seeds})", fontsize=10)
     fig.tight_layout()
     path = f"{out}-accuracy-bytes.png"
     fig.savefig(path, dpi=110)
