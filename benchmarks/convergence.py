@@ -12,11 +12,11 @@ best still lies at an end ("best at grid end"). The best learning rate is then t
 the final test accuracy, bytes each way per worker, their ratio to fp32 sgd, wall-clock. A seed
 whose data split train refuses (a Dirichlet shard smaller than the batch: exit 2, before any
 step) has no outcome and is left out for that algorithm, and the table names it; any other
-failure of a seed (a divergence) fails the row. Writes
-results/convergence-<time>.h5 or --out (the table), beside it <out>-accuracy-bytes.png (the table
-as a plot) and <out>-<model>-<setting>-accuracy.png (each algorithm's first seed over the run), and
-keeps every run's HDF5 file in --workdir, where a second invocation finds the runs that completed and does not
-repeat them. Each stage (model, data split) runs as two mpirun jobs, the tuning runs of every
+failure of a seed (a divergence) fails the row. Writes results/convergence-<time>.h5 or --out
+(the table), beside it <out>-accuracy-bytes.png (the table as a plot) and
+<out>-<model>-<setting>-accuracy.png (each algorithm's first seed over the run), and keeps every
+run's HDF5 file in --workdir, where a second invocation finds the runs that completed and does
+not repeat them. Each stage (model, data split) runs as two mpirun jobs, the tuning runs of every
 algorithm in one and their seeds in the other (fobsgd_mpi.batch), so the ranks start twice a
 stage, not once a run.
 
