@@ -8,8 +8,8 @@ the data) took about 70 s of a 90 s MNIST-1D run. Each run still goes through tr
 all, so it is the run a job of its own would make. After every run rank 0 rewrites RUNS.json.out,
 a list with each finished run's exit status and rank 0's stdout and stderr, so a job cut short
 keeps what it finished. Standard error also reaches the job's own, from every rank, so the message
-of a rank that aborts the job is not lost. A stop signal (Ctrl-C, scancel) ends the batch after the run it
-interrupted; a run that fails otherwise does not stop the others.
+of a rank that aborts the job is not lost. A stop signal (Ctrl-C, scancel) ends the batch after
+the run it interrupted; a run that fails otherwise does not stop the others.
 """
 import contextlib
 import io
@@ -44,6 +44,7 @@ def write_atomically(path, records):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    rank = rank_from_environment()
     try:
         if len(argv) != 1:
             raise ValueError("usage: mpirun -n N python -m fobsgd_mpi.batch RUNS.json")
@@ -56,10 +57,10 @@ def main(argv=None):
                                                for a in runs)):
             raise ValueError(f"{argv[0]} must hold a list of argument lists (lists of strings)")
     except (OSError, ValueError) as exc:
-        if rank_from_environment() == 0:
+        if rank == 0:
             print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    records, rank = [], rank_from_environment()
+    records = []
     for args in runs:
         if rank == 0:
             stdout, stderr = io.StringIO(), Tee(io.StringIO(), sys.stderr)

@@ -149,10 +149,9 @@ def qsgd_encode(x, layout, levels, seed, step, rank, codes, norms, n_threads=1):
     """compressors.qsgd.QSGD's payload: per coordinate min(floor(levels |x_j| / ||x_b||_2 + u_j),
     levels) << 1 | [x_j < 0] in qsgd_width(levels) bits, coordinate-major, little-endian, over the
     padded length (padding codes 0); one float32 ||x_b||_2 per block in norms."""
-    xp = _padded(x, layout)
     code = np.zeros(layout.padded, dtype=np.uint16)
     for b, off, m, valid in layout.blocks():
-        xb = xp[off : off + valid].astype(np.float64)
+        xb = x[off : off + valid].astype(np.float64)
         norm = np.float32(math.sqrt(_finite_sumsq(xb, "vector to encode")))
         words = rng.stream_words(rng.stream_key(seed, step, int(layout.block_ids[b]), rank, rng.PURPOSE_QSGD), valid)
         u = (words >> np.uint64(11)).astype(np.float64) * 2.0**-53

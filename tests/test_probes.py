@@ -121,6 +121,7 @@ def test_launch_refuses_a_model_without_a_rate_and_names_a_missing_mpirun(monkey
 @pytest.mark.parametrize("script, args, message", [
     ("convergence", ["--workers", "0"], "--workers: must lie in [1, 1023], got 0"),
     ("convergence", ["--algorithms", "nope"], "invalid choice: 'nope'"),
+    ("convergence", ["--grid-extensions", "11"], "--grid-extensions: must lie in [0, 10], got 11"),
     ("server_scaling", ["--steps", "0"], "--steps: must lie in"),
     ("exchange_scaling", ["--bandwidth", "fast"], "expected a rate like 100mbit"),
     ("exchange_scaling", ["--block-size", "100"], "must be a power of two"),
