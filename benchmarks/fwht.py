@@ -14,7 +14,8 @@ millisecond and up mostly measure the scheduler.
 instead times the FWHT schedules of native/src/fwht.inl per log2 n for every instruction set this
 CPU has (benchmarks/fwht_tune.cpp, compiled with setup.py's flags for that set) after checking
 every schedule bit for bit against the plain stage loop, and rewrites native/src/fwht_plan.h, the
-table the kernels dispatch on; the entries of instruction sets this CPU lacks are kept.
+table the kernels dispatch on; the entries of instruction sets this CPU lacks, or that --isas
+leaves out, are kept. --check-plans [--max-log 22] only runs that check.
 
     python benchmarks/fwht.py --device cuda [--min-log 10] [--max-log 15] [--elements 24]
 
@@ -179,19 +180,33 @@ def write_plans(plans, header):
     open(PLAN_H, "w").write("\n".join(lines) + "\n")
 
 
-def tune(min_log, max_log, repeats):
+def checked_tuner(isa, tmp, max_log):
+    """benchmarks/fwht_tune.cpp compiled for `isa` in `tmp`, after it found every candidate schedule
+    up to 2^max_log (float32; float64 two sizes less) bit-identical to the plain stage loop."""
+    vbytes, flags = TUNE_FLAGS[isa]
+    exe = os.path.join(tmp, f"fwht_tune_{isa}")
+    subprocess.run(["g++", *COMMON, *flags, f"-DFOBSGD_VBYTES={vbytes}", f'-DFOBSGD_ISA_NAME="{isa}"',
+                    "benchmarks/fwht_tune.cpp", "-o", exe], cwd=ROOT, check=True)
+    check = subprocess.run([exe, "check", str(max_log)], capture_output=True, text=True)
+    print(check.stdout.strip(), flush=True)
+    if check.returncode:
+        raise SystemExit(f"{isa}: a schedule differs from the stage loop")
+    return exe
+
+
+def check_plans(max_log, isas):
+    with tempfile.TemporaryDirectory() as tmp:
+        for isa in isas:
+            checked_tuner(isa, tmp, max_log)
+
+
+def tune(min_log, max_log, repeats, isas):
     plans = read_plans()
     measured = []
     with tempfile.TemporaryDirectory() as tmp:
-        for isa in native.supported_isas():
-            vbytes, flags = TUNE_FLAGS[isa]
-            exe = os.path.join(tmp, f"fwht_tune_{isa}")
-            subprocess.run(["g++", *COMMON, *flags, f"-DFOBSGD_VBYTES={vbytes}", f'-DFOBSGD_ISA_NAME="{isa}"',
-                            "benchmarks/fwht_tune.cpp", "-o", exe], cwd=ROOT, check=True)
-            check = subprocess.run([exe, "check", str(min(max_log, 22))], capture_output=True, text=True)
-            print(check.stdout.strip(), flush=True)
-            if check.returncode:
-                raise SystemExit(f"{isa}: a schedule differs from the stage loop; plan table not written")
+        for isa in isas:
+            vbytes = TUNE_FLAGS[isa][0]
+            exe = checked_tuner(isa, tmp, min(max_log, 22))
             lw = {16: 2, 32: 3, 64: 4}[vbytes]
             lo = max(min_log, lw + 5)
             found = {}
@@ -211,8 +226,10 @@ def tune(min_log, max_log, repeats):
             plans[isa] = (f"float32 measured {when} on {cpu_name()} for log2 n {lo}..{max_log} (beyond: the "
                           "largest measured); float64 = float32's plan for the same bytes, not measured", f32, f64)
             measured.append(isa)
+    kept = [isa for isa in plans if isa not in measured]
     write_plans(plans, [f"python benchmarks/fwht.py --tune --min-log {min_log} --max-log {max_log} "
-                        f"--repeats {repeats}: measured {', '.join(measured)}"])
+                        f"--repeats {repeats} --isas {' '.join(measured)}: measured {', '.join(measured)}"
+                        + (f"; {', '.join(kept)} kept from the runs their comments name" if kept else "")])
     print(f"# wrote {PLAN_H}; rebuild: python setup.py build_ext --inplace")
 
 
@@ -320,14 +337,20 @@ def main(argv=None):
     p.add_argument("--max-log", type=int, default=24)
     p.add_argument("--repeats", type=int, default=100)
     p.add_argument("--tune", action="store_true", help="measure the schedules and rewrite native/src/fwht_plan.h")
+    p.add_argument("--check-plans", action="store_true",
+                   help="only check every candidate schedule up to 2^max-log bit for bit against the stage loop")
+    p.add_argument("--isas", nargs="+", choices=native.supported_isas(), default=native.supported_isas(),
+                   help="with --tune or --check-plans: the instruction sets (--tune keeps the others' plans)")
     p.add_argument("--device", help="time torch tensors on this device (cuda, cuda:N; cpu as a dry run) instead")
     p.add_argument("--elements", type=int, default=24, help="with --device: log2 of the floats per call")
     p.add_argument("--out", help="HDF5 file (default results/fwht-<time>.h5)")
     args = p.parse_args(argv)
     if args.device:
         return main_device(args)
+    if args.check_plans:
+        return check_plans(args.max_log, args.isas)
     if args.tune:
-        return tune(args.min_log, args.max_log, args.repeats)
+        return tune(args.min_log, args.max_log, args.repeats, args.isas)
     with np.errstate(all="ignore"):  # repeated unnormalised transforms overflow to inf; timing is unaffected
         records = run(args.min_log, args.max_log, args.repeats)
     timing_keys = [k for k in records[0] if k.endswith("_s")]

@@ -44,7 +44,7 @@ static int candidates(int L, int lw, FwhtPlan *out) {
         for (int radix = 2; radix <= 4; ++radix)
             for (int c1 = 10; c1 <= 14; ++c1)
                 for (int tile = c1; tile <= 18; ++tile)
-                    for (int strip = lw; strip <= 6; ++strip) {
+                    for (int strip = lw; strip <= 10; ++strip) {
                         if (L <= lw + 4 && (r0 != 1 || radix != 2 || c1 != 10 || tile != 10 || strip != lw)) continue;
                         if (c1 > L && c1 != 10) continue;  // clamped to L: one stands for all
                         if (tile > L && tile != c1) continue;
@@ -99,7 +99,7 @@ static void tune(int lo, int hi, int repeats) {
         FwhtPlan best = def;
         double best_t = 1e9, def_t = 1e9;
         // Coordinate search: vary one field at a time around the best so far, two rounds.
-        const int lo_f[5] = {1, 2, 10, 10, kLw}, hi_f[5] = {4, 4, 14, 18, 6};
+        const int lo_f[5] = {1, 2, 10, 10, kLw}, hi_f[5] = {4, 4, 14, 18, 10};
         for (int round = 0; round < 2; ++round)
             for (int f = 0; f < 5; ++f) {
                 FwhtPlan cand[16];

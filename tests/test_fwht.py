@@ -1,8 +1,12 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import scipy.linalg
 
 from fobsgd_mpi import native, reference
+from fobsgd_mpi.jobs import ROOT
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -26,10 +30,9 @@ def test_native_equals_reference_one_row_every_size(isa, normalize, gen):
         assert np.array_equal(a, b), f"{isa} 2^{log_n} normalize={normalize}"
 
 
-# 2^23..2^26 on every instruction set, except generic 2^26: the generic plan for 2^24 and up (native/src/
-# fwht_plan.h) splits the stages above its 2^16 tile into strip groups of 4 + 4, 5 + 4 and 5 + 5, so 2^25
-# already runs both strip shapes 2^26 does, in a quarter of the time. AVX2 and AVX-512 need 2^26: it is
-# their only size with two one-pass strip groups (AVX2) or a three-pass strip group (AVX-512).
+# 2^23..2^26 on every instruction set but generic 2^26 (a quarter of the time of 2^25 spent on the
+# same strip shapes). Every plan (native/src/fwht_plan.h) runs the stages above its tile in one strip
+# group up to 2^26; several groups are covered by test_every_candidate_schedule_is_bit_exact.
 LARGE = [(isa, log_n) for isa in native.supported_isas() or ["numpy"] for log_n in (23, 24, 25, 26)
          if (isa, log_n) != ("generic", 26)]
 
@@ -52,6 +55,18 @@ def test_native_equals_reference_float64_large(isa, log_n, gen):
     native.fwht_(a)
     reference.fwht_(x)
     assert np.array_equal(a, x)
+
+
+@pytest.mark.slow
+def test_every_candidate_schedule_is_bit_exact():
+    """Every schedule the tuner may write into the plan table (strips in one group and in several,
+    each tile and radix), on every instruction set this CPU has, equals the plain stage loop bit for
+    bit up to 2^22 (benchmarks/fwht_tune.cpp, compiled with setup.py's flags)."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fwht.py"), "--check-plans", "--max-log", "22"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(done.stdout.split()[::3]) == sorted(f"{isa}:" for isa in native.supported_isas())
+    assert done.stdout.count(" 0 mismatches") == len(native.supported_isas())
 
 
 @pytest.mark.parametrize("log_n", [1, 2, 3, 5, 8])

@@ -12,8 +12,8 @@
 //   otherwise             base pass (in-vector stages + r0 cross-vector stages on 2^r0
 //                         registers), then radix passes of up to `radix` stages on L1 chunks
 //                         of 2^c1, then on L2 tiles of 2^tile; the stages above the tile run
-//                         on column strips (2^S rows of `strip` elements gathered into a small
-//                         contiguous buffer: the first pass reads the rows, the last writes
+//                         on column strips (2^S rows of `strip` elements gathered into a
+//                         per-thread buffer: the first pass reads the rows, the last writes
 //                         them back with the scale), so a row bigger than L2 costs two passes
 //                         over memory instead of one per radix pass.
 
@@ -212,15 +212,18 @@ template <class T> void fwht_scalar(T *x, int64_t n, T scale) {
         for (int64_t j = 0; j < n; ++j) x[j] *= scale;
 }
 
-constexpr int kStripBuf = 1 << 15;  // bytes of the strip buffer (on the stack)
+// Wide strips read each row as a long contiguous run that the hardware prefetchers follow
+// (measured on Zen 5 at 2^24: strips of 1024 floats took 0.80x the time of strips of 64), so
+// the strip buffer is sized for L2, not L1. It lives on the stack of the calling thread (256 KiB
+// of the megabytes a thread gets), out of line so that small rows do not reserve it.
+constexpr int64_t kStripBuf = 1 << 18;
 
-// The stages above the tile, on strips (out of line: its buffer stays off small rows' stack).
 template <class T>
 __attribute__((noinline)) void above_tile(T *x, int L, int tile, const FwhtPlan &p, bool sc, T scale) {
     alignas(64) T buf[kStripBuf / sizeof(T)];
     int64_t sw = (int64_t)1 << (p.strip > ilog2(Lanes<T>::W) ? p.strip : ilog2(Lanes<T>::W));
     if (sw > ((int64_t)1 << tile)) sw = (int64_t)1 << tile;
-    const int smax = ilog2((int)(kStripBuf / sizeof(T) / sw));
+    const int smax = ilog2((int)(kStripBuf / (int64_t)sizeof(T) / sw));
     const int S = L - tile, groups = (S + smax - 1) / smax;
     int s_lo = tile;
     for (int g = 0; g < groups; ++g) {
