@@ -4,21 +4,21 @@ on a validation split, then the mean and spread over seeds.
 For each model (mlp, cnn1d) and data split over the workers (iid; Dirichlet alpha = 0.1), every
 algorithm gets the same grid of learning rates around its own default (--lr-factors times the
 default). Each is trained once (seed 0) on the training set less a held-out validation part
-(--validation-fraction, the same rows for every algorithm) and judged by its final accuracy on
-that part: the test set is never looked at. Where the best lies at an end of the grid, the grid
-grows past that end by a factor of 2, up to --grid-extensions times; the table says where the
-best still lies at an end ("best at grid end"). The best learning rate is then trained with
---seeds seeds on the whole training set and scored on the test set: mean and standard deviation of
-the final test accuracy, bytes each way per worker, their ratio to fp32 sgd, wall-clock. A seed
-whose data split train refuses (a Dirichlet shard smaller than the batch: exit 2, before any
-step) has no outcome and is left out for that algorithm, and the table names it; any other
-failure of a seed (a divergence) fails the row. Writes results/convergence-<time>.h5 or --out
-(the table), beside it <out>-accuracy-bytes.png (the table as a plot) and
+(--validation-fraction, the same rows for every algorithm) and judged by its final accuracy on that
+part: the test set is never looked at. Where the best lies at an end of the grid, the grid grows
+past that end by a factor of 2, up to --grid-extensions times; the table says where the best still
+lies at an end ("best at grid end"). The best learning rate is then trained with --seeds seeds on
+the whole training set and scored on the test set: mean and standard deviation of the final test
+accuracy, bytes each way per worker, their ratio to fp32 sgd, wall-clock. A seed whose data split
+train refuses (a Dirichlet shard smaller than the batch: exit 2, before any step) has no outcome and
+is replaced by the next seed number, up to --seeds replacements, and the table names it; any other
+failure of a seed (a divergence) fails the row. Writes results/convergence-<time>.h5 or --out (the
+table), beside it <out>-accuracy-bytes.png (the table as a plot) and
 <out>-<model>-<setting>-accuracy.png (each algorithm's first seed over the run), and keeps every
-run's HDF5 file in --workdir, where a second invocation finds the runs that completed and does
-not repeat them. Each stage (model, data split) runs as two mpirun jobs, the tuning runs of every
-algorithm in one and their seeds in the other (fobsgd_mpi.batch), so the ranks start twice a
-stage, not once a run.
+run's HDF5 file in --workdir, where a second invocation finds the runs that completed and does not
+repeat them. Each stage (model, data split) runs as two mpirun jobs, the tuning runs of every
+algorithm in one and their seeds in the other (fobsgd_mpi.batch), so the ranks start twice a stage
+(once more where a seed is replaced), not once a run.
 
     python benchmarks/convergence.py [--workers 8] [--epochs 30] [--models mlp cnn1d] [--workdir DIR] [--quick]
 """
@@ -137,31 +137,51 @@ def measure(workdir, args, validation, model, setting):
         chosen[a] = defaults[a] * factor
         records[a].update(lr=chosen[a], lr_factor=factor,
                           grid_end="yes" if beyond_the_edge(tried[a]) is not None else "no")
-    seeds = [(a, s) for a in chosen for s in range(args.seeds)]
-    planned = [planned_run(workdir, args, args.dataset, a, model, setting, chosen[a], s, "final") for a, s in seeds]
-    finals = train_all(workdir, args, planned, f"final-{model}-{setting}")
-    files, skipped = {a: [] for a in chosen}, {a: [] for a in chosen}
-    for (a, s), (out, _), run in zip(seeds, planned, finals):
-        if run.get("refused"):  # the seed's data split cannot be trained (a shard below the batch): no outcome
-            skipped[a].append(f"seed {s}: {run['error']}")
-        elif "error" in run:
-            records[a].setdefault("error", f"seed {s}: {run['error']}")
-        else:
-            files[a].append(out)
+    used, refused = train_seeds(workdir, args, chosen, model, setting)
     for a in chosen:
-        records[a]["skipped"] = "; ".join(skipped[a])
-        if "error" in records[a]:
+        records[a]["skipped"] = "; ".join(f"seed {s}: {why}" for s, why in refused[a])
+        failed = [f"seed {s}: {run['error']}" for s, _, run in used[a] if "error" in run]
+        if failed:
+            records[a]["error"] = failed[0]
             continue
-        if not files[a]:
+        if not used[a]:
             records[a]["error"] = "every seed was refused"
             continue
-        runs = [run for (b, _), run in zip(seeds, finals) if b == a and "error" not in run]
+        runs = [run for _, _, run in used[a]]
         accuracy = np.array([r["accuracy"] for r in runs])
         records[a].update(accuracy=float(accuracy.mean()), seeds=len(runs),
                           accuracy_std=float(accuracy.std(ddof=1)) if len(runs) > 1 else 0.0,
                           bytes_up=runs[0]["bytes_up"], bytes_down=runs[0]["bytes_down"],
                           wall_s=float(np.mean([r["wall_s"] for r in runs])), error="")
+    files = {a: [out for _, out, run in used[a] if "error" not in run] for a in chosen}
     return [records[a] for a in args.algorithms], [files[a][0] for a in chosen if files[a]]  # a curve an algorithm
+
+
+def train_seeds(workdir, args, chosen, model, setting):
+    """--seeds runs of each algorithm of `chosen` ({name: learning rate}) on the whole training set,
+    seeds 0, 1, ...; a seed whose data split train refuses (a Dirichlet shard below the batch: exit
+    2 before any step, the same split for every algorithm) gives no outcome and is replaced by the
+    next seed number, up to --seeds replacements. Returns {name: [(seed, run file, its results),
+    ...]} of the seeds that ran (or failed) and {name: [(seed, why), ...]} of those refused."""
+    tried = {a: list(range(args.seeds)) for a in chosen}
+    results = {}
+    todo = [(a, s) for a in chosen for s in tried[a]]
+    for round_ in range(1 + args.seeds):
+        if not todo:
+            break
+        planned = [planned_run(workdir, args, args.dataset, a, model, setting, chosen[a], s, "final") for a, s in todo]
+        finals = train_all(workdir, args, planned, f"final-{model}-{setting}" + (f"-more{round_}" if round_ else ""))
+        results.update(zip(todo, ((out, run) for (out, _), run in zip(planned, finals))))
+        todo = []
+        for a in chosen:
+            short = args.seeds - sum(not results[a, s][1].get("refused") for s in tried[a])
+            extra = list(range(tried[a][-1] + 1, min(tried[a][-1] + 1 + short, 2 * args.seeds)))
+            tried[a] += extra
+            todo += [(a, s) for s in extra]
+    used = {a: [(s, *results[a, s]) for s in tried[a] if not results[a, s][1].get("refused")] for a in chosen}
+    refused = {a: [(s, results[a, s][1]["error"]) for s in tried[a] if results[a, s][1].get("refused")]
+               for a in chosen}
+    return used, refused
 
 
 def compare_with_sgd(records):
@@ -204,7 +224,7 @@ def plot_table(records, args, out):
             ax.set_ylabel("test accuracy [fraction]")
             ax.grid(alpha=0.3)
     fig.suptitle(f"{args.dataset}, {args.workers} workers and a server, {args.epochs:g} epochs\nlearning rate "
-                 f"tuned on held-out training rows; mean and std over the seeds that ran (of {args.seeds})", fontsize=10)
+                 f"tuned on held-out training rows; mean and std over {args.seeds} seeds that ran", fontsize=10)
     fig.tight_layout()
     path = f"{out}-accuracy-bytes.png"
     fig.savefig(path, dpi=110)
@@ -258,8 +278,8 @@ def main(argv=None):
                 print(f"# {model} {setting} {record['algorithm']}: {record}", flush=True)
     compare_with_sgd(records)
     print(f"# {args.dataset}, {args.workers} workers + server, {args.epochs} epochs; learning rate chosen on "
-          f"{args.validation_fraction:g} of the training set held out; test accuracy over {args.seeds} seeds, less "
-          "those whose data split cannot be trained (seeds refused)")
+          f"{args.validation_fraction:g} of the training set held out; test accuracy over {args.seeds} seeds (a seed "
+          "whose data split cannot be trained replaced by the next: seeds refused)")
     print(format_table(records, [("model", "model", "{}"), ("setting", "data", "{}"),
                                  ("algorithm", "algorithm", "{}"), ("lr", "lr", "{:g}"),
                                  ("grid_end", "best at grid end", "{}"),

@@ -21,6 +21,31 @@ def test_the_grid_grows_past_an_end_only_where_the_best_lies(tried, beyond):
     assert benchmark("convergence").beyond_the_edge(tried) == beyond
 
 
+@pytest.mark.parametrize("refused_seeds, used, refused, n_jobs", [
+    (set(), [0, 1, 2], [], 1), ({2}, [0, 1, 3], [2], 2), ({1, 3}, [0, 2, 4], [1, 3], 3),
+    ({0, 1, 2, 3, 4, 5}, [], [0, 1, 2, 3, 4, 5], 2),  # at most --seeds replacements
+])
+def test_a_refused_seed_is_replaced_by_the_next(refused_seeds, used, refused, n_jobs, tmp_path, monkeypatch):
+    convergence = benchmark("convergence")
+    jobs = []
+
+    def fake_train_all(workdir, args, planned, name):
+        jobs.append(name)
+        seeds = [int(flags[flags.index("--seed") + 1]) for _, flags in planned]
+        return [{"error": "--batch-size 32 exceeds ...", "refused": True} if s in refused_seeds else
+                {"accuracy": 0.5 + s / 100} for s in seeds]
+
+    monkeypatch.setattr(convergence, "train_all", fake_train_all)
+    args = convergence.parser().parse_args(["--seeds", "3", "--workdir", str(tmp_path)])
+    args.dataset = "mnist1d"
+    got_used, got_refused = convergence.train_seeds(str(tmp_path), args, {"sgd": 0.1, "fo-sgd": 0.02}, "mlp",
+                                                    "dirichlet")
+    for a in ("sgd", "fo-sgd"):
+        assert [s for s, _, _ in got_used[a]] == used and [s for s, _ in got_refused[a]] == refused
+        assert [run["accuracy"] for _, _, run in got_used[a]] == [0.5 + s / 100 for s in used]
+    assert len(jobs) == n_jobs
+
+
 def table(path):
     with h5py.File(path) as f:
         g = f["convergence"]
