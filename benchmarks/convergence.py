@@ -209,10 +209,16 @@ def plot_table(records, args, out):
         for col, setting in enumerate(args.settings):
             ax = axes[row][col]
             done = [r for r in records if r["model"] == model and r["setting"] == setting and "accuracy" in r]
-            for r in done:
-                ax.errorbar(r["bytes_up"] / 1e6, r["accuracy"], yerr=r["accuracy_std"], fmt="o", capsize=3)
+            for r in done:  # an algorithm keeps its colour in every panel
+                ax.errorbar(r["bytes_up"] / 1e6, r["accuracy"], yerr=r["accuracy_std"], fmt="o", capsize=3,
+                            color=f"C{args.algorithms.index(r['algorithm']) % 10}")
                 ax.annotate(r["algorithm"], (r["bytes_up"] / 1e6, r["accuracy"]), fontsize=8,
                             textcoords="offset points", xytext=(4, 4))
+            failed = [r["algorithm"] for r in records if r["model"] == model and r["setting"] == setting
+                      and "accuracy" not in r]
+            if failed:
+                ax.text(0.01, 0.01, f"no result (see the table): {', '.join(failed)}", transform=ax.transAxes,
+                        fontsize=8)
             sgd = next((r for r in done if r["algorithm"] == "sgd"), None)
             if sgd:
                 ax.axhline(sgd["accuracy"] - 0.015, color="k", linestyle="--", linewidth=1, label="fp32 sgd - 1.5 pp")
