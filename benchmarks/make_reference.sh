@@ -36,6 +36,7 @@ run benchmarks/exchange_scaling.py --algorithms fo-sgd signsgd-mv sgd --ranks 2 
 # iid and Dirichlet(0.1) shards, 8 workers, a file per model (-accuracy-bytes.png, the learning
 # curves). The runs stay in results/convergence-runs: after an interruption it goes on from there.
 run benchmarks/convergence.py --models mlp --workdir results/convergence-runs --out $OUT/convergence-mlp.h5
+run benchmarks/convergence.py --models cnn1d --workdir results/convergence-runs --out $OUT/convergence-cnn1d.h5
 # Time to 0.5 test accuracy against torch DDP, 8 ranks, 100 Mbit and 1 Gbit, at the tuned learning
 # rates (-<link>-accuracy.png)
 run benchmarks/time_to_accuracy.py --tuned $OUT/convergence-mlp.h5 --out $OUT/time_to_accuracy.h5
