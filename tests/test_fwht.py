@@ -30,8 +30,8 @@ def test_native_equals_reference_one_row_every_size(isa, normalize, gen):
         assert np.array_equal(a, b), f"{isa} 2^{log_n} normalize={normalize}"
 
 
-# 2^23..2^26 on every instruction set but generic 2^26 (a quarter of the time of 2^25 spent on the
-# same strip shapes). Every plan (native/src/fwht_plan.h) runs the stages above its tile in one strip
+# 2^23..2^26 on every instruction set but generic 2^26 (twice 2^25's time, on the strip shapes 2^25
+# runs already). Every plan (native/src/fwht_plan.h) runs the stages above its tile in one strip
 # group up to 2^26; several groups are covered by test_every_candidate_schedule_is_bit_exact.
 LARGE = [(isa, log_n) for isa in native.supported_isas() or ["numpy"] for log_n in (23, 24, 25, 26)
          if (isa, log_n) != ("generic", 26)]
