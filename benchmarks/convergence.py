@@ -166,16 +166,17 @@ def train_seeds(workdir, args, chosen, model, setting):
     tried = {a: list(range(args.seeds)) for a in chosen}
     results = {}
     todo = [(a, s) for a in chosen for s in tried[a]]
-    for round_ in range(1 + args.seeds):
-        if not todo:
-            break
+    round_ = 0
+    while todo:  # each round adds a seed or ends; seeds stay below 2 * --seeds
         planned = [planned_run(workdir, args, args.dataset, a, model, setting, chosen[a], s, "final") for a, s in todo]
         finals = train_all(workdir, args, planned, f"final-{model}-{setting}" + (f"-more{round_}" if round_ else ""))
         results.update(zip(todo, ((out, run) for (out, _), run in zip(planned, finals))))
+        round_ += 1
         todo = []
         for a in chosen:
             short = args.seeds - sum(not results[a, s][1].get("refused") for s in tried[a])
-            extra = list(range(tried[a][-1] + 1, min(tried[a][-1] + 1 + short, 2 * args.seeds)))
+            first = tried[a][-1] + 1
+            extra = list(range(first, min(first + short, 2 * args.seeds)))
             tried[a] += extra
             todo += [(a, s) for s in extra]
     used = {a: [(s, *results[a, s]) for s in tried[a] if not results[a, s][1].get("refused")] for a in chosen}
