@@ -305,11 +305,11 @@ TRAIN = (
                                            "bytes", bounds=(0, BIG)),
     Option("--downlink", STR, "flat", "FO-SGD server: re-quantize the sum in the flattened domain, or decode it and "
                                       "re-flatten with a fresh rotation", choices=("flat", "fresh-rotation")),
-    Option("--server-scale", STR, "eta", "FO-SGD server's scale per block: eta = --lambda-rule's; mse = the scale "
-                                         "minimizing the re-quantization's expected squared error (it clips: the "
-                                         "direction shrinks about 2x); mse-shrink = that and a James-Stein gain <= 1; "
-                                         "mse-debias = that and the gain m / unclipped count that undoes the shrink (from ~8 "
-                                         "workers; it overshoots with 2-4)",
+    Option("--server-scale", STR, None, "FO-SGD server's scale per block: eta = --lambda-rule's; mse = the scale "
+                                        "minimizing the re-quantization's expected squared error (it clips: the "
+                                        "direction shrinks about 2x); mse-shrink = that and a James-Stein gain <= 1; "
+                                        "mse-debias = that and the gain m / unclipped count that undoes the shrink. "
+                                        "Default: mse-debias from 8 workers, eta below (it overshoots with 2-4)",
            choices=("eta", "mse", "mse-shrink", "mse-debias")),
     Option("--server-also-works", BOOL, False, "rank 0 computes a gradient too"),
     Option("--servers", SERVERS, "1", "server ranks: 1 = the classic parameter server on rank 0; k or all = "

@@ -204,7 +204,8 @@ class Trainer:
             "optimizer": describe_optimizer(self.optimizer),
             "network_profile": json.dumps(self.network.profile) if self.network else "unshaped",
             "device": device.name(self.model.device),
-            "bits_up_declared": self.algo.up.bits_up, "bits_down_declared": self.algo.down.bits_up},
+            "bits_up_declared": self.algo.up.bits_up, "bits_down_declared": self.algo.down.bits_up,
+            "compressors": json.dumps({"up": self.algo.up.options(), "down": self.algo.down.options()})},
             overwrite=self.cfg.overwrite)
 
     def active_workers(self):

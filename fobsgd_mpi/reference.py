@@ -256,19 +256,35 @@ def unclipped_count(v, lam):
     return int(np.count_nonzero(np.abs(np.asarray(v, dtype=np.float64)) <= lam * (1 + 1e-9)))
 
 
-def server_scales(v, layout, shrink_noise=None, debias=False):
-    """Per block of `layout` (the flat layout of the server's sum v): (lam*, gain). The gain is 1;
-    with `shrink_noise` (per block, the bound N on the uplink noise's expected squared norm)
-    min(1, g_v (1 - N / ||v_b||^2)_+); with `debias`, m / (unclipped count)."""
-    lams = np.zeros(layout.n_blocks)
-    gains = np.ones(layout.n_blocks)
+def mse_scales(v, layout, lams, unclipped, norms, n_threads=1):
+    """Per block of `layout` (the flat layout of a server's sum v, float32): lams[b] = mse_lambda,
+    unclipped[b] = unclipped_count there, norms[b] = ||v_b||_2. Fills the three arrays (float64,
+    int64, float64); the native kernel finds the same lam by quickselect instead of a sort."""
     for b, off, m, _ in layout.blocks():
         vb = np.asarray(v[off : off + m], dtype=np.float64)
+        norms[b] = math.sqrt(_finite_sumsq(vb, "the server's sum"))
         lams[b] = mse_lambda(vb)[0]
-        if shrink_noise is not None:
+        unclipped[b] = unclipped_count(vb, lams[b])
+
+
+def server_gains(v, layout, lams, unclipped, shrink_noise=None, debias=False):
+    """Per block, the gain the server folds into the float it sends with scale lams[b]: 1; with
+    `shrink_noise` (per block, the bound N on the uplink noise's expected squared norm)
+    min(1, g_v (1 - N / ||v_b||^2)_+); with `debias`, m / (unclipped count)."""
+    gains = np.ones(layout.n_blocks)
+    if shrink_noise is not None:
+        for b, off, m, _ in layout.blocks():
+            vb = np.asarray(v[off : off + m], dtype=np.float64)
             sq = float(np.dot(vb, vb))
             js = max(0.0, 1.0 - float(shrink_noise[b]) / sq) if sq > 0 else 0.0
             gains[b] = min(1.0, clipping_gain(vb, lams[b]) * js)
-        elif debias and lams[b] > 0:
-            gains[b] = m / max(1, unclipped_count(vb, lams[b]))
-    return lams, gains
+    elif debias:
+        gains = np.where(lams > 0, layout.sizes / np.maximum(1, unclipped), 1.0)
+    return gains
+
+
+def server_scales(v, layout, shrink_noise=None, debias=False):
+    """Per block of `layout`: (lam*, gain), as the server computes them (mse_scales, server_gains)."""
+    lams, unclipped, norms = np.zeros(layout.n_blocks), np.zeros(layout.n_blocks, np.int64), np.zeros(layout.n_blocks)
+    mse_scales(v, layout, lams, unclipped, norms)
+    return lams, server_gains(v, layout, lams, unclipped, shrink_noise, debias)

@@ -228,6 +228,50 @@ def test_non_finite_input_refused(k, bad):
         k.scaled_sign_encode(x, lay, k.TIES_RANDOM, 0, 0, bits, scales)
     with pytest.raises(NonFiniteError):
         k.qsgd_encode(x, lay, 15, 0, 0, 0, np.zeros(lay.padded * 5 // 64, np.uint64), scales)
+    with pytest.raises(NonFiniteError):
+        k.mse_scales(np.pad(x, (0, lay.padded - 1000)), lay.flat(), *mse_outputs(lay))
+
+
+def mse_outputs(lay):
+    return np.zeros(lay.n_blocks), np.zeros(lay.n_blocks, np.int64), np.zeros(lay.n_blocks)
+
+
+def server_sum_like(gen, size, n=8):
+    """What the FO-SGD server re-quantizes: n workers' +-lambda_i, averaged (a few dozen levels)."""
+    lam = 1 + 0.05 * gen.standard_normal(n)
+    return np.mean(lam[:, None] * np.where(gen.random((n, size)) < 0.5, -1.0, 1.0), axis=0)
+
+
+def sparse(gen, size):
+    v = np.zeros(size)
+    v[gen.choice(size, 9, replace=False)] = gen.standard_normal(9)
+    return v
+
+
+MSE_BLOCKS = {"gaussian": lambda g, s: g.standard_normal(s), "heavy-tailed": lambda g, s: g.standard_t(2, s),
+              "server-sum": server_sum_like, "sparse": sparse,
+              "integer-levels": lambda g, s: np.round(3 * g.standard_normal(s)),
+              "constant": lambda g, s: np.full(s, -0.37), "zeros": lambda g, s: np.zeros(s),
+              "tiny": lambda g, s: 1e-30 * g.standard_normal(s)}
+
+
+@pytest.mark.parametrize("kind", MSE_BLOCKS)
+@pytest.mark.parametrize("max_block", [1 << 10, 1 << 14])
+def test_mse_scales_match_the_sorting_reference(isa, kind, max_block, gen):
+    """The native quickselect (with the sampled bracket above 1024 coordinates) finds the reference's
+    lam* to the last bits of a float64 sum, the same unclipped count, and the block norms; blocks of
+    2^14 take the bracket, a sparse block misses it and falls back to all coordinates."""
+    lay = BlockLayout(70_001, max_block, 256).flat()
+    v = MSE_BLOCKS[kind](gen, lay.padded).astype(np.float32)
+    (lam_n, count_n, norm_n), (lam_r, count_r, norm_r) = mse_outputs(lay), mse_outputs(lay)
+    native.mse_scales(v, lay, lam_n, count_n, norm_n)
+    reference.mse_scales(v, lay, lam_r, count_r, norm_r)
+    np.testing.assert_allclose(lam_n, lam_r, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(norm_n, norm_r, rtol=1e-12, atol=0)
+    assert np.array_equal(count_n, count_r)
+    threaded = mse_outputs(lay)
+    native.mse_scales(v, lay, *threaded, n_threads=2)
+    assert all(np.array_equal(a, b) for a, b in zip(threaded, (lam_n, count_n, norm_n)))
 
 
 def test_openmp_threads_give_the_same_bits(gen):

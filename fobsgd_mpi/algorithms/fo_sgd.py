@@ -11,10 +11,13 @@ with a rotation of its own (drawn for step | 2^62), at the cost of one more tran
 --lambda-rule), mse (the scale minimizing the re-quantization's expected squared error) or
 mse-shrink (that scale and a James-Stein gain <= 1 in the transmitted float) or mse-debias (that
 scale and the gain that undoes its shrinkage of the mean, about 2). Same payload; the
-server computes the float, every rank decodes it.
+server computes the float, every rank decodes it. Unset, it is mse-debias from 8 workers, whose
+gain along the mean measures 0.94-1.16 there, and eta below (1.7 at 4 workers: it overshoots).
 """
 from .base import SERVER_STREAM, PSAlgorithm
 from .registry import register
+
+DEBIAS_FROM_WORKERS = 8
 
 
 @register("fo-sgd")
@@ -27,6 +30,7 @@ class FOSGD(PSAlgorithm):
         self.fresh_rotation = options.downlink == "fresh-rotation"
         if self.fresh_rotation and str(options.servers) != "1":
             raise ValueError("--downlink fresh-rotation decodes the whole sum on one server; use --servers 1")
+        self.compressor_defaults = {"server_scale": "mse-debias" if ps.n_workers >= DEBIAS_FROM_WORKERS else "eta"}
         super().__init__(ps, d, options)
 
     def downlink_step(self, step):

@@ -13,7 +13,7 @@ class AlgorithmOptions:
     block_size: int = None
     eta: float = 1e-2
     lambda_rule: str = "min"
-    server_scale: str = "eta"
+    server_scale: str = None
     sign_ties: str = "random"
     sign_scale: str = None
     qsgd_levels: int = 15

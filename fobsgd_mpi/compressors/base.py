@@ -123,6 +123,10 @@ class Compressor:
         """The kernels for x: this compressor's backend for numpy arrays, torch_codec for tensors."""
         return kernel_backend(backend_for(x)) if arrays.is_tensor(x) else self.kernels
 
+    def options(self):
+        """The options this compressor runs with (its Options' fields), e.g. for a run's record."""
+        return {f.name: getattr(self, f.name) for f in fields(self.Options)}
+
     @classmethod
     def from_config(cls, cfg, **defaults):
         """This compressor with the options `cfg` (a run's config) sets; where it leaves one unset

@@ -97,6 +97,13 @@ int fobsgd_qsgd_encode(const float *x, fobsgd_layout layout, int levels, int wid
 int fobsgd_qsgd_decode(const uint64_t *codes, const float *norms, fobsgd_layout layout, int levels,
                        int width, float weight, int accumulate, float *out, int n_threads);
 
+/* The FO-SGD server's scale (--server-scale mse*), per block of v (padded length, every coordinate
+ * real): lams[b] = the lam >= 0 minimizing the expected squared error of quantizing v_b with scale lam
+ * and dither U(-lam, lam), unclipped[b] = #{j : |v_j| <= lams[b] (1 + 1e-9)}, norms[b] = ||v_b||_2.
+ * `work` holds n_threads * max block length floats. */
+int fobsgd_mse_scales(const float *v, fobsgd_layout layout, float *work, double *lams, int64_t *unclipped,
+                      double *norms, int n_threads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -192,4 +193,20 @@ PYBIND11_MODULE(_native, m) {
     }, py::arg("codes").noconvert(), py::arg("norms").noconvert(), py::arg("offsets").noconvert(),
        py::arg("log_sizes").noconvert(), py::arg("d"), py::arg("levels"), py::arg("weight"), py::arg("accumulate"),
        py::arg("out").noconvert(), py::arg("n_threads"));
+
+    m.def("mse_scales", [](arr<float> v, arr<int64_t> offsets, arr<int32_t> log_sizes, int64_t d, arr<float> work,
+                           arr<double> lams, arr<int64_t> unclipped, arr<double> norms, int n_threads) {
+        fobsgd_layout lay = layout_of(offsets, log_sizes, d);
+        const float *pv = data_of(v, "v", d);
+        int64_t largest = 0;
+        for (int64_t b = 0; b < lay.n_blocks; ++b) largest = std::max(largest, (int64_t)1 << lay.log_sizes[b]);
+        float *pw = data_of(work, "work", n_threads * largest);
+        double *pl = data_of(lams, "lams", lay.n_blocks);
+        int64_t *pu = data_of(unclipped, "unclipped", lay.n_blocks);
+        double *pn = data_of(norms, "norms", lay.n_blocks);
+        py::gil_scoped_release nogil;
+        return fobsgd_mse_scales(pv, lay, pw, pl, pu, pn, n_threads);
+    }, py::arg("v").noconvert(), py::arg("offsets").noconvert(), py::arg("log_sizes").noconvert(), py::arg("d"),
+       py::arg("work").noconvert(), py::arg("lams").noconvert(), py::arg("unclipped").noconvert(),
+       py::arg("norms").noconvert(), py::arg("n_threads"));
 }

@@ -111,5 +111,9 @@ int fobsgd_qsgd_decode(const uint64_t *codes, const float *norms, fobsgd_layout 
                        float weight, int accumulate, float *out, int n_threads) {
     return active->qsgd_decode(codes, norms, layout, levels, width, weight, accumulate, out, n_threads);
 }
+int fobsgd_mse_scales(const float *v, fobsgd_layout layout, float *work, double *lams, int64_t *unclipped,
+                      double *norms, int n_threads) {
+    return active->mse_scales(v, layout, work, lams, unclipped, norms, n_threads);
+}
 
 }  // extern "C"

@@ -440,8 +440,107 @@ int majority_vote(const uint64_t *words, int64_t n, int64_t stride, int64_t n_wo
     return FOBSGD_OK;
 }
 
+// ---------------------------------------------------------------- the server's MSE-optimal scale
+// lam* of one block of m coordinates, a = |v| (reference.mse_lambda): the root of F'(lam) / 2 = m lam -
+// sum_{a > lam} a, which is nondecreasing. Quickselect on the candidates a[0, n) (reordered in place), which all lie
+// in (lo, hi) while `clipped` sums the coordinates at or above hi: expected O(n) where the reference sorts.
+inline double mse_root(float *a, int64_t n, int64_t m, double lo, double hi, double clipped) {
+    int64_t l = 0, r = n;
+    while (l < r) {
+        float x = a[l], y = a[l + (r - l) / 2], z = a[r - 1];
+        const float p = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+        int64_t lt = l, i = l, gt = r;  // a[l, lt) < p, a[lt, gt) == p, a[gt, r) > p
+        double above = 0;
+        while (i < gt) {
+            const float t = a[i];
+            if (t < p) {
+                a[i++] = a[lt];
+                a[lt++] = t;
+            } else if (t > p) {
+                above += t;
+                a[i] = a[--gt];
+                a[gt] = t;
+            } else {
+                ++i;
+            }
+        }
+        if ((double)m * p >= clipped + above) {  // F'(p+) >= 0: lam* <= p, everything from p up clips
+            hi = p;
+            clipped += above + (double)p * (double)(gt - lt);
+            r = lt;
+        } else {
+            lo = p;
+            l = gt;
+        }
+    }
+    const double vertex = clipped / (double)m;
+    return vertex < lo ? lo : (vertex > hi ? hi : vertex);
+}
+
+constexpr int64_t kMseSample = 1024;  // blocks above this first bracket lam* from a strided sample
+
+// lam* of block k of v, with `a` (k.m floats) as scratch. A strided sample's own root, widened by 1/64 (then 1/8)
+// each way, brackets lam* in most blocks; one vectorized pass checks the bracket (F' < 0 at lo, >= 0 at hi) and keeps
+// only the coordinates inside it as candidates. A bracket that misses (a sparse or spiky block) falls back to all.
+inline double block_mse_root(const float *vb, const Block &k, float *a) {
+    static const double kWidths[] = {1.0 / 64, 1.0 / 8};
+    if (k.m > kMseSample) {
+        const int64_t stride = k.m / kMseSample;
+        for (int64_t s = 0; s < kMseSample; ++s) a[s] = s * stride < k.valid ? __builtin_fabsf(vb[s * stride]) : 0.0f;
+        const double guess = mse_root(a, kMseSample, kMseSample, 0, __builtin_inf(), 0);
+        for (int attempt = 0; attempt < 2 && guess > 0; ++attempt) {
+            const float lo = (float)(guess * (1 - kWidths[attempt])), hi = (float)(guess * (1 + kWidths[attempt]));
+            const vf lov = (vf){} + lo, hiv = (vf){} + hi, zero = {};
+            vd above_lo = {}, above_hi = {}, at_hi = {};
+            int64_t n = 0;
+            for (int64_t j = 0; j < k.m; j += WF) {
+                const vf x = abs_v(load_padded(vb, j, k.valid));
+                above_lo = add_abs(above_lo, x > lov ? x : zero);
+                above_hi = add_abs(above_hi, x > hiv ? x : zero);
+                at_hi = add_abs(at_hi, x == hiv ? x : zero);
+                for (uint32_t inside = gt_mask(x, lov) & gt_mask(hiv, x); inside; inside &= inside - 1)
+                    a[n++] = x[__builtin_ctz(inside)];
+            }
+            if ((double)k.m * lo < lane_sum(above_lo) && (double)k.m * hi >= lane_sum(above_hi))
+                return mse_root(a, n, k.m, lo, hi, lane_sum(above_hi) + lane_sum(at_hi));
+        }
+    }
+    for (int64_t j = 0; j < k.m; j += WF) vstore(a + j, abs_v(load_padded(vb, j, k.valid)));
+    return mse_root(a, k.m, k.m, 0, __builtin_inf(), 0);
+}
+
+int mse_scales(const float *v, fobsgd_layout lay, float *work, double *lams, int64_t *unclipped, double *norms,
+               int n_threads) {
+    const int64_t wstride = max_block(lay);
+    int status = FOBSGD_OK;
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_threads > 1)
+    for (int64_t b = 0; b < lay.n_blocks; ++b) {
+        const Block k = block_at(lay, b);
+        const float *vb = v + k.off;
+        vd acc_sq = {};
+        for (int64_t j = 0; j < k.m; j += WF) acc_sq = add_squares(acc_sq, load_padded(vb, j, k.valid));
+        const double sumsq = lane_sum(acc_sq);
+        if (!__builtin_isfinite(sumsq)) {
+#pragma omp atomic write
+            status = FOBSGD_ENONFINITE;
+            continue;
+        }
+        norms[b] = __builtin_sqrt(sumsq);
+        lams[b] = block_mse_root(vb, k, work + thread_id() * wstride);
+        // |v_j| <= lam (1 + 1e-9) (reference.unclipped_count's allowance) in double, as a float comparison
+        const double bound = lams[b] * (1 + 1e-9);
+        float fbound = (float)bound;
+        if ((double)fbound > bound) fbound = __builtin_nextafterf(fbound, 0.0f);
+        const vf bv = (vf){} + fbound;
+        int64_t count = 0;
+        for (int64_t j = 0; j < k.m; j += WF) count += __builtin_popcount(ge_mask(bv, abs_v(load_padded(vb, j, k.valid))));
+        unclipped[b] = count;
+    }
+    return status;
+}
+
 extern const KernelTable table = {
     FOBSGD_ISA_NAME, fwht<float>,       fwht<double>,       encode_1bit,  decode_1bit,
     aggregate_1bit,  scaled_sign_encode, scaled_sign_decode, majority_vote, qsgd_encode,
-    qsgd_decode,
+    qsgd_decode,     mse_scales,
 };

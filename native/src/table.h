@@ -22,6 +22,7 @@ struct KernelTable {
     int (*qsgd_encode)(const float *, fobsgd_layout, int, int, uint64_t, uint64_t, uint64_t, uint64_t *, float *,
                        int);
     int (*qsgd_decode)(const uint64_t *, const float *, fobsgd_layout, int, int, float, int, float *, int);
+    int (*mse_scales)(const float *, fobsgd_layout, float *, double *, int64_t *, double *, int);
 };
 namespace generic { extern const KernelTable table; }
 namespace avx2 { extern const KernelTable table; }
