@@ -294,9 +294,10 @@ TRAIN = (
     Option("--sign-ties", STR, "random", "sign of an exact zero and of a tied majority vote: random = a seeded +-1 "
                                           "shared by all ranks; positive = +1 (GRACE's x >= 0)",
            choices=("random", "positive")),
-    Option("--sign-scale", STR, None, "scale of the scaled sign: one per whole vector or per block; none: the "
-                                      "algorithm's own (vector for ef-sgd and doublesqueeze, block for liec-sgd)",
-           choices=("vector", "block")),
+    Option("--sign-scale", STR, None, "scale of the scaled sign: one per model tensor, per whole vector or per "
+                                      "block; unset: the algorithm's own (tensor for ef-sgd and doublesqueeze, block "
+                                      "for them on a sharded server and for liec-sgd)",
+           choices=("tensor", "vector", "block")),
     Option("--liec-period", INT, 32, "LIEC-SGD full-precision averaging period H", bounds=(1, BIG)),
     Option("--qsgd-levels", INT, 15, "QSGD quantization levels s", bounds=(1, 32767)),
     Option("--topk-ratio", FLOAT, 0.01, "fraction of coordinates top-k sends", bounds=(0, 1), ends="(]"),

@@ -123,8 +123,10 @@ def build_algorithm(name, ps, model, options):
         if model.d_compressed == model.d:
             return cls(ps, model.d, options)
         from .algorithms.split import SplitExchange
-        tail = algorithms.get("sgd")(ps, model.d - model.d_compressed, replace(options, servers="1"))
-        return SplitExchange(cls(ps, model.d_compressed, options), tail, model.d_compressed)
+        head_tensors = int(np.searchsorted(np.cumsum(model.tensor_sizes), model.d_compressed, side="right"))
+        head = cls(ps, model.d_compressed, replace(options, tensor_sizes=model.tensor_sizes[:head_tensors]))
+        tail = algorithms.get("sgd")(ps, model.d - model.d_compressed, replace(options, servers="1", tensor_sizes=None))
+        return SplitExchange(head, tail, model.d_compressed)
     except ValueError as exc:  # a setting every rank rejects alike
         raise UsageError(str(exc)) from None
 
@@ -159,7 +161,8 @@ class Trainer:
         self.optimizer, self.scheduler, self.interrupted = optimizer, scheduler, interrupted
         self.optimizer_step = optimizer.step  # the torch step itself, even once the API replaces optimizer.step
         self.total, self.eval_every, self.extra_state = total, eval_every, extra_state
-        options = AlgorithmOptions.from_config(cfg, stateful_optimizer=optim.has_state(optimizer), device=model.device,
+        options = AlgorithmOptions.from_config(cfg, stateful_optimizer=optim.has_state(optimizer),
+                                               tensor_sizes=model.tensor_sizes, device=model.device,
                                                direct_mpi=device.hands_tensors_to_mpi(cfg.cuda_aware_mpi, model.device))
         self.algo = build_algorithm(cfg.algorithm, ps, model, options)
         self.warmup = build_algorithm("sgd", ps, model, options) if cfg.warmup_steps else None

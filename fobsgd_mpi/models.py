@@ -140,6 +140,7 @@ class FlatModel:
         params = sorted(module.parameters(), key=lambda p: p.numel() < min_compress_numel)
         self.d = sum(p.numel() for p in params)
         self.d_compressed = sum(p.numel() for p in params if p.numel() >= min_compress_numel)
+        self.tensor_sizes = tuple(p.numel() for p in params)  # in the flat vectors' order
         self.params = arrays.zeros(self.d, device)
         self.grads = arrays.zeros(self.d, device)
         flat = (lambda v: torch.from_numpy(v)) if device is None else (lambda v: v)

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from fobsgd_mpi import compressors
+from fobsgd_mpi import arrays, compressors
 from fobsgd_mpi.errors import NonFiniteError
 from fobsgd_mpi.layout import BlockLayout
 
@@ -233,17 +233,66 @@ def test_a_tied_vote_is_random_not_plus(gen):
     assert np.array_equal(c.decode(c.majority_vote(odd, 0, d), 0, d), np.sign(x))
 
 
-def test_scaled_sign_scale_per_vector_or_per_block():
-    """Per vector (EF-SGD and DoubleSqueeze papers, the default) every block carries ||x||_1 / d;
-    per block each its own mean."""
-    x = np.concatenate([np.full(256, 1.0), np.full(256, -3.0)]).astype(np.float32)
-    vec = compressors.get("scaled-sign", block_size=256)
+def test_scaled_sign_scale_per_tensor_vector_or_block():
+    """Per tensor (the EF-SGD and DoubleSqueeze authors' code, the default) one float per tensor;
+    per vector every block carries ||x||_1 / d; per block each its own mean. Only the tensor
+    scales make the decoded vector exact when each tensor has one magnitude."""
+    x = np.concatenate([np.full(100, 1.0), np.full(412, -3.0)]).astype(np.float32)
+    ten = compressors.get("scaled-sign", block_size=256, tensor_sizes=(100, 412))
+    vec = compressors.get("scaled-sign", block_size=256, sign_scale="vector")
     blk = compressors.get("scaled-sign", block_size=256, sign_scale="block")
-    assert vec.encode(x, 0, 0).scales.tolist() == [2.0, 2.0] and blk.encode(x, 0, 0).scales.tolist() == [1.0, 3.0]
+    assert ten.encode(x, 0, 0).scales.tolist() == [1.0, 3.0]
+    assert vec.encode(x, 0, 0).scales.tolist() == [2.609375] * 2
+    assert blk.encode(x, 0, 0).scales.tolist() == [(100 + 3 * 156) / 256, 3.0]
+    np.testing.assert_array_equal(ten.decode(ten.encode(x, 0, 0), 0, 512), x)
+    assert ten.payload_nbytes(512) == 512 // 8 + 2 * 4 and vec.payload_nbytes(512) == 512 // 8 + 2 * 4
+    assert compressors.get("scaled-sign").payload_nbytes(10_000) == 10_240 // 8 + 4  # no tensors given: one
+    with pytest.raises(ValueError, match="add up to 500 coordinates, the vector has 512"):
+        compressors.get("scaled-sign", tensor_sizes=(100, 400)).encode(x, 0, 0)
+    with pytest.raises(ValueError, match="tensor_sizes"):
+        compressors.get("scaled-sign", tensor_sizes=(100, 0))
     with pytest.raises(ValueError, match="sign_scale"):
-        compressors.get("scaled-sign", sign_scale="tensor")
+        compressors.get("scaled-sign", sign_scale="layer")
     with pytest.raises(ValueError, match="sign_ties"):
         compressors.get("sign", sign_ties="zero")
+
+
+def test_per_tensor_scales_do_not_split_by_blocks():
+    c = compressors.get("scaled-sign", block_size=256, tensor_sizes=(300, 212))
+    with pytest.raises(ValueError, match="--sign-scale block"):
+        c.block_ranges(c.layout(512), [0])
+
+
+@pytest.mark.parametrize("backend", ["native", "numpy", "torch"])
+def test_per_tensor_scaled_sign_on_every_backend(backend, gen):
+    """The same payload from numpy, the native kernels and torch; its decode (+ accumulate) and the
+    server's weighted sum of rows are sign(x) times each tensor's mean |x|."""
+    import torch
+
+    sizes = (3000, 64, 70_001, 7, 1000)
+    d = sum(sizes)
+    c = compressors.get("scaled-sign", block_size=1 << 12, tensor_sizes=sizes, backend=backend)
+    ref = compressors.get("scaled-sign", block_size=1 << 12, tensor_sizes=sizes, backend="numpy")
+    xs = [gen.standard_normal(d).astype(np.float32) * gen.uniform(0.1, 10, d).astype(np.float32) for _ in range(3)]
+    xs[0][::7] = 0  # exact zeros take the tie rule's sign
+    on = (lambda a: torch.from_numpy(a)) if backend == "torch" else (lambda a: a)
+    for x in xs:
+        assert np.array_equal(arrays.host(c.encode(on(x), 5, 1).buffer), ref.encode(x, 5, 1).buffer)
+    starts = np.cumsum((0,) + sizes[:-1])
+    means = np.add.reduceat(np.abs(xs[1]).astype(np.float64), starts) / sizes
+    payload = c.encode(on(xs[1]), 5, 1)
+    np.testing.assert_allclose(arrays.host(payload.scales), means, rtol=1e-6)
+    signs = np.where(xs[1] > 0, 1.0, -1.0)
+    out = on(np.full(d, 0.5, np.float32))
+    c.decode(payload, 5, d, out=out, weight=0.25, accumulate=True)
+    np.testing.assert_allclose(arrays.host(out), 0.5 + 0.25 * signs * np.repeat(means, sizes), rtol=1e-5)
+    if backend != "torch":  # the server sums host rows with the native or numpy kernels
+        rows = np.stack([ref.encode(x, 5, i + 1).buffer for i, x in enumerate(xs)])
+        weights = np.array([0.5, 0.25, 0.25], np.float32)
+        total = c.aggregate(rows, weights, d)
+        parts = sum(w * ref.decode(ref.spec(d).view(r), 5, d) for w, r in zip(weights, rows))
+        np.testing.assert_allclose(total[:d], parts, rtol=1e-5, atol=1e-6)
+        assert not total[d:].any()
 
 
 # ---------------------------------------------------------------- options (issue 13.3)

@@ -77,7 +77,7 @@ def test_liec_synchronization_step_is_the_reference_update(tmp_path):
     with h5py.File(out) as f:
         got, up, down = f["final_params"][:], f["iterations/bytes_up"][:], f["iterations/bytes_down"][:]
     assert np.array_equal(x1, x2) and np.array_equal(got, x1)
-    one_bit = compressors.get("scaled-sign").payload_nbytes(d)
+    one_bit = compressors.get("scaled-sign", sign_scale="block").payload_nbytes(d)
     sync = 4 * d + 4 * d  # the model's Reduce / Bcast and the gradient's Gather / Bcast, fp32
     assert up.tolist() == down.tolist() == [one_bit, sync] * (STEPS // 2)
     assert summary["bytes_up_per_worker"] == summary["bytes_down_per_worker"] == up.sum()  # ended on a sync
@@ -86,5 +86,5 @@ def test_liec_synchronization_step_is_the_reference_update(tmp_path):
 def test_liec_bytes_at_h32_are_a_tenth_of_sgd():
     """31 one-bit steps + one fp32 gradient and model average: about 10.8x fewer bytes than sgd."""
     d = 1_000_000
-    liec = 31 * compressors.get("scaled-sign").payload_nbytes(d) + 8 * d
+    liec = 31 * compressors.get("scaled-sign", sign_scale="block").payload_nbytes(d) + 8 * d
     assert 32 * 4 * d / liec == pytest.approx(10.8, abs=0.05)

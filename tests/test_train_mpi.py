@@ -57,7 +57,7 @@ def four_rank_runs(tmp_path_factory):
         common = ["--algorithm", algorithm, "--dataset", "synthetic-logreg", "--model", "mlp", "--width", "32",
                   "--steps", "8", "--block-size", "256", "--eval-every", "4", "--check-every", "4", "--liec-period",
                   "4"]
-        if algorithm == "doublesqueeze":  # a per-vector scale cannot be sharded
+        if algorithm in ("ef-sgd", "doublesqueeze"):  # their per-tensor scale does not shard: the same scale for both
             common += ["--sign-scale", "block"]
         for servers, extra in cases:
             runs[sharded_name(algorithm, servers, extra)] = [*common, *extra, "--servers", servers]
@@ -70,16 +70,19 @@ def test_every_algorithm_runs_a_few_steps(short_run):
     with h5py.File(out) as f:
         d = f.attrs["d"]
         up = f["iterations/bytes_up"][:]
-        cfg = json.loads(f.attrs["config"])
+        used = json.loads(f.attrs["compressors"])["up"]  # the options the run resolved
     alg = algorithms.get(algorithm)
-    spec_up = compressors.from_config(alg.up_compressor, _ns(cfg), **alg.compressor_defaults).spec(d)
+    spec_up = compressors.get(alg.up_compressor, **{k: tuple(v) if isinstance(v, list) else v
+                                                    for k, v in used.items()}).spec(d)
     sync = {8 * d} if algorithm == "liec-sgd" else set()  # LIEC's fp32 gradient + model average
     assert set(up.tolist()) <= {spec_up.nbytes} | sync
-
-
-def _ns(cfg):
-    import argparse
-    return argparse.Namespace(**cfg)
+    resolved = {"ef-sgd": ("sign_scale", "tensor"), "doublesqueeze": ("sign_scale", "tensor"),
+                "liec-sgd": ("sign_scale", "block"), "fo-sgd": ("server_scale", "eta")}  # fo-sgd: 2 workers
+    if algorithm in resolved:
+        name, value = resolved[algorithm]
+        assert used[name] == value
+    if used.get("sign_scale") == "tensor":  # the model's weight and bias tensors, in the flat vector's order
+        assert sum(used["tensor_sizes"]) == d and len(used["tensor_sizes"]) > 1
 
 
 def test_model_and_dataset_pairings(tmp_path):
@@ -268,7 +271,8 @@ def test_sharded_server_gives_the_same_model_as_one_server(algorithm, four_rank_
 
 def test_servers_flag_is_checked(tmp_path):
     for bad, why in ((["--algorithm", "qsgd", "--servers", "2"], "cannot"), (["--servers", "0"], "--servers"),
-                     (["--servers", "all", "--participation", "0.5"], "participation")):
+                     (["--servers", "all", "--participation", "0.5"], "participation"),
+                     (["--algorithm", "ef-sgd", "--servers", "2", "--sign-scale", "tensor"], "--sign-scale block")):
         done = mpirun(3, "fobsgd_mpi.train", "--out", tmp_path / "x.h5", *bad, timeout=120)
         assert done.returncode == 2 and why in done.stderr and len(done.stderr.strip().splitlines()) == 1
 

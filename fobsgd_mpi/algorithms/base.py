@@ -27,15 +27,15 @@ class PSAlgorithm:
     down_compressor = "identity"
     default_lr = 0.05
     state_names = ()  # attributes (float32 arrays) that carry over between iterations
-    compressor_defaults = {}  # compressor options this algorithm sets where the config leaves them unset
     shardable = False  # whether the server role can be split by blocks over --servers ranks
 
     def __init__(self, ps, d, options):
         self.ps = ps
         self.d = d
         self.device = options.device
-        self.up = compressors.from_config(self.up_compressor, options, **self.compressor_defaults)
-        self.down = compressors.from_config(self.down_compressor, options, **self.compressor_defaults)
+        defaults = self.compressor_defaults(options, ps.n_workers)
+        self.up = compressors.from_config(self.up_compressor, options, **defaults)
+        self.down = compressors.from_config(self.down_compressor, options, **defaults)
         pinned = self.device is not None and self.device.type == "cuda"
         self.up_buf = self.up.spec(d).empty(pinned=pinned)
         self.down_buf = self.down.spec(d).empty(pinned=pinned)
@@ -69,6 +69,11 @@ class PSAlgorithm:
         self.bytes_up_worker = self.bytes_down_worker = 0
 
     # ---------------------------------------------------------------- hooks
+    @classmethod
+    def compressor_defaults(cls, options, n_workers):
+        """The compressor options this algorithm sets where the config leaves them unset."""
+        return {}
+
     def encode_up(self, grad, step):
         """Encode into self.up_dev (the uplink sends it, or its host twin up_wire)."""
         self.up.encode(grad, step, self.ps.rank, out=self.up_dev)
@@ -165,6 +170,12 @@ def server_count(servers, size):
     if not 1 <= k <= size:
         raise ValueError(f"--servers must be 1..{size} (the number of ranks) or all, got {servers}")
     return k
+
+
+def per_tensor_sign_scale(options):
+    """EF-SGD's and DoubleSqueeze's scale where --sign-scale is unset: per model tensor, as their
+    reference code scales, or per block on a sharded server (tensor scales do not split by blocks)."""
+    return {"sign_scale": "tensor" if str(options.servers) == "1" else "block"}
 
 
 class ErrorFeedbackUplink:

@@ -30,8 +30,11 @@ class FOSGD(PSAlgorithm):
         self.fresh_rotation = options.downlink == "fresh-rotation"
         if self.fresh_rotation and str(options.servers) != "1":
             raise ValueError("--downlink fresh-rotation decodes the whole sum on one server; use --servers 1")
-        self.compressor_defaults = {"server_scale": "mse-debias" if ps.n_workers >= DEBIAS_FROM_WORKERS else "eta"}
         super().__init__(ps, d, options)
+
+    @classmethod
+    def compressor_defaults(cls, options, n_workers):
+        return {"server_scale": "mse-debias" if n_workers >= DEBIAS_FROM_WORKERS else "eta"}
 
     def downlink_step(self, step):
         return step | (1 << 62) if self.fresh_rotation else step

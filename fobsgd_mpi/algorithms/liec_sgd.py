@@ -42,9 +42,12 @@ class FullPrecisionSync(SGD):
 @register("liec-sgd")
 class LIECSGD(ServerErrorFeedback, PSAlgorithm):
     up_compressor = down_compressor = "scaled-sign"
-    compressor_defaults = {"sign_scale": "block"}  # SPEC 1.2: per bucket
     state_names = ("local_error", "server_error")
     shardable = True  # the exchanges shard; the model averages still go through rank 0
+
+    @classmethod
+    def compressor_defaults(cls, options, n_workers):
+        return {"sign_scale": "block"}  # SPEC 1.2: per bucket
 
     def __init__(self, ps, d, options):
         super().__init__(ps, d, options)

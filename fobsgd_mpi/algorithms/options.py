@@ -22,13 +22,16 @@ class AlgorithmOptions:
     liec_period: int = 32
     # whether the optimizer keeps state between steps (LIEC-SGD's replicas then stay apart)
     stateful_optimizer: bool = True
+    # the lengths of the model's tensors in the flat vector, in order (models.FlatModel); None: one tensor
+    tensor_sizes: tuple = None
     # where the workers' vectors live: None (numpy, the native codec) or a torch.device (arrays.py)
     device: object = None
     # whether MPI takes the payload tensors on `device` as they are (a CUDA-aware MPI), not host twins
     direct_mpi: bool = False
 
     @classmethod
-    def from_config(cls, cfg, stateful_optimizer, device=None, direct_mpi=False):
-        names = [f.name for f in fields(cls) if f.name not in ("stateful_optimizer", "device", "direct_mpi")]
+    def from_config(cls, cfg, stateful_optimizer, tensor_sizes=None, device=None, direct_mpi=False):
+        names = [f.name for f in fields(cls)
+                 if f.name not in ("stateful_optimizer", "tensor_sizes", "device", "direct_mpi")]
         return cls(**{name: getattr(cfg, name) for name in names}, stateful_optimizer=stateful_optimizer,
-                   device=device, direct_mpi=direct_mpi)
+                   tensor_sizes=tensor_sizes, device=device, direct_mpi=direct_mpi)
