@@ -113,24 +113,5 @@ def synchronize(x):
         torch.cuda.current_stream(x.device).synchronize()
 
 
-def segment_abs_means(x, sizes):
-    """mean |x| over each run of consecutive coordinates of the given lengths (sums in float64),
-    as float32 where x lives."""
-    if is_tensor(x):
-        import torch
-        sums = torch.stack([seg.abs().sum(dtype=torch.float64) for seg in x.split(sizes.tolist())])
-        return (sums / torch.as_tensor(sizes, device=x.device)).to(torch.float32)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    return (np.add.reduceat(np.abs(x), starts, dtype=np.float64) / sizes).astype(np.float32)
-
-
-def repeat_segments(values, sizes):
-    """values[i] repeated sizes[i] times, where `values` lives."""
-    if is_tensor(values):
-        import torch
-        return values.repeat_interleave(torch.as_tensor(sizes, device=values.device), output_size=int(sizes.sum()))
-    return np.repeat(values, sizes)
-
-
 def copy(x):
     return x.clone() if is_tensor(x) else x.copy()

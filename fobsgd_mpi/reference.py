@@ -140,6 +140,29 @@ def scaled_sign_decode(bits, scales, layout, out, weight=1.0, accumulate=False, 
             out[off : off + valid] = xb
 
 
+def segment_abs_means(x, starts, means, n_threads=1):
+    """means[s] = the mean |x_j| over segment s, coordinates [starts[s], starts[s + 1]) (summed in
+    float64, stored float32): the scales of a model's tensors (compressors/scaled_sign.py)."""
+    for s in range(len(starts) - 1):
+        total = float(np.sum(np.abs(x[starts[s] : starts[s + 1]]), dtype=np.float64))
+        if not math.isfinite(total):
+            raise NonFiniteError("vector to encode holds NaN or Inf; fix the gradient (lower the learning rate) "
+                                 "before encoding")
+        means[s] = total / max(1, starts[s + 1] - starts[s])
+
+
+def segment_sign_decode(bits, starts, scales, out, weight=1.0, accumulate=False, n_threads=1):
+    """out[j] (+)= weight * scales[s] * (2 b_j - 1) over segment s (bits: little-endian words)."""
+    flags = np.unpackbits(bits.view(np.uint8), bitorder="little")
+    for s in range(len(starts) - 1):
+        a = np.float32(weight) * scales[s]
+        xs = np.where(flags[starts[s] : starts[s + 1]], a, -a)
+        if accumulate:
+            out[starts[s] : starts[s + 1]] += xs
+        else:
+            out[starts[s] : starts[s + 1]] = xs
+
+
 def qsgd_width(levels):
     """Bits a QSGD code takes: a sign and ceil(log2(levels + 1)) level bits."""
     return 1 + math.ceil(math.log2(levels + 1))

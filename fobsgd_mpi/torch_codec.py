@@ -1,7 +1,8 @@
 """The codec on torch tensors, wherever they live (CPU, CUDA): the functions and signatures of
 fobsgd_mpi.reference, plus QSGD and top-k, so a GPU gradient is compressed on its own device.
 
-    >>> import torch
+    >>> import numpy as np
+import torch
     >>> from fobsgd_mpi import torch_codec
     >>> torch_codec.fwht_(torch.ones(8))[:2]
     tensor([2.8284, 0.0000])
@@ -35,6 +36,7 @@ other function, the torch operations below run on the tensor's device.
 import itertools
 import math
 
+import numpy as np
 import torch
 
 from . import native, rng
@@ -355,6 +357,23 @@ def scaled_sign_decode(bits, scales, layout, out, weight=1.0, accumulate=False, 
     w = _f32(weight)
     a = w.to(flags.device).expand(layout.n_blocks) if scales is None else w * scales
     a = _per_coordinate(a, layout)[: layout.d]
+    _write(out, torch.where(flags, a, -a), accumulate)
+
+
+def segment_abs_means(x, starts, means, n_threads=1):
+    """reference.segment_abs_means (summed in float64 in torch's order)."""
+    lengths = torch.as_tensor(np.diff(starts), device=x.device)
+    total = torch.segment_reduce(x[: int(starts[-1])].double().abs(), "sum", lengths=lengths)
+    _require_finite(torch.isfinite(total).all(), "vector to encode")
+    means[:] = (total / lengths.clamp(min=1)).float()
+
+
+def segment_sign_decode(bits, starts, scales, out, weight=1.0, accumulate=False, n_threads=1):
+    """reference.segment_sign_decode: +-weight * scales[s] over segment s into out."""
+    d = int(starts[-1])
+    flags = unpack_bits(bits)[:d]
+    a = (_f32(weight).to(flags.device) * scales).repeat_interleave(
+        torch.as_tensor(np.diff(starts), device=flags.device), output_size=d)
     _write(out, torch.where(flags, a, -a), accumulate)
 
 

@@ -229,7 +229,39 @@ def test_non_finite_input_refused(k, bad):
     with pytest.raises(NonFiniteError):
         k.qsgd_encode(x, lay, 15, 0, 0, 0, np.zeros(lay.padded * 5 // 64, np.uint64), scales)
     with pytest.raises(NonFiniteError):
+        k.segment_abs_means(x, np.array([0, 600, 1000]), np.zeros(2, np.float32))
+    with pytest.raises(NonFiniteError):
         k.mse_scales(np.pad(x, (0, lay.padded - 1000)), lay.flat(), *mse_outputs(lay))
+
+
+SEGMENTS = {"one": [70_001], "model-like": [3000, 64, 64, 60_000, 7, 1, 6865], "ragged": [5, 63, 64, 65, 129, 69_675]}
+
+
+@pytest.mark.parametrize("segments", SEGMENTS)
+def test_segment_kernels_identical(isa, segments, gen):
+    """The per-tensor scale (mean |x| per segment) and its decode, at segment edges that fall
+    anywhere in a 64-bit word."""
+    starts = np.concatenate([[0], np.cumsum(SEGMENTS[segments])]).astype(np.int64)
+    d = int(starts[-1])
+    x = gen.standard_normal(d).astype(np.float32) * np.repeat(gen.uniform(0.01, 100, len(starts) - 1),
+                                                               np.diff(starts)).astype(np.float32)
+    means = [np.zeros(len(starts) - 1, np.float32) for _ in range(2)]
+    for k, out in zip((native, reference), means):
+        k.segment_abs_means(x, starts, out)
+    np.testing.assert_allclose(means[0], means[1], rtol=1e-7)
+    bits = gen.integers(0, 2**63, (d + 63) // 64, dtype=np.uint64)
+    decoded = []
+    for k in (native, reference):
+        out = np.full(d, 0.5, np.float32)
+        k.segment_sign_decode(bits, starts, means[1], out, weight=0.25, accumulate=True)
+        fresh = np.zeros(d, np.float32)
+        k.segment_sign_decode(bits, starts, means[1], fresh, weight=0.25)
+        decoded += [out, fresh]
+    signs = np.unpackbits(bits.view(np.uint8), bitorder="little")[:d] * 2.0 - 1
+    expected = 0.25 * np.repeat(means[1], np.diff(starts)) * signs
+    assert np.array_equal(decoded[0], decoded[2]) and np.array_equal(decoded[1], decoded[3])
+    np.testing.assert_allclose(decoded[1], expected, rtol=1e-6)
+    np.testing.assert_allclose(decoded[0], 0.5 + expected, rtol=1e-6)
 
 
 def mse_outputs(lay):

@@ -39,17 +39,18 @@ class ScaledSign(OneBitCompressor):
     bits_up = 1.0
     Options = ScaledSignOptions
 
-    def tensors(self, d):
-        """The tensor lengths the scales of a vector of length d follow (int64)."""
+    def segment_starts(self, d):
+        """Where the tensors whose scales a vector of length d carries start, and d (int64)."""
         sizes = np.asarray(self.tensor_sizes if self.tensor_sizes is not None else (d,), dtype=np.int64)
         if int(sizes.sum()) != d:
             raise ValueError(f"the tensor sizes add up to {int(sizes.sum())} coordinates, the vector has {d}")
-        return sizes
+        return np.concatenate([[0], np.cumsum(sizes)])
 
     def spec_of(self, layout):
         if self.sign_scale != "tensor":
             return super().spec_of(layout)
-        return PayloadSpec((("bits", np.uint64, layout.n_words), ("scales", np.float32, len(self.tensors(layout.d)))))
+        n_tensors = len(self.segment_starts(layout.d)) - 1
+        return PayloadSpec((("bits", np.uint64, layout.n_words), ("scales", np.float32, n_tensors)))
 
     def block_ranges(self, layout, blocks):
         if self.sign_scale == "tensor":
@@ -58,31 +59,24 @@ class ScaledSign(OneBitCompressor):
         return super().block_ranges(layout, blocks)
 
     def _encode(self, x, step, rank, payload, lay):
+        kernels = self.kernels_for(x)
         tensor = self.sign_scale == "tensor"
-        block_l1 = np.empty(lay.n_blocks, np.float32) if tensor else payload.scales
-        if tensor and arrays.is_tensor(x):
-            block_l1 = arrays.like(x, block_l1)
-        self.kernels_for(x).scaled_sign_encode(x, lay, SIGN_TIES[self.sign_ties], self.seed, step, payload.bits,
-                                               block_l1, self.n_threads)
+        block_l1 = arrays.zeros(lay.n_blocks, arrays.device_of(x)) if tensor else payload.scales
+        kernels.scaled_sign_encode(x, lay, SIGN_TIES[self.sign_ties], self.seed, step, payload.bits, block_l1,
+                                   self.n_threads)
         if tensor:
-            arrays.assign(payload.scales, arrays.segment_abs_means(x, self.tensors(len(x))))
+            kernels.segment_abs_means(x, self.segment_starts(len(x)), payload.scales, self.n_threads)
         elif self.sign_scale == "vector":  # the blocks' means, weighted by their lengths
             block_l1 = arrays.host(payload.scales).astype(np.float64)
             payload.scales[:] = float(np.float32(np.dot(block_l1, lay.valid) / len(x)))
 
     def _decode(self, payload, step, d, out, weight, accumulate):
-        kernels = self.kernels_for(out)
-        if self.sign_scale != "tensor":
-            kernels.scaled_sign_decode(payload.bits, payload.scales, self.layout(d), out, weight, accumulate,
-                                       self.n_threads)
-            return
-        signs = arrays.zeros(d, arrays.device_of(out))
-        kernels.scaled_sign_decode(payload.bits, None, self.layout(d), signs, 1.0, False, self.n_threads)
-        signs *= arrays.repeat_segments(payload.scales, self.tensors(d)) * np.float32(weight)
-        if accumulate:
-            out[:d] += signs
+        if self.sign_scale == "tensor":
+            self.kernels_for(out).segment_sign_decode(payload.bits, self.segment_starts(d), payload.scales, out,
+                                                      weight, accumulate, self.n_threads)
         else:
-            out[:d] = signs
+            self.kernels_for(out).scaled_sign_decode(payload.bits, payload.scales, self.layout(d), out, weight,
+                                                     accumulate, self.n_threads)
 
     def aggregate(self, rows, weights, d, out=None):
         if self.sign_scale != "tensor":

@@ -97,6 +97,15 @@ int fobsgd_qsgd_encode(const float *x, fobsgd_layout layout, int levels, int wid
 int fobsgd_qsgd_decode(const uint64_t *codes, const float *norms, fobsgd_layout layout, int levels,
                        int width, float weight, int accumulate, float *out, int n_threads);
 
+/* Scales per segment (the model's tensors): segment s covers coordinates [starts[s], starts[s + 1]),
+ * starts[n_segments] being the vector's length. means[s] = the mean |x_j| over it (summed in
+ * double), and the decode out[j] (+)= weight * scales[s] * (2 b_j - 1) with b_j bit j of the
+ * little-endian words. */
+int fobsgd_segment_abs_means(const float *x, const int64_t *starts, int64_t n_segments, float *means,
+                             int n_threads);
+int fobsgd_segment_sign_decode(const uint64_t *bits, const int64_t *starts, int64_t n_segments,
+                               const float *scales, float weight, int accumulate, float *out, int n_threads);
+
 /* The FO-SGD server's scale (--server-scale mse*), per block of v (padded length, every coordinate
  * real): lams[b] = the lam >= 0 minimizing the expected squared error of quantizing v_b with scale lam
  * and dither U(-lam, lam), unclipped[b] = #{j : |v_j| <= lams[b] (1 + 1e-9)}, norms[b] = ||v_b||_2.

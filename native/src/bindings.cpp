@@ -39,6 +39,17 @@ static int qsgd_width(int levels) {
     return 1 + bits;
 }
 
+// The number of segments `starts` (n + 1 ascending offsets from 0) describes within a vector of `size` elements.
+static int64_t segments_of(arr<int64_t> &starts, int64_t size) {
+    const int64_t n = starts.size() - 1;
+    const int64_t *p = starts.data();
+    if (n < 1 || p[0] != 0 || p[n] > size)
+        throw std::invalid_argument("starts must run from 0 to at most the vector's length");
+    for (int64_t s = 0; s < n; ++s)
+        if (p[s + 1] < p[s]) throw std::invalid_argument("starts must not decrease");
+    return n;
+}
+
 static int64_t padded_length(const fobsgd_layout &lay) {
     if (!lay.n_blocks) return 0;
     return lay.offsets[lay.n_blocks - 1] + ((int64_t)1 << lay.log_sizes[lay.n_blocks - 1]);
@@ -209,4 +220,25 @@ PYBIND11_MODULE(_native, m) {
     }, py::arg("v").noconvert(), py::arg("offsets").noconvert(), py::arg("log_sizes").noconvert(), py::arg("d"),
        py::arg("work").noconvert(), py::arg("lams").noconvert(), py::arg("unclipped").noconvert(),
        py::arg("norms").noconvert(), py::arg("n_threads"));
+
+    m.def("segment_abs_means", [](arr<float> x, arr<int64_t> starts, arr<float> means, int n_threads) {
+        const int64_t n = segments_of(starts, x.size());
+        const float *px = x.data();
+        const int64_t *pst = starts.data();
+        float *pm = data_of(means, "means", n);
+        py::gil_scoped_release nogil;
+        return fobsgd_segment_abs_means(px, pst, n, pm, n_threads);
+    }, py::arg("x").noconvert(), py::arg("starts").noconvert(), py::arg("means").noconvert(), py::arg("n_threads"));
+
+    m.def("segment_sign_decode", [](arr<uint64_t> bits, arr<int64_t> starts, arr<float> scales, float weight,
+                                    bool accumulate, arr<float> out, int n_threads) {
+        const int64_t n = segments_of(starts, out.size());
+        const int64_t *pst = starts.data();
+        const uint64_t *pb = data_of(bits, "bits", (pst[n] + 63) / 64);
+        const float *ps = data_of(scales, "scales", n);
+        float *po = out.mutable_data();
+        py::gil_scoped_release nogil;
+        return fobsgd_segment_sign_decode(pb, pst, n, ps, weight, accumulate, po, n_threads);
+    }, py::arg("bits").noconvert(), py::arg("starts").noconvert(), py::arg("scales").noconvert(), py::arg("weight"),
+       py::arg("accumulate"), py::arg("out").noconvert(), py::arg("n_threads"));
 }

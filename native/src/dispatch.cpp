@@ -115,5 +115,13 @@ int fobsgd_mse_scales(const float *v, fobsgd_layout layout, float *work, double 
                       double *norms, int n_threads) {
     return active->mse_scales(v, layout, work, lams, unclipped, norms, n_threads);
 }
+int fobsgd_segment_abs_means(const float *x, const int64_t *starts, int64_t n_segments, float *means,
+                             int n_threads) {
+    return active->segment_abs_means(x, starts, n_segments, means, n_threads);
+}
+int fobsgd_segment_sign_decode(const uint64_t *bits, const int64_t *starts, int64_t n_segments,
+                               const float *scales, float weight, int accumulate, float *out, int n_threads) {
+    return active->segment_sign_decode(bits, starts, n_segments, scales, weight, accumulate, out, n_threads);
+}
 
 }  // extern "C"

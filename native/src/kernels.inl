@@ -440,6 +440,52 @@ int majority_vote(const uint64_t *words, int64_t n, int64_t stride, int64_t n_wo
     return FOBSGD_OK;
 }
 
+// ---------------------------------------------------------------- scales per segment (a model's tensors)
+// Segment s covers coordinates [starts[s], starts[s + 1]); starts[n_segments] is the vector's length.
+int segment_abs_means(const float *x, const int64_t *starts, int64_t n_segments, float *means, int n_threads) {
+    int status = FOBSGD_OK;
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_threads > 1)
+    for (int64_t s = 0; s < n_segments; ++s) {
+        const int64_t end = starts[s + 1];
+        vd acc = {};
+        int64_t j = starts[s];
+        for (; j + WF <= end; j += WF) acc = add_abs(acc, vload<vf>(x + j));
+        double sum = lane_sum(acc);
+        for (; j < end; ++j) sum += __builtin_fabsf(x[j]);
+        if (!__builtin_isfinite(sum)) {
+#pragma omp atomic write
+            status = FOBSGD_ENONFINITE;
+        }
+        means[s] = end > starts[s] ? (float)(sum / (double)(end - starts[s])) : 0.0f;
+    }
+    return status;
+}
+
+// out[j] (+)= weight * scales[s] * (2 b_j - 1) over segment s, b_j bit j of the little-endian words.
+int segment_sign_decode(const uint64_t *bits, const int64_t *starts, int64_t n_segments, const float *scales,
+                        float weight, int accumulate, float *out, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_threads > 1)
+    for (int64_t s = 0; s < n_segments; ++s) {
+        const float a = weight * scales[s];
+        const vf pos = (vf){} + a, neg = (vf){} - a;
+        const int64_t end = starts[s + 1];
+        int64_t j = starts[s];
+        for (; j < end && (j % WF || j + WF > end); ++j) {  // up to a whole vector of WF (which divides 64)
+            const float v = (bits[j / 64] >> (j % 64)) & 1 ? a : -a;
+            out[j] = accumulate ? out[j] + v : v;
+        }
+        for (; j + WF <= end; j += WF) {
+            const vf v = select_bits(bits[j / 64] >> (j % 64), pos, neg);
+            vstore(out + j, accumulate ? vload<vf>(out + j) + v : v);
+        }
+        for (; j < end; ++j) {
+            const float v = (bits[j / 64] >> (j % 64)) & 1 ? a : -a;
+            out[j] = accumulate ? out[j] + v : v;
+        }
+    }
+    return FOBSGD_OK;
+}
+
 // ---------------------------------------------------------------- the server's MSE-optimal scale
 // lam* of one block of m coordinates, a = |v| (reference.mse_lambda): the root of F'(lam) / 2 = m lam -
 // sum_{a > lam} a, which is nondecreasing. Quickselect on the candidates a[0, n) (reordered in place), which all lie
@@ -542,5 +588,5 @@ int mse_scales(const float *v, fobsgd_layout lay, float *work, double *lams, int
 extern const KernelTable table = {
     FOBSGD_ISA_NAME, fwht<float>,       fwht<double>,       encode_1bit,  decode_1bit,
     aggregate_1bit,  scaled_sign_encode, scaled_sign_decode, majority_vote, qsgd_encode,
-    qsgd_decode,     mse_scales,
+    qsgd_decode,     mse_scales,        segment_abs_means, segment_sign_decode,
 };

@@ -23,6 +23,8 @@ struct KernelTable {
                        int);
     int (*qsgd_decode)(const uint64_t *, const float *, fobsgd_layout, int, int, float, int, float *, int);
     int (*mse_scales)(const float *, fobsgd_layout, float *, double *, int64_t *, double *, int);
+    int (*segment_abs_means)(const float *, const int64_t *, int64_t, float *, int);
+    int (*segment_sign_decode)(const uint64_t *, const int64_t *, int64_t, const float *, float, int, float *, int);
 };
 namespace generic { extern const KernelTable table; }
 namespace avx2 { extern const KernelTable table; }
