@@ -2,7 +2,11 @@
 
 Also the ratios the kernels are held to, measured side by side in this run:
   fo1bit encode of 2^24 floats against the FWHT alone (blocked as the encode does, and as one row);
-  aggregating 8 fo1bit payloads of 2^24 coordinates against decoding one of them.
+  aggregating 8 fo1bit payloads of 2^24 coordinates against decoding one of them;
+  the FO-SGD server's re-quantization of that sum with --server-scale mse-debias against eta, and
+  the mse_scales kernel against its numpy (sorting) reference;
+  scaled sign with one scale per tensor (ResNet-50's 161 tensors, d = 25,557,032) against one per
+  block: encode, and the server's sum of 8 payloads.
 
     python benchmarks/codec.py [--sizes 1000000 25000000] [--repeats 5]
 
@@ -18,7 +22,7 @@ import argparse
 
 import numpy as np
 
-from fobsgd_mpi import arrays, compressors, native
+from fobsgd_mpi import arrays, compressors, native, reference
 from fobsgd_mpi.benchmarking import best_time, format_table, results_path, save_records
 
 
@@ -63,6 +67,12 @@ def goals(repeats):
     w = np.full(8, 1 / 8, dtype=np.float32)
     v = arrays.aligned_zeros(c.layout(n).padded)
     aggregate = best_time(lambda: c.aggregate(rows, w, n, out=v), repeats)
+    server = {scale: best_time(lambda: compressors.get("fo1bit", server_scale=scale).encode_flat(v, 0, 0, n), repeats)
+              for scale in ("eta", "mse-debias")}
+    lay = c.layout(n).flat()
+    scales = {k: best_time(lambda: k.mse_scales(v, lay, np.zeros(lay.n_blocks), np.zeros(lay.n_blocks, np.int64),
+                                                 np.zeros(lay.n_blocks)), repeats if k is native else 1)
+              for k in (native, reference)}
     return [
         {"what": "fo1bit encode / FWHT blocks of 2^16 (goal <= 3)", "ratio": encode / fwht_blocks,
          "a_ms": encode * 1e3, "b_ms": fwht_blocks * 1e3},
@@ -70,7 +80,32 @@ def goals(repeats):
          "b_ms": fwht_row * 1e3},
         {"what": "aggregate 8 payloads / decode 1 (goal < 1)", "ratio": aggregate / decode,
          "a_ms": aggregate * 1e3, "b_ms": decode * 1e3},
+        {"what": "server re-quantize, mse-debias / eta", "ratio": server["mse-debias"] / server["eta"],
+         "a_ms": server["mse-debias"] * 1e3, "b_ms": server["eta"] * 1e3},
+        {"what": "mse_scales native / numpy", "ratio": scales[native] / scales[reference],
+         "a_ms": scales[native] * 1e3, "b_ms": scales[reference] * 1e3},
+        *per_tensor_scales(repeats),
     ]
+
+
+def per_tensor_scales(repeats):
+    import torchvision
+
+    sizes = tuple(p.numel() for p in torchvision.models.resnet50().parameters())
+    d = sum(sizes)
+    x = gradient(d, 2)
+    times = {}
+    for scale in ("tensor", "block"):
+        c = compressors.get("scaled-sign", sign_scale=scale, tensor_sizes=sizes)
+        payload = c.encode(x, 0, 1)
+        rows = np.stack([c.encode(x, 0, r).buffer for r in range(8)])
+        w = np.full(8, 1 / 8, dtype=np.float32)
+        v = arrays.aligned_zeros(c.layout(d).padded)
+        times[scale] = (best_time(lambda: c.encode(x, 0, 1, out=payload), repeats),
+                        best_time(lambda: c.aggregate(rows, w, d, out=v), repeats))
+    return [{"what": f"scaled-sign {what}, per tensor / per block (ResNet-50)", "ratio": times["tensor"][i] /
+             times["block"][i], "a_ms": times["tensor"][i] * 1e3, "b_ms": times["block"][i] * 1e3}
+            for i, what in enumerate(("encode", "aggregate 8"))]
 
 
 def device_throughput(dev, d, repeats):

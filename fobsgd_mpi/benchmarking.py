@@ -109,7 +109,8 @@ def link_traffic(full, one_step, steps):
     full and one_step are the launcher's counters ({rank: (tx, rx)}, launch.link_bytes) of a run of
     `steps` steps and of the same run stopped after its first step. Start-up is all of the one-step
     run: MPI connections, the data shards, the handshake and the first step, which also opens
-    connections; each rank's later steps moved (full - one_step) / (steps - 1) a step."""
+    connections, and the run's end (LIEC-SGD's final model average, which both runs make once);
+    each rank's later steps moved (full - one_step) / (steps - 1) a step."""
     ranks = list(full)
     per_step = [[(full[r][i] - one_step[r][i]) / (steps - 1) for r in ranks] for i in (0, 1)]
     return {"node_tx_per_step": max(per_step[0]), "node_rx_per_step": max(per_step[1]),
@@ -119,8 +120,10 @@ def link_traffic(full, one_step, steps):
 
 LINK_UNITS = {"node_tx_per_step": "bytes per training step (steps 2..N) sent by the busiest rank's interface",
               "node_rx_per_step": "bytes per training step (steps 2..N) received by the busiest rank's interface",
-              "node_tx_startup": "bytes sent by the busiest rank's interface up to the end of the first step",
-              "node_rx_startup": "bytes received by the busiest rank's interface up to the end of the first step"}
+              "node_tx_startup": "bytes sent by the busiest rank's interface in a run stopped after its first step "
+                                 "(start-up, that step and the run's end)",
+              "node_rx_startup": "bytes received by the busiest rank's interface in a run stopped after its first "
+                                 "step (start-up, that step and the run's end)"}
 
 
 LOG_SPAN = 8  # an axis whose largest value is this many times its smallest or more is drawn log

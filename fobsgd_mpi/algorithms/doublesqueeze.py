@@ -4,7 +4,7 @@ The scale is per model tensor by default, as the authors' code scales (--sign-sc
 the whole flat vector; block: per --block-size block). A sharded server (--servers k) needs
 --sign-scale block, its default there: no single server holds a whole tensor or the whole vector.
 """
-from .base import ErrorFeedbackUplink, PSAlgorithm, per_tensor_sign_scale, ServerErrorFeedback
+from .base import ErrorFeedbackUplink, PSAlgorithm, ServerErrorFeedback, per_tensor_sign_scale
 from .registry import register
 
 
