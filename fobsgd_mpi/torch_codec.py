@@ -1,8 +1,7 @@
 """The codec on torch tensors, wherever they live (CPU, CUDA): the functions and signatures of
 fobsgd_mpi.reference, plus QSGD and top-k, so a GPU gradient is compressed on its own device.
 
-    >>> import numpy as np
-import torch
+    >>> import torch
     >>> from fobsgd_mpi import torch_codec
     >>> torch_codec.fwht_(torch.ones(8))[:2]
     tensor([2.8284, 0.0000])
