@@ -182,3 +182,17 @@ def test_settings_only_the_job_can_judge_are_usage_errors(args, message, tmp_pat
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [next(l for l in done.stderr.splitlines() if message in l)]
     assert not (tmp_path / "x.h5").exists()
+
+
+CHOICE_KEYS = [o for o in FILE_KEYS if getattr(o, "choices", None)]
+
+
+@pytest.mark.parametrize("option", CHOICE_KEYS, ids=[o.flag for o in CHOICE_KEYS])
+def test_every_choice_option_refuses_a_value_outside_its_choices(option, tmp_path):
+    """--sign-scale, --server-scale and the other named choices: a config file and the command line alike."""
+    path = tmp_path / "run.toml"
+    path.write_text(f'{option.dest} = "not-a-choice"\n')
+    with pytest.raises(UsageError, match=f"{option.flag} must be one of"):
+        config.parse_config(["--config", str(path)])
+    with pytest.raises(UsageError, match=f"argument {option.flag}: invalid choice: .not-a-choice."):
+        config.parse_config([option.flag, "not-a-choice"])
