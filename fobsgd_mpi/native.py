@@ -135,13 +135,19 @@ def segment_sign_decode(bits, starts, scales, out, weight=1.0, accumulate=False,
     _check(_native.segment_sign_decode(bits, starts, scales, weight, accumulate, out, n_threads), "segment_sign_decode")
 
 
+def segment_sign_aggregate(payloads, scales_offset, weights, starts, out, n_threads=1):
+    _check(_native.segment_sign_aggregate(payloads, scales_offset, weights, starts, out, n_threads),
+           "segment_sign_aggregate")
+
+
 def mse_scales(v, layout, lams, unclipped, norms, n_threads=1):
     _check(_native.mse_scales(v, layout.offsets, layout.log_sizes, layout.d, _work(layout, n_threads), lams, unclipped,
                               norms, n_threads), "mse_scales")
 
 
 KERNELS = ("fwht_", "encode_1bit", "decode_1bit", "aggregate_1bit", "scaled_sign_encode", "scaled_sign_decode",
-           "majority_vote", "qsgd_encode", "qsgd_decode", "segment_abs_means", "segment_sign_decode", "mse_scales")
+           "majority_vote", "qsgd_encode", "qsgd_decode", "segment_abs_means", "segment_sign_decode",
+           "segment_sign_aggregate", "mse_scales")
 
 if _native is None:  # pragma: no cover
     warnings.warn(f"fobsgd_mpi._native is not built ({_missing}); using the numpy reference kernels, "

@@ -163,6 +163,16 @@ def segment_sign_decode(bits, starts, scales, out, weight=1.0, accumulate=False,
             out[starts[s] : starts[s + 1]] = xs
 
 
+def segment_sign_aggregate(payloads, scales_offset, weights, starts, out, n_threads=1):
+    """The server's sum of per-segment scaled-sign payload rows (n, nbytes) uint8: out[j] = sum_i
+    weights[i] scale_i[s] (2 b_ij - 1) over segment s, rows added in order (row 0 decoded, the
+    others accumulated)."""
+    n_segments = len(starts) - 1
+    for i, row in enumerate(payloads):
+        scales = row[scales_offset : scales_offset + 4 * n_segments].view(np.float32)
+        segment_sign_decode(row[:scales_offset].view(np.uint64), starts, scales, out, weights[i], accumulate=i > 0)
+
+
 def qsgd_width(levels):
     """Bits a QSGD code takes: a sign and ceil(log2(levels + 1)) level bits."""
     return 1 + math.ceil(math.log2(levels + 1))

@@ -376,6 +376,14 @@ def segment_sign_decode(bits, starts, scales, out, weight=1.0, accumulate=False,
     _write(out, torch.where(flags, a, -a), accumulate)
 
 
+def segment_sign_aggregate(payloads, scales_offset, weights, starts, out, n_threads=1):
+    """reference.segment_sign_aggregate: the rows decoded in order, the first stored, the rest added."""
+    n_segments = len(starts) - 1
+    for i in range(payloads.shape[0]):
+        scales = payloads[i, scales_offset : scales_offset + 4 * n_segments].contiguous().view(torch.float32)
+        segment_sign_decode(payloads[i, :scales_offset], starts, scales, out, float(weights[i]), accumulate=i > 0)
+
+
 def majority_vote(words, layout, ties, seed, step, out):
     """words: (n, n_words) with n_words up to layout.n_words; a position votes + where more than
     half the inputs set it, and where exactly half do (n even) as the `ties` rule says, drawing

@@ -264,6 +264,47 @@ def test_segment_kernels_identical(isa, segments, gen):
     np.testing.assert_allclose(decoded[0], 0.5 + expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("segments", SEGMENTS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_segment_sign_aggregate_identical(isa, segments, threads, gen):
+    """The server's sum of per-tensor scaled-sign rows: the fused kernel, the numpy twin (a decode
+    per row) and the torch twin give the same bits, -0.0 of a zero scale included."""
+    import torch
+
+    from fobsgd_mpi import torch_codec
+
+    starts = np.concatenate([[0], np.cumsum(SEGMENTS[segments])]).astype(np.int64)
+    d, n_segments = int(starts[-1]), len(starts) - 1
+    n_words = (d + 63) // 64 + 3  # a block layout's payload holds padding words past d
+    rows = np.zeros((5, 8 * n_words + 4 * n_segments), np.uint8)
+    rows[:, : 8 * n_words] = gen.integers(0, 256, (5, 8 * n_words))
+    scales = gen.uniform(0.01, 100, (5, n_segments)).astype(np.float32)
+    scales[:, 0] = 0  # every row's first tensor decodes to -0.0 where its bit is clear
+    rows[:, 8 * n_words :] = scales.view(np.uint8)
+    weights = np.array([0.3, 0.2, 0.2, 0.2, 0.1], np.float32)
+    sums = []
+    for k in (native, reference):
+        out = np.full(d + 5, 7.0, np.float32)
+        k.segment_sign_aggregate(rows, 8 * n_words, weights, starts, out, threads)
+        sums.append(out)
+    on_torch = torch.full((d + 5,), 7.0)
+    torch_codec.segment_sign_aggregate(torch.from_numpy(rows), 8 * n_words, weights, starts, on_torch)
+    sums.append(on_torch.numpy())
+    for other in sums[1:]:
+        assert np.array_equal(sums[0].view(np.uint32), other.view(np.uint32))
+    signs = np.unpackbits(rows[:, : 8 * n_words], axis=1, bitorder="little")[:, :d] * 2.0 - 1
+    expected = np.einsum("i,ij->j", weights.astype(np.float64), np.repeat(scales, np.diff(starts), axis=1) * signs)
+    np.testing.assert_allclose(sums[0][:d], expected, rtol=1e-5, atol=1e-5)
+    assert (sums[0][d:] == 7).all()
+
+
+def test_segment_sign_aggregate_refuses_short_rows():
+    starts = np.array([0, 100, 200], np.int64)
+    with pytest.raises(ValueError, match="too short"):
+        native.segment_sign_aggregate(np.zeros((2, 8 * 4 + 4), np.uint8), 32, np.ones(2, np.float32), starts,
+                                      np.zeros(200, np.float32))
+
+
 def mse_outputs(lay):
     return np.zeros(lay.n_blocks), np.zeros(lay.n_blocks, np.int64), np.zeros(lay.n_blocks)
 

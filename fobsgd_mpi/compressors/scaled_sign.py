@@ -61,9 +61,8 @@ class ScaledSign(OneBitCompressor):
     def _encode(self, x, step, rank, payload, lay):
         kernels = self.kernels_for(x)
         tensor = self.sign_scale == "tensor"
-        block_l1 = arrays.zeros(lay.n_blocks, arrays.device_of(x)) if tensor else payload.scales
-        kernels.scaled_sign_encode(x, lay, SIGN_TIES[self.sign_ties], self.seed, step, payload.bits, block_l1,
-                                   self.n_threads)
+        kernels.scaled_sign_encode(x, lay, SIGN_TIES[self.sign_ties], self.seed, step, payload.bits,
+                                   None if tensor else payload.scales, self.n_threads)
         if tensor:
             kernels.segment_abs_means(x, self.segment_starts(len(x)), payload.scales, self.n_threads)
         elif self.sign_scale == "vector":  # the blocks' means, weighted by their lengths
@@ -85,7 +84,7 @@ class ScaledSign(OneBitCompressor):
         if out is None:
             out = np.empty(lay.padded, dtype=np.float32)
         out[lay.d :] = 0
-        spec = self.spec_of(lay)
-        for i, row in enumerate(rows):
-            self._decode(spec.view(row), 0, lay.d, out, float(weights[i]), accumulate=i > 0)
+        self.kernels.segment_sign_aggregate(rows, self.spec_of(lay).offsets["scales"],
+                                            np.ascontiguousarray(weights, dtype=np.float32),
+                                            self.segment_starts(lay.d), out, self.n_threads)
         return out

@@ -105,6 +105,12 @@ int fobsgd_segment_abs_means(const float *x, const int64_t *starts, int64_t n_se
                              int n_threads);
 int fobsgd_segment_sign_decode(const uint64_t *bits, const int64_t *starts, int64_t n_segments,
                                const float *scales, float weight, int accumulate, float *out, int n_threads);
+/* The server's sum of n per-segment scaled-sign payload rows of `stride` bytes (bits from byte 0,
+ * n_segments float32 scales from scales_offset): out[j] = sum_i weights[i] * scale_i[s] * (2 b_ij - 1),
+ * rows added in order, bit-equal to segment_sign_decode of row 0 then accumulating the others. */
+int fobsgd_segment_sign_aggregate(const uint8_t *payloads, int64_t n, int64_t stride, int64_t scales_offset,
+                                  const float *weights, const int64_t *starts, int64_t n_segments, float *out,
+                                  int n_threads);
 
 /* The FO-SGD server's scale (--server-scale mse*), per block of v (padded length, every coordinate
  * real): lams[b] = the lam >= 0 minimizing the expected squared error of quantizing v_b with scale lam

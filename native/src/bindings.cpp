@@ -241,4 +241,21 @@ PYBIND11_MODULE(_native, m) {
         return fobsgd_segment_sign_decode(pb, pst, n, ps, weight, accumulate, po, n_threads);
     }, py::arg("bits").noconvert(), py::arg("starts").noconvert(), py::arg("scales").noconvert(), py::arg("weight"),
        py::arg("accumulate"), py::arg("out").noconvert(), py::arg("n_threads"));
+
+    m.def("segment_sign_aggregate", [](arr<uint8_t> payloads, int64_t scales_offset, arr<float> weights,
+                                       arr<int64_t> starts, arr<float> out, int n_threads) {
+        const int64_t n_segments = segments_of(starts, out.size());
+        if (payloads.ndim() != 2 || payloads.shape(0) < 1)
+            throw std::invalid_argument("payloads must be 2-D (n >= 1, nbytes)");
+        const int64_t n = payloads.shape(0), stride = payloads.shape(1);
+        const int64_t *pst = starts.data();
+        if (scales_offset < 8 * ((pst[n_segments] + 63) / 64) || scales_offset + 4 * n_segments > stride)
+            throw std::invalid_argument("payload rows are too short for these segments");
+        const float *pw = data_of(weights, "weights", n);
+        float *po = out.mutable_data();
+        const uint8_t *pp = payloads.data();
+        py::gil_scoped_release nogil;
+        return fobsgd_segment_sign_aggregate(pp, n, stride, scales_offset, pw, pst, n_segments, po, n_threads);
+    }, py::arg("payloads").noconvert(), py::arg("scales_offset"), py::arg("weights").noconvert(),
+       py::arg("starts").noconvert(), py::arg("out").noconvert(), py::arg("n_threads"));
 }

@@ -123,5 +123,11 @@ int fobsgd_segment_sign_decode(const uint64_t *bits, const int64_t *starts, int6
                                const float *scales, float weight, int accumulate, float *out, int n_threads) {
     return active->segment_sign_decode(bits, starts, n_segments, scales, weight, accumulate, out, n_threads);
 }
+int fobsgd_segment_sign_aggregate(const uint8_t *payloads, int64_t n, int64_t stride, int64_t scales_offset,
+                                  const float *weights, const int64_t *starts, int64_t n_segments, float *out,
+                                  int n_threads) {
+    return active->segment_sign_aggregate(payloads, n, stride, scales_offset, weights, starts, n_segments, out,
+                                          n_threads);
+}
 
 }  // extern "C"

@@ -486,6 +486,62 @@ int segment_sign_decode(const uint64_t *bits, const int64_t *starts, int64_t n_s
     return FOBSGD_OK;
 }
 
+// out[j] = sum_i weights[i] * scale_i[s] * (2 b_ij - 1) over segment s, from n payload rows of `stride` bytes
+// (bits from byte 0, float32 scales from scales_offset), rows added in order as segment_sign_decode row by row
+// adds them (the first row stored, not added to zero: -0.0 stays -0.0). Whole words keep their 64 sums in
+// registers while the rows stream by; a segment's partial words at its ends go coordinate by coordinate.
+inline float row_scale(const uint8_t *row, int64_t scales_offset, int64_t s) {
+    float scale;
+    __builtin_memcpy(&scale, row + scales_offset + 4 * s, 4);
+    return scale;
+}
+inline uint64_t row_word(const uint8_t *row, int64_t j) {
+    uint64_t w;
+    __builtin_memcpy(&w, row + 8 * (j / 64), 8);
+    return w;
+}
+inline float segment_coordinate_sum(const uint8_t *payloads, int64_t n, int64_t stride, int64_t scales_offset,
+                                    const float *weights, int64_t s, int64_t j) {
+    float acc = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const uint8_t *row = payloads + i * stride;
+        const float a = weights[i] * row_scale(row, scales_offset, s);
+        const float v = (row_word(row, j) >> (j % 64)) & 1 ? a : -a;
+        acc = i ? acc + v : v;
+    }
+    return acc;
+}
+
+int segment_sign_aggregate(const uint8_t *payloads, int64_t n, int64_t stride, int64_t scales_offset,
+                           const float *weights, const int64_t *starts, int64_t n_segments, float *out,
+                           int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_threads > 1)
+    for (int64_t s = 0; s < n_segments; ++s) {
+        const int64_t end = starts[s + 1];
+        const int64_t words_from = min64(end, (starts[s] + 63) / 64 * 64);
+        const int64_t words_to = words_from + (end - words_from) / 64 * 64;
+        for (int64_t j = starts[s]; j < words_from; ++j)
+            out[j] = segment_coordinate_sum(payloads, n, stride, scales_offset, weights, s, j);
+        for (int64_t j = words_from; j < words_to; j += 64) {
+            const uint64_t w0 = row_word(payloads, j);
+            const vf c0 = (vf){} + weights[0] * row_scale(payloads, scales_offset, s);
+            vf acc[64 / WF];
+            for (int q = 0; q < 64 / WF; ++q) acc[q] = select_bits(w0 >> (q * WF), c0, negate(c0));
+            for (int64_t i = 1; i < n; ++i) {
+                const uint8_t *row = payloads + i * stride;
+                const uint64_t w = row_word(row, j);
+                const vf c = (vf){} + weights[i] * row_scale(row, scales_offset, s);
+#pragma GCC unroll 16
+                for (int q = 0; q < 64 / WF; ++q) acc[q] += select_bits(w >> (q * WF), c, negate(c));
+            }
+            for (int q = 0; q < 64 / WF; ++q) vstore(out + j + q * WF, acc[q]);
+        }
+        for (int64_t j = words_to; j < end; ++j)
+            out[j] = segment_coordinate_sum(payloads, n, stride, scales_offset, weights, s, j);
+    }
+    return FOBSGD_OK;
+}
+
 // ---------------------------------------------------------------- the server's MSE-optimal scale
 // lam* of one block of m coordinates, a = |v| (reference.mse_lambda): the root of F'(lam) / 2 = m lam -
 // sum_{a > lam} a, which is nondecreasing. Quickselect on the candidates a[0, n) (reordered in place), which all lie
@@ -588,5 +644,5 @@ int mse_scales(const float *v, fobsgd_layout lay, float *work, double *lams, int
 extern const KernelTable table = {
     FOBSGD_ISA_NAME, fwht<float>,       fwht<double>,       encode_1bit,  decode_1bit,
     aggregate_1bit,  scaled_sign_encode, scaled_sign_decode, majority_vote, qsgd_encode,
-    qsgd_decode,     mse_scales,        segment_abs_means, segment_sign_decode,
+    qsgd_decode,     mse_scales,        segment_abs_means, segment_sign_decode, segment_sign_aggregate,
 };

@@ -25,6 +25,8 @@ struct KernelTable {
     int (*mse_scales)(const float *, fobsgd_layout, float *, double *, int64_t *, double *, int);
     int (*segment_abs_means)(const float *, const int64_t *, int64_t, float *, int);
     int (*segment_sign_decode)(const uint64_t *, const int64_t *, int64_t, const float *, float, int, float *, int);
+    int (*segment_sign_aggregate)(const uint8_t *, int64_t, int64_t, int64_t, const float *, const int64_t *, int64_t,
+                                  float *, int);
 };
 namespace generic { extern const KernelTable table; }
 namespace avx2 { extern const KernelTable table; }
