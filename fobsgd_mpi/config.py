@@ -269,8 +269,8 @@ TRAIN = (
     Option("--partition", STR, "iid", "how the training set is split over the workers", choices=("iid", "dirichlet")),
     Option("--alpha", FLOAT, 0.5, "Dirichlet concentration for --partition dirichlet", bounds=(1e-3, 1e6)),
     Option("--batch-size", INT, 32, "per worker", bounds=(1, 2**24)),
-    Option("--lr", FLOAT, None, "learning rate; none: the algorithm's own, e.g. 0.05 for sgd, 0.02 for fo-sgd whose "
-                                "one-bit directions are far noisier", bounds=(0, 1e4), ends="(]"),
+    Option("--lr", FLOAT, None, "learning rate; none: the algorithm's own, e.g. 0.05 for sgd, 0.08 for fo-sgd (its "
+                                "--worker-scale mse-debias; eta workers take about 0.02)", bounds=(0, 1e4), ends="(]"),
     Option("--momentum", FLOAT, 0.9, "heavy-ball momentum of --optimizer sgd", bounds=(0, 1), ends="[)"),
     Option("--weight-decay", FLOAT, 0.0, "L2 penalty added to the direction", bounds=(0, 1e3)),
     Option("--lr-schedule", STR, "cosine", "learning rate over the run (step: x0.1 at each third)", choices=SCHEDULES),
@@ -312,6 +312,11 @@ TRAIN = (
                                         "mse-debias = that and the gain m / unclipped count that undoes the shrink. "
                                         "Default: mse-debias from 8 workers, eta below (it overshoots with 2-4)",
            choices=("eta", "mse", "mse-shrink", "mse-debias")),
+    Option("--worker-scale", STR, None, "FO-SGD workers' scale per block: eta = --lambda-rule's (unbiased, fused with "
+                                        "the transform); mse = the server's MSE-optimal scale on the flattened block; "
+                                        "mse-debias = that and its gain (about 20x less squared error, unbiased to "
+                                        "first order). Default: mse-debias with --codec native, eta with torch "
+                                        "(it flattens on the host)", choices=("eta", "mse", "mse-debias")),
     Option("--server-also-works", BOOL, False, "rank 0 computes a gradient too"),
     Option("--servers", SERVERS, "1", "server ranks: 1 = the classic parameter server on rank 0; k or all = "
                                       "blocks dealt round-robin to ranks 0..k-1, exchanged with Alltoallw (every "
@@ -384,7 +389,8 @@ def validate(cfg):
 # the options of config.TRAIN the Python API takes as keywords (api.DistributedOptimizer): the
 # exchange and the run's record; the user's own script chooses the model, data and optimizer
 API_OPTIONS = ("algorithm", "block_size", "eta", "lambda_rule", "sign_ties", "sign_scale", "liec_period", "qsgd_levels",
-               "topk_ratio", "warmup_steps", "min_compress_numel", "downlink", "server_scale", "server_also_works",
+               "topk_ratio", "warmup_steps", "min_compress_numel", "downlink", "server_scale", "worker_scale",
+               "server_also_works",
                "servers", "participation", "seed", "out", "overwrite", "check_every", "checkpoint_every", "resume",
                "on_nonfinite", "codec", "cuda_aware_mpi")
 

@@ -76,10 +76,10 @@ def test_every_algorithm_runs_a_few_steps(short_run):
                                                     for k, v in used.items()}).spec(d)
     sync = {8 * d} if algorithm == "liec-sgd" else set()  # LIEC's fp32 gradient + model average
     assert set(up.tolist()) <= {spec_up.nbytes} | sync
-    resolved = {"ef-sgd": ("sign_scale", "tensor"), "doublesqueeze": ("sign_scale", "tensor"),
-                "liec-sgd": ("sign_scale", "block"), "fo-sgd": ("server_scale", "eta")}  # fo-sgd: 2 workers
-    if algorithm in resolved:
-        name, value = resolved[algorithm]
+    resolved = {"ef-sgd": {"sign_scale": "tensor"}, "doublesqueeze": {"sign_scale": "tensor"},
+                "liec-sgd": {"sign_scale": "block"},
+                "fo-sgd": {"server_scale": "eta", "worker_scale": "mse-debias"}}  # fo-sgd: 2 workers, native codec
+    for name, value in resolved.get(algorithm, {}).items():
         assert used[name] == value
     if used.get("sign_scale") == "tensor":  # the model's weight and bias tensors, in the flat vector's order
         assert sum(used["tensor_sizes"]) == d and len(used["tensor_sizes"]) > 1

@@ -13,6 +13,10 @@ mse-shrink (that scale and a James-Stein gain <= 1 in the transmitted float) or 
 scale and the gain that undoes its shrinkage of the mean, about 2). Same payload; the
 server computes the float, every rank decodes it. Unset, it is mse-debias from 8 workers, whose
 gain along the mean measures 0.94-1.16 there, and eta below (1.7 at 4 workers: it overshoots).
+
+--worker-scale is the same choice for the workers' own encode (eta, mse, mse-debias), made on
+their flattened blocks: unset, mse-debias where the workers encode numpy vectors (the native
+codec), eta on torch tensors (the flattening before the scale runs on the host).
 """
 from .base import SERVER_STREAM, PSAlgorithm
 from .registry import register
@@ -23,7 +27,7 @@ DEBIAS_FROM_WORKERS = 8
 @register("fo-sgd")
 class FOSGD(PSAlgorithm):
     up_compressor = down_compressor = "fo1bit"
-    default_lr = 0.02
+    default_lr = 0.08  # mse-debias workers; eta workers (--codec torch) diverge above about 0.04 on the mlp
     shardable = True  # every block is aggregated and re-quantized on its own
 
     def __init__(self, ps, d, options):
@@ -34,7 +38,8 @@ class FOSGD(PSAlgorithm):
 
     @classmethod
     def compressor_defaults(cls, options, n_workers):
-        return {"server_scale": "mse-debias" if n_workers >= DEBIAS_FROM_WORKERS else "eta"}
+        return {"server_scale": "mse-debias" if n_workers >= DEBIAS_FROM_WORKERS else "eta",
+                "worker_scale": "mse-debias" if options.device is None else "eta"}
 
     def downlink_step(self, step):
         return step | (1 << 62) if self.fresh_rotation else step
@@ -47,11 +52,8 @@ class FOSGD(PSAlgorithm):
         if self.fresh_rotation:
             mean = self.up.unflatten(v, step, self.d)
             down_step = self.downlink_step(step)
-            if self.down.server_scale == "eta":
-                self.down.encode(mean, down_step, SERVER_STREAM, out=self.down_buf)
-            else:
-                self.down.encode_flat(self.down.flatten(mean, down_step, self.d), down_step, SERVER_STREAM, self.d,
-                                      out=self.down_buf, uplink_noise=noise)
+            self.down.encode_flat(self.down.flatten(mean, down_step, self.d), down_step, SERVER_STREAM, self.d,
+                                  out=self.down_buf, uplink_noise=noise)
         else:
             self.up.encode_flat(v, step, SERVER_STREAM, self.server_layout, out=self.server_out, uplink_noise=noise)
 

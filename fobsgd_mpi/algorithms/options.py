@@ -14,6 +14,7 @@ class AlgorithmOptions:
     eta: float = 1e-2
     lambda_rule: str = "min"
     server_scale: str = None
+    worker_scale: str = None
     sign_ties: str = "random"
     sign_scale: str = None
     qsgd_levels: int = 15
