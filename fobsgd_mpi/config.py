@@ -315,8 +315,7 @@ TRAIN = (
     Option("--worker-scale", STR, None, "FO-SGD workers' scale per block: eta = --lambda-rule's (unbiased, fused with "
                                         "the transform); mse = the server's MSE-optimal scale on the flattened block; "
                                         "mse-debias = that and its gain (about 20x less squared error, unbiased to "
-                                        "first order). Default: mse-debias with --codec native, eta with torch "
-                                        "(it flattens on the host)", choices=("eta", "mse", "mse-debias")),
+                                        "first order; the default)", choices=("eta", "mse", "mse-debias")),
     Option("--server-also-works", BOOL, False, "rank 0 computes a gradient too"),
     Option("--servers", SERVERS, "1", "server ranks: 1 = the classic parameter server on rank 0; k or all = "
                                       "blocks dealt round-robin to ranks 0..k-1, exchanged with Alltoallw (every "

@@ -17,8 +17,8 @@ import numpy as np
 
 from . import arrays, reference
 from .errors import NonFiniteError
-from .reference import (LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM, TIES_POSITIVE,  # noqa: F401  (re-exported)
-                        TIES_RANDOM)
+from .reference import (LAMBDA_MAX, LAMBDA_MIN, LAMBDA_MSE, LAMBDA_MSE_DEBIAS, LAMBDA_NORM,  # noqa: F401  (re-exported)
+                        TIES_POSITIVE, TIES_RANDOM)
 
 try:
     from . import _native
@@ -79,13 +79,14 @@ def fwht_(x, normalize=True):
     return _native.fwht_(x, normalize)  # the checks of reference.check_fwht_input, in C++
 
 
-def _work(layout, n_threads):
-    return arrays.aligned_zeros(n_threads * int(layout.sizes.max()))
+def _work(layout, n_threads, rows=1):
+    return arrays.aligned_zeros(rows * n_threads * int(layout.sizes.max()))
 
 
 def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, scales, n_threads=1):
+    work = _work(layout, n_threads, 2 if rule in (LAMBDA_MSE, LAMBDA_MSE_DEBIAS) else 1)  # the MSE rules' scratch
     _check(_native.encode_1bit(x, layout.offsets, layout.log_sizes, layout.d, layout.block_ids, int(rotate), rule,
-                               lambda_factor, seed, step, rank, _work(layout, n_threads), bits, scales, n_threads),
+                               lambda_factor, seed, step, rank, work, bits, scales, n_threads),
            "encode_1bit")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from . import rng
 from .errors import NonFiniteError
 
-LAMBDA_NORM, LAMBDA_MAX, LAMBDA_MIN = 0, 1, 2
+LAMBDA_NORM, LAMBDA_MAX, LAMBDA_MIN, LAMBDA_MSE, LAMBDA_MSE_DEBIAS = 0, 1, 2, 3, 4
 TIES_POSITIVE, TIES_RANDOM = 0, 1  # the sign of an exact zero / a tied vote: + always, or shared random
 
 
@@ -77,13 +77,15 @@ def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, 
             y = np.where(rng.rademacher_flips(seed, step, key, m), -y, y)
             fwht_(y)
         lam = np.float32(math.sqrt(sumsq) * lambda_factor[b])
+        scales[b] = lam
         if rule == LAMBDA_MAX:
-            lam = np.abs(y).max()
+            lam = scales[b] = np.abs(y).max()
         elif rule == LAMBDA_MIN:
-            lam = min(lam, np.abs(y).max())
+            lam = scales[b] = min(lam, np.abs(y).max())
+        elif rule in (LAMBDA_MSE, LAMBDA_MSE_DEBIAS):
+            lam, scales[b] = mse_scale(y, rule == LAMBDA_MSE_DEBIAS)
         tau = lam * rng.centred_uniforms(seed, step, key, rank, m)
         _store_bits(bits, off, (y + tau) >= 0)
-        scales[b] = lam
 
 
 def decode_1bit(bits, scales, layout, rotate, seed, step, out, weight=1.0, accumulate=False, n_threads=1):
@@ -314,6 +316,17 @@ def server_gains(v, layout, lams, unclipped, shrink_noise=None, debias=False):
     elif debias:
         gains = np.where(lams > 0, layout.sizes / np.maximum(1, unclipped), 1.0)
     return gains
+
+
+def mse_scale(y, debias):
+    """The MSE rules of encode_1bit on one block y (every coordinate real): the dither's scale, lam*
+    as the "norm" rule gives it for the factor lam* / ||y|| (float32), and the float sent, that
+    times the debias gain m / (unclipped count) or 1."""
+    norm = math.sqrt(_finite_sumsq(y, "vector to encode"))
+    lam = mse_lambda(y)[0]
+    dither = np.float32(norm * (lam / norm if norm > 0 else 0.0))
+    gain = y.size / max(1, unclipped_count(y, lam)) if debias and lam > 0 else 1.0
+    return dither, np.float32(float(dither) * gain)
 
 
 def server_scales(v, layout, shrink_noise=None, debias=False):

@@ -40,7 +40,8 @@ import torch
 
 from . import native, rng
 from .errors import NonFiniteError
-from .reference import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM, TIES_POSITIVE, TIES_RANDOM  # noqa: F401  (re-exported)
+from .reference import (LAMBDA_MAX, LAMBDA_MIN, LAMBDA_MSE, LAMBDA_MSE_DEBIAS, LAMBDA_NORM,  # noqa: F401  (re-exported)
+                        TIES_POSITIVE, TIES_RANDOM)
 from .reference import qsgd_width
 
 
@@ -230,8 +231,9 @@ def fwht_(x, normalize=True):
 # ---------------------------------------------------------------- one-bit dithered codec
 def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, scales, n_threads=1):
     """reference.encode_1bit on tensors: x float32 (length layout.d); bits (n_words) and scales
-    (n_blocks, float32) on x's device. Raises NonFiniteError for NaN or Inf in x."""
-    cuda = _cuda_kernels(x)
+    (n_blocks, float32) on x's device. Raises NonFiniteError for NaN or Inf in x. The MSE rules
+    run on the torch path (the CUDA kernels have none)."""
+    cuda = _cuda_kernels(x) if rule not in (LAMBDA_MSE, LAMBDA_MSE_DEBIAS) else None
     if cuda is not None:
         work = torch.empty(layout.padded, dtype=torch.float32, device=x.device)
         sumsq = torch.empty(layout.n_blocks, dtype=torch.float64, device=x.device)
@@ -257,13 +259,36 @@ def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, 
             y = torch.where(rademacher_flips(seed, step, ids[b0:b1], m), -y, y)
             fwht_(y)
         lam = (sumsq[b0:b1].sqrt() * factors[b0:b1]).float()
-        if rule != LAMBDA_NORM:
+        scales[b0:b1] = lam
+        if rule in (LAMBDA_MSE, LAMBDA_MSE_DEBIAS):
+            lam, scales[b0:b1] = _mse_scales(y, rule == LAMBDA_MSE_DEBIAS)
+        elif rule != LAMBDA_NORM:
             peak = y.abs().amax(1)
-            lam = peak if rule == LAMBDA_MAX else torch.minimum(lam, peak)
+            lam = scales[b0:b1] = peak if rule == LAMBDA_MAX else torch.minimum(lam, peak)
         tau = lam[:, None] * centred_uniforms(seed, step, ids[b0:b1], rank, m)
         _run_view(flags, run)[:] = (y + tau) >= 0
-        scales[b0:b1] = lam
     _store_bits(bits, flags)
+
+
+def _mse_scales(y, debias):
+    """reference.mse_scale for each row of y (blocks of m coordinates): (the dither's scale, the
+    float sent), float32. lam* as reference.mse_lambda finds it: the least of the m + 1 clipped
+    parabola vertices over the sorted |y|."""
+    a = y.double().abs().sort(dim=1).values
+    m = a.shape[1]
+    zero = a.new_zeros(a.shape[0], 1)
+    s1, s2 = torch.cat([zero, a.cumsum(1)], 1), torch.cat([zero, (a * a).cumsum(1)], 1)
+    tail = s1[:, -1:] - s1
+    lam = torch.minimum(torch.maximum(tail / m, torch.cat([zero, a], 1)), torch.cat([a, zero + math.inf], 1))
+    f = m * lam * lam - 2 * lam * tail + s2[:, -1:] - 2 * s2
+    lam = lam.gather(1, f.argmin(1, keepdim=True)).squeeze(1)
+    norm = y.double().square().sum(1).sqrt()
+    dither = (norm * torch.where(norm > 0, lam / norm, 0.0)).float()
+    gain = torch.ones_like(lam)
+    if debias:
+        unclipped = (a <= (lam * (1 + 1e-9))[:, None]).sum(1).clamp(min=1)
+        gain = torch.where(lam > 0, m / unclipped, 1.0)
+    return dither, (dither.double() * gain).float()
 
 
 def decode_1bit(bits, scales, layout, rotate, seed, step, out, weight=1.0, accumulate=False, n_threads=1):

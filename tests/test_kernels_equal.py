@@ -25,7 +25,8 @@ def encode_both(x, lay, rotate, rule, seed=7, step=3, rank=2):
 
 @pytest.mark.parametrize("d", SIZES)
 @pytest.mark.parametrize("rotate", [True, False])
-@pytest.mark.parametrize("rule", [native.LAMBDA_NORM, native.LAMBDA_MAX, native.LAMBDA_MIN])
+@pytest.mark.parametrize("rule", [native.LAMBDA_NORM, native.LAMBDA_MAX, native.LAMBDA_MIN, native.LAMBDA_MSE,
+                                  native.LAMBDA_MSE_DEBIAS])
 def test_encode_identical_bits_and_scales(isa, d, rotate, rule, gen):
     x = gen.standard_normal(d).astype(np.float32)
     lay = layout_for(d)
@@ -355,9 +356,12 @@ def test_openmp_threads_give_the_same_bits(gen):
     for threads in (1, 2):
         bits, scales = np.zeros(lay.n_words, np.uint64), np.zeros(lay.n_blocks, np.float32)
         native.encode_1bit(x, lay, True, native.LAMBDA_NORM, factors, 1, 2, 3, bits, scales, n_threads=threads)
+        mse_bits, mse_scales = np.zeros(lay.n_words, np.uint64), np.zeros(lay.n_blocks, np.float32)
+        native.encode_1bit(x, lay, True, native.LAMBDA_MSE_DEBIAS, factors, 1, 2, 3, mse_bits, mse_scales,
+                           n_threads=threads)
         codes = np.zeros(lay.padded * 5 // 64, np.uint64)
         native.qsgd_encode(x, lay, 15, 1, 2, 3, codes, scales, n_threads=threads)
-        res.append((bits, codes))
+        res.append((bits, mse_bits, mse_scales, codes))
     for a, b in zip(*res):
         assert np.array_equal(a, b)
 

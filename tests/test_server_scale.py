@@ -173,8 +173,8 @@ def test_worker_scale_cuts_the_error_and_keeps_the_direction(kind, gen):
 
 @pytest.mark.parametrize("scale", ["mse", "mse-debias"])
 def test_worker_scale_payload(scale, gen):
-    """The eta payload's size; native and numpy give the same bits (floats to rounding); the
-    encode is the server's re-quantization of the flattened vector under the worker's own stream."""
+    """The eta payload's size; native and numpy give the same bits (floats to rounding); the fused
+    encode is the server's rule applied to the flattened vector, under the worker's own stream."""
     d = 9000
     x = gen.standard_normal(d).astype(np.float32) * gen.uniform(0.1, 10, d).astype(np.float32)
     c = compressors.get("fo1bit", worker_scale=scale, block_size=1024)
@@ -183,22 +183,23 @@ def test_worker_scale_payload(scale, gen):
     assert a.nbytes == compressors.get("fo1bit", block_size=1024).payload_nbytes(d)
     assert np.array_equal(a.bits, b.bits)
     np.testing.assert_allclose(a.scales, b.scales, rtol=1e-6)
-    flat = c.encode_flat(c.flatten(x, 4, d), 4, 2, d, scale=scale)
-    assert np.array_equal(a.buffer, flat.buffer)
+    server = compressors.get("fo1bit", server_scale=scale, block_size=1024)
+    assert np.array_equal(a.buffer, server.encode_flat(server.flatten(x, 4, d), 4, 2, d).buffer)
     assert not np.array_equal(a.bits, c.encode(x, 4, 3).bits)  # each rank dithers with its own stream
 
 
-def test_worker_scale_defaults_and_refusals():
+def test_worker_scale_on_torch_and_its_default(gen):
+    """The torch twin gives the native payload; unset, FO-SGD's workers take mse-debias."""
     import torch
 
     from fobsgd_mpi.algorithms.fo_sgd import FOSGD
     from fobsgd_mpi.algorithms.options import AlgorithmOptions
 
     assert FOSGD.compressor_defaults(AlgorithmOptions(), 2)["worker_scale"] == "mse-debias"
-    assert FOSGD.compressor_defaults(AlgorithmOptions(device=torch.device("cpu")), 8)["worker_scale"] == "eta"
-    c = compressors.get("fo1bit", worker_scale="mse-debias", backend="torch")
-    with pytest.raises(ValueError, match="--worker-scale eta"):
-        c.encode(torch.ones(256), 0, 1)
+    x = gen.standard_normal(70_001).astype(np.float32)
+    on_torch = compressors.get("fo1bit", worker_scale="mse-debias", backend="torch").encode(torch.from_numpy(x), 2, 5)
+    native = compressors.get("fo1bit", worker_scale="mse-debias").encode(x, 2, 5)
+    assert np.array_equal(on_torch.buffer.numpy(), native.buffer)
     with pytest.raises(ValueError, match="worker_scale"):
         compressors.get("fo1bit", worker_scale="mse-shrink")
 

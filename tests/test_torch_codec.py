@@ -14,7 +14,8 @@ from fobsgd_mpi.layout import BlockLayout  # noqa: E402
 
 SIZES = [1, 63, 64, 300, 4096, 70_001, 200_003]  # all but 4096 pad their last block
 TIES = [tc.TIES_RANDOM, tc.TIES_POSITIVE]
-RULES = [tc.LAMBDA_NORM, tc.LAMBDA_MAX, tc.LAMBDA_MIN]
+KERNEL_RULES = [tc.LAMBDA_NORM, tc.LAMBDA_MAX, tc.LAMBDA_MIN]  # the CUDA kernels' rules
+RULES = KERNEL_RULES + [tc.LAMBDA_MSE, tc.LAMBDA_MSE_DEBIAS]  # the MSE rules run on the torch path everywhere
 
 
 def layout_for(d):
@@ -95,7 +96,7 @@ def encode(k, x, lay, rotate, rule, seed=7, step=3, rank=2):
 
 
 # Every size both ways; the lambda rule cycles so each rule meets padded layouts, rotated or not.
-@pytest.mark.parametrize("d, rotate, rule", [(d, rotate, RULES[(i + rotate) % 3])
+@pytest.mark.parametrize("d, rotate, rule", [(d, rotate, RULES[(i + rotate) % len(RULES)])
                                              for i, d in enumerate(SIZES) for rotate in (True, False)])
 def test_encode_identical_bits_and_scales(d, rotate, rule, gen):
     x = gen.standard_normal(d).astype(np.float32)
@@ -327,7 +328,7 @@ def test_gpu_encode_identical(gpu_kernels, name, rotate, gen):
     lay = LAYOUTS[name]
     x = gen.standard_normal(lay.d).astype(np.float32)
     factors = np.sqrt(2 * np.log(2 * lay.sizes / 1e-2) / lay.sizes)
-    for rule in RULES:
+    for rule in KERNEL_RULES:
         bits, scales = np.zeros(lay.n_words, np.uint64), np.zeros(lay.n_blocks, np.float32)
         reference.encode_1bit(x, lay, rotate, rule, factors, 7, 3, 2, bits, scales)
         tbits = torch.zeros(lay.n_words, dtype=torch.int64, device="cuda")

@@ -24,26 +24,27 @@ The server's re-quantization (encode_flat) takes its scale by `server_scale`:
 Either way the payload is the same bits and one float per block; the server alone computes the
 float and every rank decodes the one it receives, so replicas stay bit-identical.
 
-A worker's own encode takes its scale by `worker_scale`: "eta" (step 2 above, fused with the
-transform in one kernel), or "mse" / "mse-debias" as the server's, applied to its flattened
-block (flatten, then encode_flat). After the flattening a block is close to Gaussian, where lam*
+A worker's own encode takes its scale by `worker_scale`: "eta" (step 2 above), or "mse" /
+"mse-debias" as the server's, on its flattened block, in the same fused kernel (the lambda rules
+LAMBDA_MSE and LAMBDA_MSE_DEBIAS). After the flattening a block is close to Gaussian, where lam*
 clips about half of it: the decoded vector's squared error drops from about (2 ln(2m/eta) - 1)
 ||x||^2 to about 0.8 ||x||^2 with "mse-debias", whose gain keeps it unbiased along x to first
 order (tests/test_server_scale.py measures both at m = 4096: 13.7 and 0.79 for a Gaussian x, gain
-along x 0.99). The flattening runs on the host, so a torch tensor takes "eta" only.
+along x 0.99).
 """
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import arrays, reference, rng
-from ..native import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_NORM
+from .. import reference, rng
+from ..native import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_MSE, LAMBDA_MSE_DEBIAS, LAMBDA_NORM
 from .base import BlockOptions, check_choice, flag
 from .onebit import OneBitCompressor
 from .registry import register
 
 LAMBDA_RULES = {"norm": LAMBDA_NORM, "max": LAMBDA_MAX, "min": LAMBDA_MIN}
+MSE_RULES = {"mse": LAMBDA_MSE, "mse-debias": LAMBDA_MSE_DEBIAS}
 SERVER_SCALES = ("eta", "mse", "mse-shrink", "mse-debias")
 WORKER_SCALES = ("eta", "mse", "mse-debias")  # mse-shrink shrinks by the uplink's noise, which a worker has not
 
@@ -75,39 +76,34 @@ class FlattenedOneBit(OneBitCompressor):
         """sqrt(2 ln(2m / eta) / m) per block (the "norm" rule's lambda / ||x||_2)."""
         return np.array([math.sqrt(2 * math.log(2 * m / self.eta) / m) for m in layout.sizes.tolist()])
 
-    def _quantize(self, x, layout, rotate, step, rank, payload):
-        self.kernels_for(x).encode_1bit(x, layout, rotate, LAMBDA_RULES[self.lambda_rule], self.lambda_factors(layout),
-                                        self.seed, step, rank, payload.bits, payload.scales, self.n_threads)
+    def _quantize(self, x, layout, rotate, step, rank, payload, scale="eta"):
+        """The one-bit kernel on x's blocks (transformed first if `rotate`), with the scale rule
+        `scale`: eta (--lambda-rule's), mse or mse-debias (lam* of the transformed block)."""
+        rule = LAMBDA_RULES[self.lambda_rule] if scale == "eta" else MSE_RULES[scale]
+        self.kernels_for(x).encode_1bit(x, layout, rotate, rule, self.lambda_factors(layout), self.seed, step, rank,
+                                        payload.bits, payload.scales, self.n_threads)
 
     def _encode(self, x, step, rank, payload, lay):
-        if self.worker_scale == "eta":
-            self._quantize(x, lay, self.rotate, step, rank, payload)
-            return
-        if arrays.is_tensor(x):
-            raise ValueError(f"worker_scale {self.worker_scale} flattens on the host: encode numpy arrays (--codec "
-                             f"native) or use --worker-scale eta with --codec torch")
-        self.encode_flat(self.flatten(x, step, lay), step, rank, lay, out=payload, scale=self.worker_scale)
+        self._quantize(x, lay, self.rotate, step, rank, payload, self.worker_scale)
 
-    def encode_flat(self, v, step, rank, d, out=None, uplink_noise=None, scale=None):
-        """Quantize v (padded length, already in the encoded domain: a server's sum, or a worker's
-        flattened vector) without transforming it: the payload decodes like any worker's. `d` is
-        the vector length, or the BlockLayout of v (a server's shard, BlockLayout.subset). The scale
-        rule is `scale`, by default `server_scale`; "mse-shrink" needs `uplink_noise`, per block the
-        bound on the uplink noise's squared norm (uplink_noise_bound)."""
-        scale = self.server_scale if scale is None else scale
+    def encode_flat(self, v, step, rank, d, out=None, uplink_noise=None):
+        """Re-quantize a server sum v (padded length, already in the encoded domain) without
+        transforming it, with the scale rule `server_scale`: the payload decodes like any worker's.
+        `d` is the vector length, or the flat BlockLayout of v (a server's shard,
+        BlockLayout.subset); "mse-shrink" needs `uplink_noise`, per block the bound on the uplink
+        noise's squared norm (uplink_noise_bound)."""
         layout = self.layout_of(d).flat()
         payload = out if out is not None else self.spec_of(layout).empty()
-        if scale == "eta":
-            self._quantize(v, layout, False, int(step), int(rank), payload)
+        if self.server_scale != "mse-shrink":
+            self._quantize(v, layout, False, int(step), int(rank), payload, self.server_scale)
             return payload
-        if scale == "mse-shrink" and uplink_noise is None:
+        if uplink_noise is None:
             raise ValueError("server_scale mse-shrink needs the uplink noise bound (uplink_noise_bound of the rows)")
         v = np.ascontiguousarray(v[: layout.padded], dtype=np.float32)
         n = layout.n_blocks
         lams, unclipped, norms = np.zeros(n), np.zeros(n, np.int64), np.zeros(n)
         self.kernels.mse_scales(v, layout, lams, unclipped, norms, self.n_threads)
-        gains = reference.server_gains(v, layout, lams, unclipped, uplink_noise if scale == "mse-shrink" else None,
-                                       debias=scale == "mse-debias")
+        gains = reference.server_gains(v, layout, lams, unclipped, uplink_noise)
         # the kernel's "norm" rule takes lam = ||v_b|| * factor_b: the factor that gives lam*
         factors = np.divide(lams, norms, out=np.zeros_like(lams), where=norms > 0)
         self.kernels.encode_1bit(v, layout, False, LAMBDA_RULES["norm"], factors, self.seed, int(step), int(rank),

@@ -26,7 +26,16 @@ enum {
     FOBSGD_EISA = -3        /* requested instruction set not supported by this CPU */
 };
 
-enum { FOBSGD_LAMBDA_NORM = 0, FOBSGD_LAMBDA_MAX = 1, FOBSGD_LAMBDA_MIN = 2 };
+/* The scale of a block y (after the transform): ||y|| lambda_factor[b], max|y|, the smaller of the two, or the
+ * MSE-optimal lam* (fobsgd_mse_scales), dithered with lam* and sent as lam* or as lam* m / (unclipped count);
+ * the MSE rules take twice the work (n_threads * 2 * max block length floats). */
+enum {
+    FOBSGD_LAMBDA_NORM = 0,
+    FOBSGD_LAMBDA_MAX = 1,
+    FOBSGD_LAMBDA_MIN = 2,
+    FOBSGD_LAMBDA_MSE = 3,
+    FOBSGD_LAMBDA_MSE_DEBIAS = 4
+};
 
 /* What sign an exact zero (and a tied majority vote) takes: a seeded random +-1 from the block's
  * stream of (seed, step, block) that every rank shares, or + (as `x >= 0`, GRACE's rule). */

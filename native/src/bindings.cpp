@@ -85,7 +85,10 @@ PYBIND11_MODULE(_native, m) {
         fobsgd_layout lay = layout_of(offsets, log_sizes, d, block_ids);
         const float *px = data_of(x, "x", d);
         const double *pf = data_of(factors, "lambda_factor", lay.n_blocks);
-        float *pw = data_of(work, "work", 0);
+        const int64_t work_rows = rule == FOBSGD_LAMBDA_MSE || rule == FOBSGD_LAMBDA_MSE_DEBIAS ? 2 : 1;
+        int64_t max_block = 0;
+        for (int64_t b = 0; b < lay.n_blocks; ++b) max_block = std::max(max_block, (int64_t)1 << lay.log_sizes[b]);
+        float *pw = data_of(work, "work", work_rows * std::max(n_threads, 1) * max_block);
         uint64_t *pb = data_of(bits, "bits", padded_length(lay) / 64);
         float *ps = data_of(scales, "scales", lay.n_blocks);
         py::gil_scoped_release nogil;

@@ -149,7 +149,114 @@ inline vf dither(uint64_t key, int64_t j, float lambda) {
     return lambda * (__builtin_convertvector(odd, vf) * (1.0f / 16777216.0f));
 }
 
+// ---------------------------------------------------------------- the server's MSE-optimal scale
+// lam* of one block of m coordinates, a = |v| (reference.mse_lambda): the root of F'(lam) / 2 = m lam -
+// sum_{a > lam} a, which is nondecreasing. Quickselect on the candidates a[0, n) (reordered in place), which all lie
+// in (lo, hi) while `clipped` sums the coordinates at or above hi: expected O(n) where the reference sorts.
+inline double mse_root(float *a, int64_t n, int64_t m, double lo, double hi, double clipped) {
+    int64_t l = 0, r = n;
+    while (l < r) {
+        float x = a[l], y = a[l + (r - l) / 2], z = a[r - 1];
+        const float p = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+        int64_t lt = l, i = l, gt = r;  // a[l, lt) < p, a[lt, gt) == p, a[gt, r) > p
+        double above = 0;
+        while (i < gt) {
+            const float t = a[i];
+            if (t < p) {
+                a[i++] = a[lt];
+                a[lt++] = t;
+            } else if (t > p) {
+                above += t;
+                a[i] = a[--gt];
+                a[gt] = t;
+            } else {
+                ++i;
+            }
+        }
+        if ((double)m * p >= clipped + above) {  // F'(p+) >= 0: lam* <= p, everything from p up clips
+            hi = p;
+            clipped += above + (double)p * (double)(gt - lt);
+            r = lt;
+        } else {
+            lo = p;
+            l = gt;
+        }
+    }
+    const double vertex = clipped / (double)m;
+    return vertex < lo ? lo : (vertex > hi ? hi : vertex);
+}
+
+constexpr int64_t kMseSample = 1024;  // blocks above this first bracket lam* from a strided sample
+
+// lam* of block k of v, with `a` (k.m floats) as scratch. A strided sample's own root, widened by 1/64 (then 1/8)
+// each way, brackets lam* in most blocks; one vectorized pass checks the bracket (F' < 0 at lo, >= 0 at hi) and keeps
+// only the coordinates inside it as candidates. A bracket that misses (a sparse or spiky block) falls back to all.
+inline double block_mse_root(const float *vb, const Block &k, float *a) {
+    static const double kWidths[] = {1.0 / 64, 1.0 / 8};
+    if (k.m > kMseSample) {
+        const int64_t stride = k.m / kMseSample;
+        for (int64_t s = 0; s < kMseSample; ++s) a[s] = s * stride < k.valid ? __builtin_fabsf(vb[s * stride]) : 0.0f;
+        const double guess = mse_root(a, kMseSample, kMseSample, 0, __builtin_inf(), 0);
+        for (int attempt = 0; attempt < 2 && guess > 0; ++attempt) {
+            const float lo = (float)(guess * (1 - kWidths[attempt])), hi = (float)(guess * (1 + kWidths[attempt]));
+            const vf lov = (vf){} + lo, hiv = (vf){} + hi, zero = {};
+            vd above_lo = {}, above_hi = {}, at_hi = {};
+            int64_t n = 0;
+            for (int64_t j = 0; j < k.m; j += WF) {
+                const vf x = abs_v(load_padded(vb, j, k.valid));
+                above_lo = add_abs(above_lo, x > lov ? x : zero);
+                above_hi = add_abs(above_hi, x > hiv ? x : zero);
+                at_hi = add_abs(at_hi, x == hiv ? x : zero);
+                for (uint32_t inside = gt_mask(x, lov) & gt_mask(hiv, x); inside; inside &= inside - 1)
+                    a[n++] = x[__builtin_ctz(inside)];
+            }
+            if ((double)k.m * lo < lane_sum(above_lo) && (double)k.m * hi >= lane_sum(above_hi))
+                return mse_root(a, n, k.m, lo, hi, lane_sum(above_hi) + lane_sum(at_hi));
+        }
+    }
+    for (int64_t j = 0; j < k.m; j += WF) vstore(a + j, abs_v(load_padded(vb, j, k.valid)));
+    return mse_root(a, k.m, k.m, 0, __builtin_inf(), 0);
+}
+
+// How many |v_j| of block k lam leaves unclipped: |v_j| <= lam (1 + 1e-9) in double (reference.unclipped_count's
+// allowance), as a float comparison.
+inline int64_t unclipped_count(const float *vb, const Block &k, double lam) {
+    const double bound = lam * (1 + 1e-9);
+    float fbound = (float)bound;
+    if ((double)fbound > bound) fbound = __builtin_nextafterf(fbound, 0.0f);
+    const vf bv = (vf){} + fbound;
+    int64_t count = 0;
+    for (int64_t j = 0; j < k.m; j += WF) count += __builtin_popcount(ge_mask(bv, abs_v(load_padded(vb, j, k.valid))));
+    return count;
+}
+
+// The MSE rules on block y (k.m coordinates, all real: a flattened block or a server's sum), with `a` (k.m floats)
+// as scratch: the dither's scale lam* as the "norm" rule gives it for the factor lam* / ||y|| (so the float is the
+// one reference.server_scales and encode_flat give), and the float sent, lam* times the debias gain m / unclipped.
+struct MseScale {
+    float lambda, scale;
+};
+inline MseScale block_mse_scale(const float *y, const Block &k, float *a, bool debias) {
+    vd acc_sq = {};
+    for (int64_t j = 0; j < k.m; j += WF) acc_sq = add_squares(acc_sq, vload<vf>(y + j));
+    const double norm = __builtin_sqrt(lane_sum(acc_sq)), lam = block_mse_root(y, k, a);
+    const float lambda = (float)(norm * (norm > 0 ? lam / norm : 0.0));
+    const int64_t unclipped = debias && lam > 0 ? unclipped_count(y, k, lam) : k.m;
+    const double gain = (double)k.m / (double)(unclipped > 0 ? unclipped : 1);
+    return MseScale{lambda, (float)((double)lambda * gain)};
+}
+
 // ---------------------------------------------------------------- one-bit dithered codec
+// The bits of block y: b_j = [y_j + tau_j >= 0], tau_j = lambda U(-1, 1) from the dither stream `key`.
+inline void quantize_block(const float *y, const Block &k, float lambda, uint64_t key, uint64_t *wb) {
+    const vf zero = {};
+    for (int64_t j = 0; j < k.m; j += 64) {
+        uint64_t word = 0;
+        for (int l = 0; l < 64; l += WF) word |= (uint64_t)ge_mask(vload<vf>(y + j + l) + dither(key, j + l, lambda), zero) << l;
+        wb[j / 64] = word;
+    }
+}
+
 int encode_1bit(const float *x, fobsgd_layout lay, int rotate, int rule, const double *lambda_factor,
                 uint64_t seed, uint64_t step, uint64_t rank, float *work, uint64_t *bits,
                 float *scales, int n_threads) {
@@ -185,6 +292,15 @@ int encode_1bit(const float *x, fobsgd_layout lay, int rotate, int rule, const d
             status = FOBSGD_ENONFINITE;
             continue;
         }
+        if (rule == FOBSGD_LAMBDA_MSE || rule == FOBSGD_LAMBDA_MSE_DEBIAS) {
+            const Block all = {k.off, k.m, k.m, k.log_m};  // after the transform every coordinate is real
+            const MseScale s = block_mse_scale(y, all, work + (n_threads + thread_id()) * wstride,
+                                               rule == FOBSGD_LAMBDA_MSE_DEBIAS);
+            scales[b] = s.scale;
+            quantize_block(y, k, s.lambda, stream_key(seed, step, block_id(lay, b), rank, kPurposeDither),
+                           bits + k.off / 64);
+            continue;
+        }
         const float by_norm = (float)(__builtin_sqrt(sumsq) * lambda_factor[b]);
         float lambda = by_norm;
         if (rule != FOBSGD_LAMBDA_NORM) {
@@ -198,15 +314,7 @@ int encode_1bit(const float *x, fobsgd_layout lay, int rotate, int rule, const d
             lambda = rule == FOBSGD_LAMBDA_MAX || by_max < by_norm ? by_max : by_norm;
         }
         scales[b] = lambda;
-        const uint64_t dkey = stream_key(seed, step, block_id(lay, b), rank, kPurposeDither);
-        uint64_t *wb = bits + k.off / 64;
-        const vf zero = {};
-        for (int64_t j = 0; j < k.m; j += 64) {
-            uint64_t word = 0;
-            for (int l = 0; l < 64; l += WF)
-                word |= (uint64_t)ge_mask(vload<vf>(y + j + l) + dither(dkey, j + l, lambda), zero) << l;
-            wb[j / 64] = word;
-        }
+        quantize_block(y, k, lambda, stream_key(seed, step, block_id(lay, b), rank, kPurposeDither), bits + k.off / 64);
     }
     return status;
 }
@@ -542,75 +650,6 @@ int segment_sign_aggregate(const uint8_t *payloads, int64_t n, int64_t stride, i
     return FOBSGD_OK;
 }
 
-// ---------------------------------------------------------------- the server's MSE-optimal scale
-// lam* of one block of m coordinates, a = |v| (reference.mse_lambda): the root of F'(lam) / 2 = m lam -
-// sum_{a > lam} a, which is nondecreasing. Quickselect on the candidates a[0, n) (reordered in place), which all lie
-// in (lo, hi) while `clipped` sums the coordinates at or above hi: expected O(n) where the reference sorts.
-inline double mse_root(float *a, int64_t n, int64_t m, double lo, double hi, double clipped) {
-    int64_t l = 0, r = n;
-    while (l < r) {
-        float x = a[l], y = a[l + (r - l) / 2], z = a[r - 1];
-        const float p = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
-        int64_t lt = l, i = l, gt = r;  // a[l, lt) < p, a[lt, gt) == p, a[gt, r) > p
-        double above = 0;
-        while (i < gt) {
-            const float t = a[i];
-            if (t < p) {
-                a[i++] = a[lt];
-                a[lt++] = t;
-            } else if (t > p) {
-                above += t;
-                a[i] = a[--gt];
-                a[gt] = t;
-            } else {
-                ++i;
-            }
-        }
-        if ((double)m * p >= clipped + above) {  // F'(p+) >= 0: lam* <= p, everything from p up clips
-            hi = p;
-            clipped += above + (double)p * (double)(gt - lt);
-            r = lt;
-        } else {
-            lo = p;
-            l = gt;
-        }
-    }
-    const double vertex = clipped / (double)m;
-    return vertex < lo ? lo : (vertex > hi ? hi : vertex);
-}
-
-constexpr int64_t kMseSample = 1024;  // blocks above this first bracket lam* from a strided sample
-
-// lam* of block k of v, with `a` (k.m floats) as scratch. A strided sample's own root, widened by 1/64 (then 1/8)
-// each way, brackets lam* in most blocks; one vectorized pass checks the bracket (F' < 0 at lo, >= 0 at hi) and keeps
-// only the coordinates inside it as candidates. A bracket that misses (a sparse or spiky block) falls back to all.
-inline double block_mse_root(const float *vb, const Block &k, float *a) {
-    static const double kWidths[] = {1.0 / 64, 1.0 / 8};
-    if (k.m > kMseSample) {
-        const int64_t stride = k.m / kMseSample;
-        for (int64_t s = 0; s < kMseSample; ++s) a[s] = s * stride < k.valid ? __builtin_fabsf(vb[s * stride]) : 0.0f;
-        const double guess = mse_root(a, kMseSample, kMseSample, 0, __builtin_inf(), 0);
-        for (int attempt = 0; attempt < 2 && guess > 0; ++attempt) {
-            const float lo = (float)(guess * (1 - kWidths[attempt])), hi = (float)(guess * (1 + kWidths[attempt]));
-            const vf lov = (vf){} + lo, hiv = (vf){} + hi, zero = {};
-            vd above_lo = {}, above_hi = {}, at_hi = {};
-            int64_t n = 0;
-            for (int64_t j = 0; j < k.m; j += WF) {
-                const vf x = abs_v(load_padded(vb, j, k.valid));
-                above_lo = add_abs(above_lo, x > lov ? x : zero);
-                above_hi = add_abs(above_hi, x > hiv ? x : zero);
-                at_hi = add_abs(at_hi, x == hiv ? x : zero);
-                for (uint32_t inside = gt_mask(x, lov) & gt_mask(hiv, x); inside; inside &= inside - 1)
-                    a[n++] = x[__builtin_ctz(inside)];
-            }
-            if ((double)k.m * lo < lane_sum(above_lo) && (double)k.m * hi >= lane_sum(above_hi))
-                return mse_root(a, n, k.m, lo, hi, lane_sum(above_hi) + lane_sum(at_hi));
-        }
-    }
-    for (int64_t j = 0; j < k.m; j += WF) vstore(a + j, abs_v(load_padded(vb, j, k.valid)));
-    return mse_root(a, k.m, k.m, 0, __builtin_inf(), 0);
-}
-
 int mse_scales(const float *v, fobsgd_layout lay, float *work, double *lams, int64_t *unclipped, double *norms,
                int n_threads) {
     const int64_t wstride = max_block(lay);
@@ -629,14 +668,7 @@ int mse_scales(const float *v, fobsgd_layout lay, float *work, double *lams, int
         }
         norms[b] = __builtin_sqrt(sumsq);
         lams[b] = block_mse_root(vb, k, work + thread_id() * wstride);
-        // |v_j| <= lam (1 + 1e-9) (reference.unclipped_count's allowance) in double, as a float comparison
-        const double bound = lams[b] * (1 + 1e-9);
-        float fbound = (float)bound;
-        if ((double)fbound > bound) fbound = __builtin_nextafterf(fbound, 0.0f);
-        const vf bv = (vf){} + fbound;
-        int64_t count = 0;
-        for (int64_t j = 0; j < k.m; j += WF) count += __builtin_popcount(ge_mask(bv, abs_v(load_padded(vb, j, k.valid))));
-        unclipped[b] = count;
+        unclipped[b] = unclipped_count(vb, k, lams[b]);
     }
     return status;
 }
