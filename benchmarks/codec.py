@@ -1,7 +1,8 @@
 """Encode / decode / server-aggregate throughput of every compressor, in GB/s of fp32 gradient.
 
 Also the ratios the kernels are held to, measured side by side in this run:
-  fo1bit encode of 2^24 floats against the FWHT alone (blocked as the encode does, and as one row);
+  fo1bit encode of 2^24 floats against the FWHT alone (blocked as the encode does, and as one row),
+  and the encode with the workers' --worker-scale mse-debias (FO-SGD's default) against eta;
   aggregating 8 fo1bit payloads of 2^24 coordinates against decoding one of them;
   the FO-SGD server's re-quantization of that sum with --server-scale mse-debias against eta, and
   the mse_scales kernel against its numpy (sorting) reference;
@@ -61,6 +62,8 @@ def goals(repeats):
     fwht_row = best_time(lambda: native.fwht_(y), repeats)
     payload = c.encode(x, 0, 1)
     encode = best_time(lambda: c.encode(x, 0, 1, out=payload), repeats)
+    mse_worker = compressors.get("fo1bit", worker_scale="mse-debias")
+    encode_mse = best_time(lambda: mse_worker.encode(x, 0, 1, out=payload), repeats)
     out = arrays.aligned_zeros(n)
     decode = best_time(lambda: c.decode(payload, 0, n, out=out), repeats)
     rows = np.stack([c.encode(x, 0, r).buffer for r in range(8)])
@@ -78,6 +81,8 @@ def goals(repeats):
          "a_ms": encode * 1e3, "b_ms": fwht_blocks * 1e3},
         {"what": "fo1bit encode / FWHT one row of 2^24", "ratio": encode / fwht_row, "a_ms": encode * 1e3,
          "b_ms": fwht_row * 1e3},
+        {"what": "fo1bit encode, worker scale mse-debias / eta", "ratio": encode_mse / encode,
+         "a_ms": encode_mse * 1e3, "b_ms": encode * 1e3},
         {"what": "aggregate 8 payloads / decode 1 (goal < 1)", "ratio": aggregate / decode,
          "a_ms": aggregate * 1e3, "b_ms": decode * 1e3},
         {"what": "server re-quantize, mse-debias / eta", "ratio": server["mse-debias"] / server["eta"],

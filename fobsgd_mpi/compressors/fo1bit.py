@@ -99,15 +99,9 @@ class FlattenedOneBit(OneBitCompressor):
             return payload
         if uplink_noise is None:
             raise ValueError("server_scale mse-shrink needs the uplink noise bound (uplink_noise_bound of the rows)")
-        v = np.ascontiguousarray(v[: layout.padded], dtype=np.float32)
-        n = layout.n_blocks
-        lams, unclipped, norms = np.zeros(n), np.zeros(n, np.int64), np.zeros(n)
-        self.kernels.mse_scales(v, layout, lams, unclipped, norms, self.n_threads)
-        gains = reference.server_gains(v, layout, lams, unclipped, uplink_noise)
-        # the kernel's "norm" rule takes lam = ||v_b|| * factor_b: the factor that gives lam*
-        factors = np.divide(lams, norms, out=np.zeros_like(lams), where=norms > 0)
-        self.kernels.encode_1bit(v, layout, False, LAMBDA_RULES["norm"], factors, self.seed, int(step), int(rank),
-                                 payload.bits, payload.scales, self.n_threads)
+        _, gains = reference.server_scales(v, layout, uplink_noise, mse_scales=self.kernels.mse_scales,
+                                           n_threads=self.n_threads)
+        self._quantize(v, layout, False, int(step), int(rank), payload, "mse")
         payload.scales[:] = (payload.scales * gains).astype(np.float32)  # the bits dither with lam*, decode g lam*
         return payload
 
