@@ -149,7 +149,7 @@ inline vf dither(uint64_t key, int64_t j, float lambda) {
     return lambda * (__builtin_convertvector(odd, vf) * (1.0f / 16777216.0f));
 }
 
-// ---------------------------------------------------------------- the server's MSE-optimal scale
+// ---------------------------------------------------------------- the MSE-optimal scale (server, and workers' --worker-scale)
 // lam* of one block of m coordinates, a = |v| (reference.mse_lambda): the root of F'(lam) / 2 = m lam -
 // sum_{a > lam} a, which is nondecreasing. Quickselect on the candidates a[0, n) (reordered in place), which all lie
 // in (lo, hi) while `clipped` sums the coordinates at or above hi: expected O(n) where the reference sorts.
