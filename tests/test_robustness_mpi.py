@@ -148,7 +148,7 @@ def test_overwrite_clears_old_checkpoints_and_resume_checks_the_configuration(tm
     out, _ = train(3, tmp_path, *args, "--stop-at", "7")
     refused = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", out, "--resume", *args, "--lr", "0.2", "--seed", "1")
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr[-2000:]
-    assert "another configuration: lr 0.02 there, 0.2 here, seed 0 there, 1 here" in refused.stderr
+    assert "another configuration: lr 0.08 there, 0.2 here, seed 0 there, 1 here" in refused.stderr
     # how far and how often may change on a resume
     done = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", out, "--resume", *args[:4], "--steps", "12",
                   "--eval-every", "3", "--checkpoint-every", "6")
