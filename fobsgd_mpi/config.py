@@ -314,7 +314,7 @@ TRAIN = (
            choices=("eta", "mse", "mse-shrink", "mse-debias")),
     Option("--worker-scale", STR, None, "FO-SGD workers' scale per block: eta = --lambda-rule's (unbiased, fused with "
                                         "the transform); mse = the server's MSE-optimal scale on the flattened block; "
-                                        "mse-debias = that and its gain (about 20x less squared error, unbiased to "
+                                        "mse-debias = that and its gain (about 15x less squared error, unbiased to "
                                         "first order; the default)", choices=("eta", "mse", "mse-debias")),
     Option("--server-also-works", BOOL, False, "rank 0 computes a gradient too"),
     Option("--servers", SERVERS, "1", "server ranks: 1 = the classic parameter server on rank 0; k or all = "

@@ -15,7 +15,7 @@ server computes the float, every rank decodes it. Unset, it is mse-debias from 8
 gain along the mean measures 0.94-1.16 there, and eta below (1.7 at 4 workers: it overshoots).
 
 --worker-scale is the same choice for the workers' own encode (eta, mse, mse-debias), made on
-their flattened blocks; unset, mse-debias: a worker's squared error drops about 20x, which lets
+their flattened blocks; unset, mse-debias: a worker's squared error drops about 15x, which lets
 FO-SGD train at 4-8x eta's learning rate.
 """
 from .base import SERVER_STREAM, PSAlgorithm

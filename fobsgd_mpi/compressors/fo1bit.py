@@ -116,8 +116,8 @@ class FlattenedOneBit(OneBitCompressor):
         return np.sum((w * lam) ** 2, axis=0) * layout.sizes
 
     def flatten(self, x, step, d):
-        """H D x per block (padded length): what encode quantizes, for a worker whose scale needs
-        the flattened block and a server that re-flattens. `d`: the length of x or its layout."""
+        """H D x per block (padded length): what encode quantizes, for a server that re-flattens.
+        `d`: the length of x or its layout."""
         layout = self.layout_of(d)
         out = np.zeros(layout.padded, dtype=np.float32)
         out[: layout.d] = x[: layout.d]
