@@ -389,9 +389,8 @@ def validate(cfg):
 # exchange and the run's record; the user's own script chooses the model, data and optimizer
 API_OPTIONS = ("algorithm", "block_size", "eta", "lambda_rule", "sign_ties", "sign_scale", "liec_period", "qsgd_levels",
                "topk_ratio", "warmup_steps", "min_compress_numel", "downlink", "server_scale", "worker_scale",
-               "server_also_works",
-               "servers", "participation", "seed", "out", "overwrite", "check_every", "checkpoint_every", "resume",
-               "on_nonfinite", "codec", "cuda_aware_mpi")
+               "server_also_works", "servers", "participation", "seed", "out", "overwrite", "check_every",
+               "checkpoint_every", "resume", "on_nonfinite", "codec", "cuda_aware_mpi")
 
 
 def api_config(**options):

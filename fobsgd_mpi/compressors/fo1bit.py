@@ -116,15 +116,14 @@ class FlattenedOneBit(OneBitCompressor):
         return np.sum((w * lam) ** 2, axis=0) * layout.sizes
 
     def flatten(self, x, step, d):
-        """H D x per block (padded length): what encode quantizes, for a server that re-flattens.
-        `d`: the length of x or its layout."""
-        layout = self.layout_of(d)
+        """H D x per block (padded length): what encode quantizes, for a server that re-flattens."""
+        layout = self.layout(d)
         out = np.zeros(layout.padded, dtype=np.float32)
-        out[: layout.d] = x[: layout.d]
+        out[:d] = x[:d]
         if self.rotate:
             for b, off, m, _ in layout.blocks():
                 y = out[off : off + m]
-                y[rng.rademacher_flips(self.seed, step, int(layout.block_ids[b]), m)] *= -1
+                y[rng.rademacher_flips(self.seed, step, b, m)] *= -1
                 self.kernels.fwht_(y)
         return out
 
