@@ -294,7 +294,7 @@ def unclipped_count(v, lam):
 def mse_scales(v, layout, lams, unclipped, norms, n_threads=1):
     """Per block of `layout` (the flat layout of a server's sum v, float32): lams[b] = mse_lambda,
     unclipped[b] = unclipped_count there, norms[b] = ||v_b||_2. Fills the three arrays (float64,
-    int64, float64); the native kernel finds the same lam by quickselect instead of a sort."""
+    int64, float64); the native kernel finds the same lam by a bracketed search instead of a sort."""
     for b, off, m, _ in layout.blocks():
         vb = np.asarray(v[off : off + m], dtype=np.float64)
         norms[b] = math.sqrt(_finite_sumsq(vb, "the server's sum"))

@@ -6,7 +6,7 @@ resume whose checkpoint the other path wrote. The "-direct" cases hand MPI the p
 themselves (--cuda-aware-mpi on: what a CUDA-aware MPI takes on a GPU; on the CPU through DLPack).
 
 FO-SGD's workers take --worker-scale eta here: with mse-debias the torch twin finds lam* by a sort
-and the kernel by quickselect, equal to about 1e-12 relative but not always to the last bit (the
+and the kernel by a bracketed search, equal to about 1e-12 relative but not always to the last bit (the
 parameters then differed by up to 1.5e-8 after 6 steps); test_kernels_equal and test_torch_codec
 hold single encodes of the MSE rules bit-equal."""
 import h5py

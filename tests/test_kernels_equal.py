@@ -330,11 +330,12 @@ MSE_BLOCKS = {"gaussian": lambda g, s: g.standard_normal(s), "heavy-tailed": lam
 
 
 @pytest.mark.parametrize("kind", MSE_BLOCKS)
-@pytest.mark.parametrize("max_block", [1 << 10, 1 << 14])
+@pytest.mark.parametrize("max_block", [1 << 10, 1 << 14, 1 << 16])
 def test_mse_scales_match_the_sorting_reference(isa, kind, max_block, gen):
-    """The native quickselect (with the sampled bracket above 1024 coordinates) finds the reference's
-    lam* to the last bits of a float64 sum, the same unclipped count, and the block norms; blocks of
-    2^14 take the bracket, a sparse block misses it and falls back to all coordinates."""
+    """The native root search (inside a bracket from a sample above 4096 coordinates) finds the
+    reference's lam* to the last bits of a float64 sum, the same unclipped count, and the block
+    norms; blocks of 2^14 and 2^16 take the bracket, a sparse block misses it and falls back to all
+    coordinates."""
     lay = BlockLayout(70_001, max_block, 256).flat()
     v = MSE_BLOCKS[kind](gen, lay.padded).astype(np.float32)
     (lam_n, count_n, norm_n), (lam_r, count_r, norm_r) = mse_outputs(lay), mse_outputs(lay)

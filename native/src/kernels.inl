@@ -150,84 +150,166 @@ inline vf dither(uint64_t key, int64_t j, float lambda) {
 }
 
 // ---------------------------------------------------------------- the MSE-optimal scale (server, and workers' --worker-scale)
-// lam* of one block of m coordinates, a = |v| (reference.mse_lambda): the root of F'(lam) / 2 = m lam -
-// sum_{a > lam} a, which is nondecreasing. Quickselect on the candidates a[0, n) (reordered in place), which all lie
-// in (lo, hi) while `clipped` sums the coordinates at or above hi: expected O(n) where the reference sorts.
-inline double mse_root(float *a, int64_t n, int64_t m, double lo, double hi, double clipped) {
-    int64_t l = 0, r = n;
-    while (l < r) {
-        float x = a[l], y = a[l + (r - l) / 2], z = a[r - 1];
-        const float p = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
-        int64_t lt = l, i = l, gt = r;  // a[l, lt) < p, a[lt, gt) == p, a[gt, r) > p
-        double above = 0;
-        while (i < gt) {
-            const float t = a[i];
-            if (t < p) {
-                a[i++] = a[lt];
-                a[lt++] = t;
-            } else if (t > p) {
-                above += t;
-                a[i] = a[--gt];
-                a[gt] = t;
-            } else {
-                ++i;
-            }
+// lam* of one block of m coordinates (reference.mse_lambda) is the root of F'(lam) / 2 = m lam - S(lam), with S(lam)
+// the sum of the |v_j| above lam: nondecreasing, linear between the |v_j| and jumping up at them. mse_root searches
+// the candidates a[0, n), which all lie in (lo, hi) while `clipped` sums the |v_j| at or above hi. The interval
+// (lo, hi) keeps F'(lo) < 0 <= F'(hi) and shrinks by probes, each a vectorized pass over the candidates that also
+// finds the smallest and largest candidate left inside. A probe is S(lo) / m, which lies at or above the root, or
+// S(hi) / m, at or below it (each closes in by the slope of S / m, about 0.4 for a Gaussian block), or a bisection
+// when they stall, always moved into [smallest, largest] candidate inside, so that a block of a few repeated values
+// (a server's sum) ends in a probe or two. Once no candidate lies inside, S is constant there and the root is
+// S(lo) / m clamped to [lo, hi]: the exact root, as the reference's sort finds it.
+struct Probe {
+    double above;                          // clipped + the candidates above t
+    int64_t n_below, n_above;              // candidates in (lo, t) and in (t, hi)
+    float below_min, below_max, above_min, above_max;
+};
+inline float lanes_min(vf x) {
+    float r = x[0];
+    for (int l = 1; l < WF; ++l) r = x[l] < r ? x[l] : r;
+    return r;
+}
+inline float lanes_max(vf x) {
+    float r = x[0];
+    for (int l = 1; l < WF; ++l) r = x[l] > r ? x[l] : r;
+    return r;
+}
+inline Probe probe_at(const float *a, int64_t n, float lo, float t, float hi, double clipped) {
+    const vf lov = (vf){} + lo, tv = (vf){} + t, hiv = (vf){} + hi, zero = {}, inf = zero + __builtin_inff();
+    vf bmin = inf, bmax = zero, amin = inf, amax = zero;
+    vd sum = {};
+    vi32 n_below = {}, n_above = {};  // a true lane of a comparison is -1
+    for (int64_t j = 0; j < n; j += WF) {
+        const vf x = load_padded(a, j, n);  // the padding, 0, lies at or below lo
+        sum = add_abs(sum, x > tv ? x : zero);
+        const vi32 below = (x > lov) & (tv > x), above = (x > tv) & (hiv > x);
+        n_below -= below;
+        n_above -= above;
+        bmin = below && x < bmin ? x : bmin;
+        bmax = below && x > bmax ? x : bmax;
+        amin = above && x < amin ? x : amin;
+        amax = above && x > amax ? x : amax;
+    }
+    int64_t below = 0, above = 0;
+    for (int l = 0; l < WF; ++l) {
+        below += n_below[l];
+        above += n_above[l];
+    }
+    return Probe{clipped + lane_sum(sum), below, above, lanes_min(bmin), lanes_max(bmax), lanes_min(amin),
+                 lanes_max(amax)};
+}
+inline float float_up(double x) {
+    const float f = (float)x;
+    return (double)f < x ? __builtin_nextafterf(f, __builtin_inff()) : f;
+}
+inline float float_down(double x) {
+    const float f = (float)x;
+    return (double)f > x ? __builtin_nextafterf(f, 0.0f) : f;
+}
+inline float float_midpoint(float lo, float hi) {  // both >= 0: the float order is the order of their bits
+    uint32_t l, h;
+    __builtin_memcpy(&l, &lo, 4);
+    __builtin_memcpy(&h, &hi, 4);
+    const uint32_t mid = l + (h - l) / 2;
+    float f;
+    __builtin_memcpy(&f, &mid, 4);
+    return f;
+}
+
+// The root in [lo, hi] (0 <= lo < hi, hi may be infinite), or -1 when F'(lo) >= 0: the root lies at or below lo.
+inline double mse_root(const float *a, int64_t n, int64_t m, float lo, float hi, double clipped) {
+    const Probe first = probe_at(a, n, lo, lo, hi, clipped);
+    double s_lo = first.above, s_hi = clipped;
+    if ((double)m * lo >= s_lo) return lo == 0 ? 0.0 : -1.0;  // at lo = 0 that means an all-zero block
+    int64_t inside = first.n_above, checked = inside;
+    float in_min = first.above_min, in_max = first.above_max;  // the candidates inside (lo, hi) span these
+    for (int step = 0; inside > 0; ++step) {
+        float t = step % 2 == 0 ? float_up(s_lo / (double)m) : float_down(s_hi / (double)m);
+        if (step % 2 == 0 && step > 0) {
+            if (2 * inside > checked) t = float_midpoint(in_min, in_max);  // two probes did not halve them
+            checked = inside;
         }
-        if ((double)m * p >= clipped + above) {  // F'(p+) >= 0: lam* <= p, everything from p up clips
-            hi = p;
-            clipped += above + (double)p * (double)(gt - lt);
-            r = lt;
+        t = t < in_min ? in_min : (t > in_max ? in_max : t);
+        const Probe p = probe_at(a, n, lo, t, hi, clipped);
+        if ((double)m * t >= p.above) {
+            hi = t;
+            s_hi = p.above;
+            inside = p.n_below;
+            in_min = p.below_min;
+            in_max = p.below_max;
         } else {
-            lo = p;
-            l = gt;
+            lo = t;
+            s_lo = p.above;
+            inside = p.n_above;
+            in_min = p.above_min;
+            in_max = p.above_max;
         }
     }
-    const double vertex = clipped / (double)m;
+    const double vertex = s_lo / (double)m;
     return vertex < lo ? lo : (vertex > hi ? hi : vertex);
 }
 
-constexpr int64_t kMseSample = 1024;  // blocks above this first bracket lam* from a strided sample
+constexpr int64_t kMseSample = 4096;  // blocks above this first bracket lam* from a strided sample
 
-// lam* of block k of v, with `a` (k.m floats) as scratch. A strided sample's own root, widened by 1/64 (then 1/8)
-// each way, brackets lam* in most blocks; one vectorized pass checks the bracket (F' < 0 at lo, >= 0 at hi) and keeps
-// only the coordinates inside it as candidates. A bracket that misses (a sparse or spiky block) falls back to all.
-inline double block_mse_root(const float *vb, const Block &k, float *a) {
-    static const double kWidths[] = {1.0 / 64, 1.0 / 8};
+// The largest float at or below lam (1 + 1e-9): |v_j| <= it is reference.unclipped_count's test (its allowance lets a
+// block of equal |v_j|, one worker's payload, count as unclipped), done in float.
+inline float unclipped_bound(double lam) { return float_down(lam * (1 + 1e-9)); }
+
+// One block's MSE statistics (reference.mse_scales): lam*, how many |v_j| it leaves unclipped, and sum v_j^2.
+struct MseRoot {
+    double lam;
+    int64_t unclipped;
+    double sumsq;
+};
+
+// The statistics of block k of v, with `a` (k.m floats) as scratch, in one pass over v in most blocks. A strided
+// sample's own root, widened by 1/32 (then 1/8) each way, brackets lam* in most blocks (a 4096-coordinate sample of a
+// Gaussian block misses the 1/32 bracket in about 3 % of blocks); the pass checks F'(hi) >= 0, keeps the coordinates
+// inside (lo, hi) as candidates and counts those at or above hi, so lam* (mse_root checks F'(lo) < 0) and the
+// unclipped count follow from the candidates alone. A bracket that misses (a sparse or spiky block) falls back to all.
+inline MseRoot block_mse_root(const float *vb, const Block &k, float *a) {
+    static const double kWidths[] = {1.0 / 32, 1.0 / 8};
+    vd acc_sq = {};
     if (k.m > kMseSample) {
         const int64_t stride = k.m / kMseSample;
         for (int64_t s = 0; s < kMseSample; ++s) a[s] = s * stride < k.valid ? __builtin_fabsf(vb[s * stride]) : 0.0f;
-        const double guess = mse_root(a, kMseSample, kMseSample, 0, __builtin_inf(), 0);
+        const double guess = mse_root(a, kMseSample, kMseSample, 0, __builtin_inff(), 0);
         for (int attempt = 0; attempt < 2 && guess > 0; ++attempt) {
             const float lo = (float)(guess * (1 - kWidths[attempt])), hi = (float)(guess * (1 + kWidths[attempt]));
             const vf lov = (vf){} + lo, hiv = (vf){} + hi, zero = {};
-            vd above_lo = {}, above_hi = {}, at_hi = {};
-            int64_t n = 0;
+            vd above_hi = {};
+            acc_sq = (vd){};
+            int64_t n = 0, n_above_hi = 0, n_from_hi = 0;
             for (int64_t j = 0; j < k.m; j += WF) {
-                const vf x = abs_v(load_padded(vb, j, k.valid));
-                above_lo = add_abs(above_lo, x > lov ? x : zero);
+                const vf v = load_padded(vb, j, k.valid), x = abs_v(v);
+                acc_sq = add_squares(acc_sq, v);
                 above_hi = add_abs(above_hi, x > hiv ? x : zero);
-                at_hi = add_abs(at_hi, x == hiv ? x : zero);
+                n_above_hi += __builtin_popcount(gt_mask(x, hiv));
+                n_from_hi += __builtin_popcount(ge_mask(x, hiv));
                 for (uint32_t inside = gt_mask(x, lov) & gt_mask(hiv, x); inside; inside &= inside - 1)
                     a[n++] = x[__builtin_ctz(inside)];
             }
-            if ((double)k.m * lo < lane_sum(above_lo) && (double)k.m * hi >= lane_sum(above_hi))
-                return mse_root(a, n, k.m, lo, hi, lane_sum(above_hi) + lane_sum(at_hi));
+            if ((double)k.m * hi < lane_sum(above_hi)) continue;  // F'(hi) < 0: the root lies above hi
+            const double clipped = lane_sum(above_hi) + (double)(n_from_hi - n_above_hi) * hi;
+            const double lam = mse_root(a, n, k.m, lo, hi, clipped);
+            if (lam < 0) continue;
+            const float bound = unclipped_bound(lam);  // in [lo, hi]: what lies outside (lo, hi) is counted
+            int64_t n_clipped = bound < hi ? n_from_hi : n_above_hi;
+            for (int64_t i = 0; i < n; ++i) n_clipped += a[i] > bound;
+            return MseRoot{lam, k.m - n_clipped, lane_sum(acc_sq)};
         }
+        acc_sq = (vd){};
     }
-    for (int64_t j = 0; j < k.m; j += WF) vstore(a + j, abs_v(load_padded(vb, j, k.valid)));
-    return mse_root(a, k.m, k.m, 0, __builtin_inf(), 0);
-}
-
-// How many |v_j| of block k lam leaves unclipped: |v_j| <= lam (1 + 1e-9) in double (reference.unclipped_count's
-// allowance), as a float comparison.
-inline int64_t unclipped_count(const float *vb, const Block &k, double lam) {
-    const double bound = lam * (1 + 1e-9);
-    float fbound = (float)bound;
-    if ((double)fbound > bound) fbound = __builtin_nextafterf(fbound, 0.0f);
-    const vf bv = (vf){} + fbound;
-    int64_t count = 0;
-    for (int64_t j = 0; j < k.m; j += WF) count += __builtin_popcount(ge_mask(bv, abs_v(load_padded(vb, j, k.valid))));
-    return count;
+    for (int64_t j = 0; j < k.m; j += WF) {
+        const vf v = load_padded(vb, j, k.valid);
+        acc_sq = add_squares(acc_sq, v);
+        vstore(a + j, abs_v(v));
+    }
+    const double lam = mse_root(a, k.m, k.m, 0, __builtin_inff(), 0);
+    const float bound = unclipped_bound(lam);
+    int64_t unclipped = 0;
+    for (int64_t i = 0; i < k.m; ++i) unclipped += a[i] <= bound;
+    return MseRoot{lam, unclipped, lane_sum(acc_sq)};
 }
 
 // The MSE rules on block y (k.m coordinates, all real: a flattened block or a server's sum), with `a` (k.m floats)
@@ -237,11 +319,10 @@ struct MseScale {
     float lambda, scale;
 };
 inline MseScale block_mse_scale(const float *y, const Block &k, float *a, bool debias) {
-    vd acc_sq = {};
-    for (int64_t j = 0; j < k.m; j += WF) acc_sq = add_squares(acc_sq, vload<vf>(y + j));
-    const double norm = __builtin_sqrt(lane_sum(acc_sq)), lam = block_mse_root(y, k, a);
-    const float lambda = (float)(norm * (norm > 0 ? lam / norm : 0.0));
-    const int64_t unclipped = debias && lam > 0 ? unclipped_count(y, k, lam) : k.m;
+    const MseRoot r = block_mse_root(y, k, a);
+    const double norm = __builtin_sqrt(r.sumsq);
+    const float lambda = (float)(norm * (norm > 0 ? r.lam / norm : 0.0));
+    const int64_t unclipped = debias && r.lam > 0 ? r.unclipped : k.m;
     const double gain = (double)k.m / (double)(unclipped > 0 ? unclipped : 1);
     return MseScale{lambda, (float)((double)lambda * gain)};
 }
@@ -657,18 +738,15 @@ int mse_scales(const float *v, fobsgd_layout lay, float *work, double *lams, int
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_threads > 1)
     for (int64_t b = 0; b < lay.n_blocks; ++b) {
         const Block k = block_at(lay, b);
-        const float *vb = v + k.off;
-        vd acc_sq = {};
-        for (int64_t j = 0; j < k.m; j += WF) acc_sq = add_squares(acc_sq, load_padded(vb, j, k.valid));
-        const double sumsq = lane_sum(acc_sq);
-        if (!__builtin_isfinite(sumsq)) {
+        const MseRoot r = block_mse_root(v + k.off, k, work + thread_id() * wstride);
+        if (!__builtin_isfinite(r.sumsq)) {
 #pragma omp atomic write
             status = FOBSGD_ENONFINITE;
             continue;
         }
-        norms[b] = __builtin_sqrt(sumsq);
-        lams[b] = block_mse_root(vb, k, work + thread_id() * wstride);
-        unclipped[b] = unclipped_count(vb, k, lams[b]);
+        norms[b] = __builtin_sqrt(r.sumsq);
+        lams[b] = r.lam;
+        unclipped[b] = r.unclipped;
     }
     return status;
 }
