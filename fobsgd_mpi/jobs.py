@@ -23,10 +23,34 @@ def job_env():
     return env
 
 
+# what a job asked to end (SIGTERM) has to end its ranks and remove its namespaces before it is killed
+GRACE_S = 30
+
+
+def run_captured(cmd, timeout, env):
+    """subprocess.run(cmd, capture_output=True, text=True, timeout=timeout), except that a job past
+    its time (or interrupted) is asked to end first: SIGTERM, which mpirun passes on to its ranks
+    and on which fobsgd_mpi.launch removes its network namespaces; SIGKILL only GRACE_S later."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(job_env(), **(env or {})), cwd=ROOT) as job:
+        try:
+            out, err = job.communicate(timeout=timeout)
+        except BaseException as exc:
+            job.terminate()
+            try:
+                out, err = job.communicate(timeout=GRACE_S)
+            except subprocess.TimeoutExpired:
+                job.kill()
+                out, err = job.communicate()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise subprocess.TimeoutExpired(cmd, timeout, out, err) from None
+            raise
+    return subprocess.CompletedProcess(cmd, job.returncode, out, err)
+
+
 def launch(*args, timeout=600, env=None):
     """`python -m fobsgd_mpi.launch ARGS` (shaped links), output captured; `env` adds variables."""
-    return subprocess.run([sys.executable, "-m", "fobsgd_mpi.launch", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=dict(job_env(), **(env or {})), cwd=ROOT)
+    return run_captured([sys.executable, "-m", "fobsgd_mpi.launch", *map(str, args)], timeout, env)
 
 
 def error_line(stderr):
@@ -36,9 +60,7 @@ def error_line(stderr):
 
 def mpirun(n, module, *args, timeout=600, env=None):
     """`mpirun -n N python -m MODULE ARGS`, output captured; `env` adds variables."""
-    cmd = [mpirun_path(), "-n", str(n), sys.executable, "-m", module, *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(job_env(), **(env or {})),
-                          cwd=ROOT)
+    return run_captured([mpirun_path(), "-n", str(n), sys.executable, "-m", module, *map(str, args)], timeout, env)
 
 
 def mpirun_batch(n, runs, spec, timeout=600, env=None):

@@ -148,13 +148,14 @@ class Network:
             raise
 
     def __exit__(self, *exc):
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave namespaces
+        previous = ignore_ending_signals()  # a second Ctrl-C or a kill must not leave namespaces
         try:
             for name in reversed(self.namespaces):
                 subprocess.run(["ip", "netns", "del", name], capture_output=True)
             self.namespaces.clear()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def counters(self):
         """{rank: (tx_bytes, rx_bytes)} of each rank's interface (one entry for shared)."""
@@ -223,6 +224,11 @@ def build_parser():
     return make_parser("python -m fobsgd_mpi.launch", __doc__, OPTIONS)
 
 
+def ignore_ending_signals():
+    """Ignores SIGINT and SIGTERM from now on; returns the handlers they had."""
+    return {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
 def run_job(cmd, env):
     """The job's exit status; on Ctrl-C or SIGTERM the job (whose mpirun got the Ctrl-C too) is
     asked to end its ranks, killed after 10 s, and the exception goes on to the cleanup."""
@@ -234,7 +240,7 @@ def run_job(cmd, env):
     try:
         return job.wait()
     except BaseException:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ending now: further Ctrl-Cs must not cut the cleanup short
+        ignore_ending_signals()  # ending now: further Ctrl-Cs or kills must not cut the cleanup short
         job.terminate()
         try:
             job.wait(timeout=10)
@@ -245,6 +251,7 @@ def run_job(cmd, env):
 
 
 def launch(args, cmd):
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill ends the job's ranks too (run_job)
     env = job_env()
     if args.model_network:
         env["FOBSGD_NETWORK"] = json.dumps({"topology": args.topology, "rate_bps": args.bandwidth,
@@ -255,7 +262,6 @@ def launch(args, cmd):
         print(f"error: {problem}; run as root, or pass --model-network for the alpha-beta model only",
               file=sys.stderr)
         return EXIT_USAGE
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="fobsgd-launch-") as tmp, \
             Network(args.n, args.bandwidth, args.latency, args.topology) as net:
         env.update(net.env())

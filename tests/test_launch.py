@@ -142,6 +142,18 @@ def test_ctrl_c_ends_the_job_in_one_line_with_exit_130_and_removes_namespaces(mo
     assert not processes_with(marker), "a rank outlived the launcher"
 
 
+@pytest.mark.parametrize("mode", ["--model-network", "--topology=shared"])
+def test_a_job_past_its_timeout_ends_its_ranks_and_removes_namespaces(mode):
+    if mode != "--model-network" and not ROOTED:
+        pytest.skip("network namespaces need root and iproute2")
+    marker = f"fobsgd-sleeper-{os.getpid()}-timeout"
+    with pytest.raises(subprocess.TimeoutExpired):
+        jobs.launch(mode, "--bandwidth", "1gbit", "-n", "2", "--", sys.executable, "-c", f"{SLEEPER}  # {marker}",
+                    timeout=10)
+    assert not [ns for ns in namespaces().split() if ns.startswith(launch.PREFIX) and not alive(ns)]
+    assert not processes_with(marker), "a rank outlived the launcher"
+
+
 def processes_with(marker):
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
