@@ -2,9 +2,9 @@
 
 Also the ratios the kernels are held to, measured side by side in this run:
   fo1bit encode of 2^24 floats against the FWHT alone (blocked as the encode does, and as one row),
-  and the encode with the workers' --worker-scale mse-debias (FO-SGD's default) against eta;
+  and the encode with the workers' --worker-scale mse-debias (FO-SGD's default) and drive against eta;
   aggregating 8 fo1bit payloads of 2^24 coordinates against decoding one of them;
-  the FO-SGD server's re-quantization of that sum with --server-scale mse-debias against eta, and
+  the FO-SGD server's re-quantization of that sum with --server-scale mse-debias and drive against eta, and
   the mse_scales kernel against its numpy (sorting) reference;
   scaled sign with one scale per tensor (ResNet-50's 161 tensors, d = 25,557,032) against one per
   block: encode, and the server's sum of 8 payloads.
@@ -62,8 +62,8 @@ def goals(repeats):
     fwht_row = best_time(lambda: native.fwht_(y), repeats)
     payload = c.encode(x, 0, 1)
     encode = best_time(lambda: c.encode(x, 0, 1, out=payload), repeats)
-    mse_worker = compressors.get("fo1bit", worker_scale="mse-debias")
-    encode_mse = best_time(lambda: mse_worker.encode(x, 0, 1, out=payload), repeats)
+    worker = {scale: best_time(lambda: compressors.get("fo1bit", worker_scale=scale).encode(x, 0, 1, out=payload),
+                               repeats) for scale in ("mse-debias", "drive")}
     out = arrays.aligned_zeros(n)
     decode = best_time(lambda: c.decode(payload, 0, n, out=out), repeats)
     rows = np.stack([c.encode(x, 0, r).buffer for r in range(8)])
@@ -71,7 +71,7 @@ def goals(repeats):
     v = arrays.aligned_zeros(c.layout(n).padded)
     aggregate = best_time(lambda: c.aggregate(rows, w, n, out=v), repeats)
     server = {scale: best_time(lambda: compressors.get("fo1bit", server_scale=scale).encode_flat(v, 0, 0, n), repeats)
-              for scale in ("eta", "mse-debias")}
+              for scale in ("eta", "mse-debias", "drive")}
     lay = c.layout(n).flat()
     scales = {k: best_time(lambda: k.mse_scales(v, lay, np.zeros(lay.n_blocks), np.zeros(lay.n_blocks, np.int64),
                                                  np.zeros(lay.n_blocks)), repeats if k is native else 1)
@@ -81,12 +81,12 @@ def goals(repeats):
          "a_ms": encode * 1e3, "b_ms": fwht_blocks * 1e3},
         {"what": "fo1bit encode / FWHT one row of 2^24", "ratio": encode / fwht_row, "a_ms": encode * 1e3,
          "b_ms": fwht_row * 1e3},
-        {"what": "fo1bit encode, worker scale mse-debias / eta", "ratio": encode_mse / encode,
-         "a_ms": encode_mse * 1e3, "b_ms": encode * 1e3},
+        *({"what": f"fo1bit encode, worker scale {scale} / eta", "ratio": worker[scale] / encode,
+           "a_ms": worker[scale] * 1e3, "b_ms": encode * 1e3} for scale in worker),
         {"what": "aggregate 8 payloads / decode 1 (goal < 1)", "ratio": aggregate / decode,
          "a_ms": aggregate * 1e3, "b_ms": decode * 1e3},
-        {"what": "server re-quantize, mse-debias / eta", "ratio": server["mse-debias"] / server["eta"],
-         "a_ms": server["mse-debias"] * 1e3, "b_ms": server["eta"] * 1e3},
+        *({"what": f"server re-quantize, {scale} / eta", "ratio": server[scale] / server["eta"],
+           "a_ms": server[scale] * 1e3, "b_ms": server["eta"] * 1e3} for scale in ("mse-debias", "drive")),
         {"what": "mse_scales native / numpy", "ratio": scales[native] / scales[reference],
          "a_ms": scales[native] * 1e3, "b_ms": scales[reference] * 1e3},
         *per_tensor_scales(repeats),

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from . import algorithms, device, models, workload
+from .compressors.fo1bit import SERVER_SCALES, WORKER_SCALES
 from .errors import EXIT_USAGE, UsageError
 from .launcher_env import local_ranks
 from .optim import OPTIMIZERS, SCHEDULES
@@ -309,13 +310,16 @@ TRAIN = (
     Option("--server-scale", STR, None, "FO-SGD server's scale per block: eta = --lambda-rule's; mse = the scale "
                                         "minimizing the re-quantization's expected squared error (it clips: the "
                                         "direction shrinks about 2x); mse-shrink = that and a James-Stein gain <= 1; "
-                                        "mse-debias = that and the gain m / unclipped count that undoes the shrink. "
+                                        "mse-debias = that and the gain m / unclipped count that undoes the shrink; "
+                                        "drive = no dither, the signs and the scale ||v||^2 / ||v||_1 (DRIVE). "
                                         "Default: mse-debias from 8 workers, eta below (it overshoots with 2-4)",
-           choices=("eta", "mse", "mse-shrink", "mse-debias")),
+           choices=SERVER_SCALES),
     Option("--worker-scale", STR, None, "FO-SGD workers' scale per block: eta = --lambda-rule's (unbiased, fused with "
                                         "the transform); mse = the server's MSE-optimal scale on the flattened block; "
                                         "mse-debias = that and its gain (about 15x less squared error, unbiased to "
-                                        "first order; the default)", choices=("eta", "mse", "mse-debias")),
+                                        "first order; the default); drive = no dither, the signs and the scale "
+                                        "||y||^2 / ||y||_1 (DRIVE: unbiased through the rotation, about 23x less)",
+           choices=WORKER_SCALES),
     Option("--server-also-works", BOOL, False, "rank 0 computes a gradient too"),
     Option("--servers", SERVERS, "1", "server ranks: 1 = the classic parameter server on rank 0; k or all = "
                                       "blocks dealt round-robin to ranks 0..k-1, exchanged with Alltoallw (every "

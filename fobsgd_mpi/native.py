@@ -17,8 +17,8 @@ import numpy as np
 
 from . import arrays, reference
 from .errors import NonFiniteError
-from .reference import (LAMBDA_MAX, LAMBDA_MIN, LAMBDA_MSE, LAMBDA_MSE_DEBIAS, LAMBDA_NORM,  # noqa: F401  (re-exported)
-                        TIES_POSITIVE, TIES_RANDOM)
+from .reference import (LAMBDA_DRIVE, LAMBDA_MAX, LAMBDA_MIN, LAMBDA_MSE,  # noqa: F401  (re-exported)
+                        LAMBDA_MSE_DEBIAS, LAMBDA_NORM, TIES_POSITIVE, TIES_RANDOM)
 
 try:
     from . import _native

@@ -12,7 +12,7 @@ import numpy as np
 from . import rng
 from .errors import NonFiniteError
 
-LAMBDA_NORM, LAMBDA_MAX, LAMBDA_MIN, LAMBDA_MSE, LAMBDA_MSE_DEBIAS = 0, 1, 2, 3, 4
+LAMBDA_NORM, LAMBDA_MAX, LAMBDA_MIN, LAMBDA_MSE, LAMBDA_MSE_DEBIAS, LAMBDA_DRIVE = 0, 1, 2, 3, 4, 5
 TIES_POSITIVE, TIES_RANDOM = 0, 1  # the sign of an exact zero / a tied vote: + always, or shared random
 
 
@@ -76,6 +76,10 @@ def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, 
         if rotate:
             y = np.where(rng.rademacher_flips(seed, step, key, m), -y, y)
             fwht_(y)
+        if rule == LAMBDA_DRIVE:
+            scales[b], flags = drive_block(y, rng.centred_uniforms(seed, step, key, rank, m))
+            _store_bits(bits, off, flags)
+            continue
         lam = np.float32(math.sqrt(sumsq) * lambda_factor[b])
         scales[b] = lam
         if rule == LAMBDA_MAX:
@@ -86,6 +90,14 @@ def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, 
             lam, scales[b] = mse_scale(y, rule == LAMBDA_MSE_DEBIAS)
         tau = lam * rng.centred_uniforms(seed, step, key, rank, m)
         _store_bits(bits, off, (y + tau) >= 0)
+
+
+def drive_block(y, draws):
+    """DRIVE's scale ||y||^2 / ||y||_1 and bits: the signs of y, an exact zero taking the sign of
+    its draw."""
+    y64 = y.astype(np.float64)
+    l1 = float(np.abs(y64).sum())
+    return np.float32(float(np.dot(y64, y64)) / l1 if l1 > 0 else 0.0), np.where(y != 0, y, draws) >= 0
 
 
 def decode_1bit(bits, scales, layout, rotate, seed, step, out, weight=1.0, accumulate=False, n_threads=1):

@@ -40,8 +40,8 @@ import torch
 
 from . import native, rng
 from .errors import NonFiniteError
-from .reference import (LAMBDA_MAX, LAMBDA_MIN, LAMBDA_MSE, LAMBDA_MSE_DEBIAS, LAMBDA_NORM,  # noqa: F401  (re-exported)
-                        TIES_POSITIVE, TIES_RANDOM)
+from .reference import (LAMBDA_DRIVE, LAMBDA_MAX, LAMBDA_MIN, LAMBDA_MSE,  # noqa: F401  (re-exported)
+                        LAMBDA_MSE_DEBIAS, LAMBDA_NORM, TIES_POSITIVE, TIES_RANDOM)
 from .reference import qsgd_width
 
 
@@ -232,8 +232,8 @@ def fwht_(x, normalize=True):
 def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, scales, n_threads=1):
     """reference.encode_1bit on tensors: x float32 (length layout.d); bits (n_words) and scales
     (n_blocks, float32) on x's device. Raises NonFiniteError for NaN or Inf in x. The MSE rules
-    run on the torch path (the CUDA kernels have none)."""
-    cuda = _cuda_kernels(x) if rule not in (LAMBDA_MSE, LAMBDA_MSE_DEBIAS) else None
+    and DRIVE run on the torch path (the CUDA kernels have none)."""
+    cuda = _cuda_kernels(x) if rule not in (LAMBDA_MSE, LAMBDA_MSE_DEBIAS, LAMBDA_DRIVE) else None
     if cuda is not None:
         work = torch.empty(layout.padded, dtype=torch.float32, device=x.device)
         sumsq = torch.empty(layout.n_blocks, dtype=torch.float64, device=x.device)
@@ -258,6 +258,12 @@ def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, 
         if rotate:
             y = torch.where(rademacher_flips(seed, step, ids[b0:b1], m), -y, y)
             fwht_(y)
+        if rule == LAMBDA_DRIVE:
+            l1 = y.double().abs().sum(1)
+            scales[b0:b1] = torch.where(l1 > 0, y.double().square().sum(1) / l1, 0.0).float()
+            draws = centred_uniforms(seed, step, ids[b0:b1], rank, m)
+            _run_view(flags, run)[:] = torch.where(y != 0, y, draws) >= 0
+            continue
         lam = (sumsq[b0:b1].sqrt() * factors[b0:b1]).float()
         scales[b0:b1] = lam
         if rule in (LAMBDA_MSE, LAMBDA_MSE_DEBIAS):

@@ -26,7 +26,7 @@ def encode_both(x, lay, rotate, rule, seed=7, step=3, rank=2):
 @pytest.mark.parametrize("d", SIZES)
 @pytest.mark.parametrize("rotate", [True, False])
 @pytest.mark.parametrize("rule", [native.LAMBDA_NORM, native.LAMBDA_MAX, native.LAMBDA_MIN, native.LAMBDA_MSE,
-                                  native.LAMBDA_MSE_DEBIAS])
+                                  native.LAMBDA_MSE_DEBIAS, native.LAMBDA_DRIVE])
 def test_encode_identical_bits_and_scales(isa, d, rotate, rule, gen):
     x = gen.standard_normal(d).astype(np.float32)
     lay = layout_for(d)

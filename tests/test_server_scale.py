@@ -82,6 +82,7 @@ def test_mse_scale_cuts_the_direction_error_at_n_8():
     assert errs["mse"] < errs["eta"] / 4
     assert errs["mse-shrink"] < errs["mse"]
     assert errs["mse-debias"] < errs["eta"] / 2
+    assert errs["drive"] < errs["eta"] / 2
 
 
 def test_bias_along_the_mean(gen):
@@ -102,7 +103,7 @@ def test_bias_along_the_mean(gen):
             sums[s] += c.decode(c.encode_flat(v, t, SERVER_STREAM, d, uplink_noise=noise), t, d)
     along = {s: float(np.dot(sums[s] / reps, mean) / np.dot(mean, mean)) for s in cs}
     print("along the mean:", {k: round(v, 3) for k, v in along.items()})
-    assert abs(along["eta"] - 1) < 0.1 and abs(along["mse-debias"] - 1) < 0.1
+    assert abs(along["eta"] - 1) < 0.1 and abs(along["mse-debias"] - 1) < 0.1 and abs(along["drive"] - 1) < 0.1
     assert 0.4 < along["mse"] < 0.6 and along["mse-shrink"] < along["mse"]
 
 
@@ -167,11 +168,36 @@ def test_worker_scale_cuts_the_error_and_keeps_the_direction(kind, gen):
         along[scale] = float(np.dot(np.mean(decoded, axis=0), x) / np.dot(x, x))
     print(kind, "error / ||x||^2:", {k: round(float(v), 2) for k, v in errors.items()}, "along x:",
           {k: round(v, 3) for k, v in along.items()})
-    assert errors["eta"] > 10 and errors["mse-debias"] < 1.2 and errors["mse"] < 0.6
+    assert errors["eta"] > 10 and errors["mse-debias"] < 1.2 and errors["mse"] < 0.6 and errors["drive"] < 0.65
     assert abs(along["eta"] - 1) < 0.05 and abs(along["mse-debias"] - 1) < 0.1 and 0.3 < along["mse"] < 0.7
+    assert along["drive"] == pytest.approx(1, abs=1e-4)  # <x_hat, x> = ||x||^2 for every encoding
 
 
-@pytest.mark.parametrize("scale", ["mse", "mse-debias"])
+@pytest.mark.parametrize("kind", ["gaussian", "heavy-tailed", "sparse", "pairs"])
+def test_drive_is_unbiased_through_the_rotation(kind, gen):
+    """DRIVE does not dither, so its mean over 64 steps (64 rotations) is what shows a bias: the
+    squared distance of that mean from x stays at the error of one encoding / 64, as for an
+    unbiased quantizer. "pairs": two equal coordinates per block, whose flattened block is half
+    exact zeros (the ties, which take the dither's sign)."""
+    d, reps = 16_384, 64
+    if kind == "pairs":
+        x = np.zeros(d)
+        x[::4096], x[7::4096] = 1.0, 1.0
+    else:
+        x = worker_vectors(gen, d)[kind]
+    x = x.astype(np.float32)
+    c = compressors.get("fo1bit", worker_scale="drive", block_size=4096)
+    decoded = np.array([c.decode(c.encode(x, step, 1), step, d) for step in range(reps)], dtype=np.float64)
+    norm = np.sum(x.astype(np.float64) ** 2)
+    error = np.mean(np.sum((decoded - x) ** 2, axis=1)) / norm
+    bias = np.sum((decoded.mean(axis=0) - x) ** 2) / norm
+    print(kind, f"error / ||x||^2 {error:.3f}, ||mean - x||^2 / ||x||^2 {bias:.4f} (error / {reps}: "
+                f"{error / reps:.4f})")
+    assert error < 0.65 if kind != "pairs" else error < 1.05
+    assert bias < 1.5 * error / reps
+
+
+@pytest.mark.parametrize("scale", ["mse", "mse-debias", "drive"])
 def test_worker_scale_payload(scale, gen):
     """The eta payload's size; native and numpy give the same bits (floats to rounding); the fused
     encode is the server's rule applied to the flattened vector, under the worker's own stream."""
@@ -185,7 +211,13 @@ def test_worker_scale_payload(scale, gen):
     np.testing.assert_allclose(a.scales, b.scales, rtol=1e-6)
     server = compressors.get("fo1bit", server_scale=scale, block_size=1024)
     assert np.array_equal(a.buffer, server.encode_flat(server.flatten(x, 4, d), 4, 2, d).buffer)
-    assert not np.array_equal(a.bits, c.encode(x, 4, 3).bits)  # each rank dithers with its own stream
+    if scale == "drive":  # no dither: only the rotation (the step) changes the bits; the scale is ||y||^2 / ||y||_1
+        assert np.array_equal(a.bits, c.encode(x, 4, 3).bits) and not np.array_equal(a.bits, c.encode(x, 5, 2).bits)
+        y = server.flatten(x, 4, d).astype(np.float64)
+        blocks = [y[off : off + m] for _, off, m, _ in c.layout(d).blocks()]
+        np.testing.assert_allclose(a.scales, [np.sum(b ** 2) / np.sum(np.abs(b)) for b in blocks], rtol=1e-5)
+    else:
+        assert not np.array_equal(a.bits, c.encode(x, 4, 3).bits)  # each rank dithers with its own stream
 
 
 def test_worker_scale_on_torch_and_its_default(gen):
@@ -202,9 +234,12 @@ def test_worker_scale_on_torch_and_its_default(gen):
     assert np.array_equal(on_torch.buffer.numpy(), native.buffer)
     with pytest.raises(ValueError, match="worker_scale"):
         compressors.get("fo1bit", worker_scale="mse-shrink")
+    with pytest.raises(ValueError, match="random rotation"):
+        compressors.get("dithered-sign", worker_scale="drive")
 
 
 SCALE_CASES = {"mse": ("mse", ()), "mse-debias": ("mse-debias", ()), "worker-eta": ("mse", ("--worker-scale", "eta")),
+               "drive": ("drive", ("--worker-scale", "drive")),
                "mse-shrink-sharded": ("mse-shrink", ("--servers", "all", "--block-size", "256")),
                "mse-shrink-fresh": ("mse-shrink", ("--downlink", "fresh-rotation"))}
 

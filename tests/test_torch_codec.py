@@ -15,7 +15,7 @@ from fobsgd_mpi.layout import BlockLayout  # noqa: E402
 SIZES = [1, 63, 64, 300, 4096, 70_001, 200_003]  # all but 4096 pad their last block
 TIES = [tc.TIES_RANDOM, tc.TIES_POSITIVE]
 KERNEL_RULES = [tc.LAMBDA_NORM, tc.LAMBDA_MAX, tc.LAMBDA_MIN]  # the CUDA kernels' rules
-RULES = KERNEL_RULES + [tc.LAMBDA_MSE, tc.LAMBDA_MSE_DEBIAS]  # the MSE rules run on the torch path everywhere
+RULES = KERNEL_RULES + [tc.LAMBDA_MSE, tc.LAMBDA_MSE_DEBIAS, tc.LAMBDA_DRIVE]  # these run on the torch path everywhere
 
 
 def layout_for(d):

@@ -10,13 +10,14 @@ with a rotation of its own (drawn for step | 2^62), at the cost of one more tran
 --server-scale picks the server's scale per block (compressors/fo1bit.py): eta (the workers'
 --lambda-rule), mse (the scale minimizing the re-quantization's expected squared error) or
 mse-shrink (that scale and a James-Stein gain <= 1 in the transmitted float) or mse-debias (that
-scale and the gain that undoes its shrinkage of the mean, about 2). Same payload; the
-server computes the float, every rank decodes it. Unset, it is mse-debias from 8 workers, whose
-gain along the mean measures 0.94-1.16 there, and eta below (1.7 at 4 workers: it overshoots).
+scale and the gain that undoes its shrinkage of the mean, about 2), or drive (no dither: the signs
+and ||v||^2 / ||v||_1). Same payload; the server computes the float, every rank decodes it.
+Unset, it is mse-debias from 8 workers, whose gain along the mean measures 0.94-1.16 there, and
+eta below (1.7 at 4 workers: it overshoots).
 
---worker-scale is the same choice for the workers' own encode (eta, mse, mse-debias), made on
-their flattened blocks; unset, mse-debias: a worker's squared error drops about 15x, which lets
-FO-SGD train at 4-8x eta's learning rate.
+--worker-scale is the same choice for the workers' own encode (eta, mse, mse-debias, drive), made
+on their flattened blocks; unset, mse-debias: a worker's squared error drops about 15x, which
+lets FO-SGD train at 4-8x eta's learning rate.
 """
 from .base import SERVER_STREAM, PSAlgorithm
 from .registry import register

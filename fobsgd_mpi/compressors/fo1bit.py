@@ -20,17 +20,22 @@ The server's re-quantization (encode_flat) takes its scale by `server_scale`:
                the clipping gain, N the uplink noise the workers' scales bound
                (reference.server_scales): a James-Stein shrinkage, biased towards zero;
   "mse-debias" lam* and the gain m / (unclipped count), which undoes lam*'s own shrinkage of the
-               mean to first order (<E x_hat, mean> ~ ||mean||^2 again).
+               mean to first order (<E x_hat, mean> ~ ||mean||^2 again);
+  "drive"      no dither: the signs of the block and the scale ||y||^2 / ||y||_1 (DRIVE, Vargaftik et
+               al., NeurIPS 2021), so <x_hat, v> = ||v||^2 exactly; unbiased through the random
+               rotation alone (exactly so for a uniformly random one; tests/test_server_scale.py
+               measures the randomized Hadamard's bias).
 Either way the payload is the same bits and one float per block; the server alone computes the
 float and every rank decodes the one it receives, so replicas stay bit-identical.
 
 A worker's own encode takes its scale by `worker_scale`: "eta" (step 2 above), or "mse" /
-"mse-debias" as the server's, on its flattened block, in the same fused kernel (the lambda rules
-LAMBDA_MSE and LAMBDA_MSE_DEBIAS). After the flattening a block is close to Gaussian, where lam*
-clips about half of it: the decoded vector's squared error drops from about (2 ln(2m/eta) - 1)
-||x||^2 to about 0.8 ||x||^2 with "mse-debias", whose gain keeps it unbiased along x to first
-order (tests/test_server_scale.py measures both at m = 4096: 13.7 and 0.79 for a Gaussian x, gain
-along x 0.99).
+"mse-debias" / "drive" as the server's, on its flattened block, in the same fused kernel (the
+lambda rules LAMBDA_MSE, LAMBDA_MSE_DEBIAS and LAMBDA_DRIVE). After the flattening a block is
+close to Gaussian, where lam* clips about half of it: the decoded vector's squared error drops
+from about (2 ln(2m/eta) - 1) ||x||^2 to about 0.8 ||x||^2 with "mse-debias", whose gain keeps it
+unbiased along x to first order (tests/test_server_scale.py measures both at m = 4096: 13.7 and
+0.79 for a Gaussian x, gain along x 0.99); with "drive" it is about pi/2 - 1 = 0.57, its gain
+exactly 1.
 """
 import math
 from dataclasses import dataclass, field
@@ -38,15 +43,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import reference, rng
-from ..native import LAMBDA_MAX, LAMBDA_MIN, LAMBDA_MSE, LAMBDA_MSE_DEBIAS, LAMBDA_NORM
+from ..native import LAMBDA_DRIVE, LAMBDA_MAX, LAMBDA_MIN, LAMBDA_MSE, LAMBDA_MSE_DEBIAS, LAMBDA_NORM
 from .base import BlockOptions, check_choice, flag
 from .onebit import OneBitCompressor
 from .registry import register
 
 LAMBDA_RULES = {"norm": LAMBDA_NORM, "max": LAMBDA_MAX, "min": LAMBDA_MIN}
-MSE_RULES = {"mse": LAMBDA_MSE, "mse-debias": LAMBDA_MSE_DEBIAS}
-SERVER_SCALES = ("eta", "mse", "mse-shrink", "mse-debias")
-WORKER_SCALES = ("eta", "mse", "mse-debias")  # mse-shrink shrinks by the uplink's noise, which a worker has not
+BLOCK_RULES = {"mse": LAMBDA_MSE, "mse-debias": LAMBDA_MSE_DEBIAS, "drive": LAMBDA_DRIVE}  # made on the block
+SERVER_SCALES = ("eta", "mse", "mse-shrink", "mse-debias", "drive")
+WORKER_SCALES = ("eta", "mse", "mse-debias", "drive")  # not mse-shrink: it shrinks by the uplink's noise
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,8 @@ class FlattenedOneBit(OneBitCompressor):
 
     def _quantize(self, x, layout, rotate, step, rank, payload, scale="eta"):
         """The one-bit kernel on x's blocks (transformed first if `rotate`), with the scale rule
-        `scale`: eta (--lambda-rule's), mse or mse-debias (lam* of the transformed block)."""
-        rule = LAMBDA_RULES[self.lambda_rule] if scale == "eta" else MSE_RULES[scale]
+        `scale`: eta (--lambda-rule's), mse or mse-debias (lam* of the transformed block), drive."""
+        rule = LAMBDA_RULES[self.lambda_rule] if scale == "eta" else BLOCK_RULES[scale]
         self.kernels_for(x).encode_1bit(x, layout, rotate, rule, self.lambda_factors(layout), self.seed, step, rank,
                                         payload.bits, payload.scales, self.n_threads)
 
@@ -153,3 +158,9 @@ class DitheredSign(FlattenedOneBit):
     @dataclass(frozen=True)
     class Options(FlatOptions):
         lambda_rule: str = field(default="max", metadata=flag(None))  # the unbiased rule, whatever --lambda-rule says
+
+        def __post_init__(self):
+            super().__post_init__()
+            if "drive" in (self.worker_scale, self.server_scale):
+                raise ValueError("the drive scale is unbiased only through the flattening's random rotation, which "
+                                 "dithered-sign leaves out; use fo-sgd, or another --worker-scale / --server-scale")

@@ -28,13 +28,15 @@ enum {
 
 /* The scale of a block y (after the transform): ||y|| lambda_factor[b], max|y|, the smaller of the two, or the
  * MSE-optimal lam* (fobsgd_mse_scales), dithered with lam* and sent as lam* or as lam* m / (unclipped count);
- * the MSE rules take twice the work (n_threads * 2 * max block length floats). */
+ * the MSE rules take twice the work (n_threads * 2 * max block length floats). DRIVE does not dither: the bits
+ * are the signs of y (an exact zero takes its dither draw's sign) and the scale is ||y||^2 / ||y||_1. */
 enum {
     FOBSGD_LAMBDA_NORM = 0,
     FOBSGD_LAMBDA_MAX = 1,
     FOBSGD_LAMBDA_MIN = 2,
     FOBSGD_LAMBDA_MSE = 3,
-    FOBSGD_LAMBDA_MSE_DEBIAS = 4
+    FOBSGD_LAMBDA_MSE_DEBIAS = 4,
+    FOBSGD_LAMBDA_DRIVE = 5
 };
 
 /* What sign an exact zero (and a tied majority vote) takes: a seeded random +-1 from the block's

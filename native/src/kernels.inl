@@ -338,6 +338,33 @@ inline void quantize_block(const float *y, const Block &k, float lambda, uint64_
     }
 }
 
+// DRIVE (Vargaftik et al., NeurIPS 2021): the signs of the flattened block, sent with the scale ||y||^2 / ||y||_1,
+// so that <x_hat, x> = ||x||^2 exactly and the rest of the error is orthogonal to x (about (pi/2 - 1) ||x||^2 for
+// a Gaussian block). No dither; an exact zero takes the sign of its dither draw, not +, so it adds no bias.
+inline float drive_block(const float *y, const Block &k, uint64_t key, uint64_t *wb) {
+    const vf zero = {};
+    vd acc_l1 = {}, acc_sq = {};
+    for (int64_t j = 0; j < k.m; j += 64) {
+        uint64_t pos = 0, nonneg = 0;
+        for (int l = 0; l < 64; l += WF) {
+            const vf v = vload<vf>(y + j + l);
+            acc_l1 = add_abs(acc_l1, v);
+            acc_sq = add_squares(acc_sq, v);
+            pos |= (uint64_t)gt_mask(v, zero) << l;
+            nonneg |= (uint64_t)ge_mask(v, zero) << l;
+        }
+        const uint64_t ties = nonneg & ~pos;
+        if (ties) {  // rare: hash the dither only for a word that holds a zero
+            uint64_t draws = 0;
+            for (int l = 0; l < 64; l += WF) draws |= (uint64_t)ge_mask(dither(key, j + l, 1.0f), zero) << l;
+            pos |= ties & draws;
+        }
+        wb[j / 64] = pos;
+    }
+    const double l1 = lane_sum(acc_l1);  // ||y||^2 of the block as quantized, so a server's rule matches a worker's
+    return l1 > 0 ? (float)(lane_sum(acc_sq) / l1) : 0.0f;
+}
+
 int encode_1bit(const float *x, fobsgd_layout lay, int rotate, int rule, const double *lambda_factor,
                 uint64_t seed, uint64_t step, uint64_t rank, float *work, uint64_t *bits,
                 float *scales, int n_threads) {
@@ -380,6 +407,10 @@ int encode_1bit(const float *x, fobsgd_layout lay, int rotate, int rule, const d
             scales[b] = s.scale;
             quantize_block(y, k, s.lambda, stream_key(seed, step, block_id(lay, b), rank, kPurposeDither),
                            bits + k.off / 64);
+            continue;
+        }
+        if (rule == FOBSGD_LAMBDA_DRIVE) {
+            scales[b] = drive_block(y, k, stream_key(seed, step, block_id(lay, b), rank, kPurposeDither), bits + k.off / 64);
             continue;
         }
         const float by_norm = (float)(__builtin_sqrt(sumsq) * lambda_factor[b]);
