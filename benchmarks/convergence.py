@@ -21,9 +21,12 @@ algorithm in one and their seeds in the other (fobsgd_mpi.batch), so the ranks s
 (once more where a seed is replaced), not once a run.
 
     python benchmarks/convergence.py [--workers 8] [--epochs 30] [--models mlp cnn1d] [--workdir DIR] [--quick]
+    python benchmarks/convergence.py --models mlp --algorithms sgd fo-sgd --train-flags="--worker-scale drive"
 """
 import argparse
+import hashlib
 import os
+import shlex
 import tempfile
 
 import h5py
@@ -31,8 +34,8 @@ import numpy as np
 
 from fobsgd_mpi import algorithms, data, models, report
 from fobsgd_mpi.benchmarking import format_table, results_path, save_records
-from fobsgd_mpi.config import FLOAT, INT, ScriptParser, flag_type
-from fobsgd_mpi.errors import EXIT_USAGE
+from fobsgd_mpi.config import FLOAT, INT, ScriptParser, flag_type, parse_config
+from fobsgd_mpi.errors import EXIT_USAGE, UsageError
 from fobsgd_mpi.jobs import error_line, mpirun_batch
 
 SETTINGS = {  # name: train flags
@@ -55,13 +58,34 @@ def write_validation_split(dataset, fraction, path):
     return f"npz:{path}"
 
 
+# train flags the protocol sets itself (planned_run, SETTINGS), which --train-flags may not
+PROTOCOL_FLAGS = ("--algorithm", "--model", "--dataset", "--epochs", "--seed", "--lr", "--out", "--overwrite",
+                  "--resume", "--eval-every", "--partition", "--alpha", "--participation", "--slow-ranks", "--config")
+
+
+def train_flags(text):
+    """--train-flags: fobsgd_mpi.train flags for every run, checked as train checks them."""
+    flags = shlex.split(text)
+    taken = sorted({f.split("=")[0] for f in flags if f.split("=")[0] in PROTOCOL_FLAGS})
+    if taken:
+        raise argparse.ArgumentTypeError(f"{', '.join(taken)} is set by the protocol itself; leave it out")
+    try:
+        parse_config(flags)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(f"train refuses {text!r}: {exc}") from None
+    return flags
+
+
 def planned_run(workdir, args, dataset, algorithm, model, setting, lr, seed, tag):
     """(results file, train's command line) of one run of the protocol. Only a run whose file is
-    not complete is run (train_all), so --overwrite replaces nothing but a cut-short run's file."""
-    out = os.path.join(workdir, f"{tag}-{algorithm}-{model}-{setting}-lr{lr:g}-s{seed}.h5")
+    not complete is run (train_all), so --overwrite replaces nothing but a cut-short run's file.
+    With --train-flags the file name carries a digest of them, so runs of other flags in the same
+    --workdir are not taken for these."""
+    variant = "-" + hashlib.sha1(" ".join(args.train_flags).encode()).hexdigest()[:8] if args.train_flags else ""
+    out = os.path.join(workdir, f"{tag}-{algorithm}-{model}-{setting}{variant}-lr{lr:g}-s{seed}.h5")
     return out, ["--algorithm", algorithm, "--model", model, "--dataset", dataset, "--epochs", args.epochs,
                  "--seed", seed, "--lr", lr, "--quiet", "--out", out, "--overwrite", "--eval-every", "25",
-                 *SETTINGS[setting]]
+                 *SETTINGS[setting], *args.train_flags]
 
 
 def complete(out):
@@ -255,6 +279,10 @@ def parser():
     p.add_argument("--validation-fraction", type=flag_type(FLOAT, bounds=(0, 0.9), ends="(]"), default=0.2,
                    help="share of the training set held out to choose the learning rate")
     p.add_argument("--seeds", type=flag_type(INT, bounds=(1, 100)), default=3)
+    p.add_argument("--train-flags", type=train_flags, default=[],
+                   help="fobsgd_mpi.train flags every run gets, as one string after =, e.g. --train-flags=\"--worker-"
+                   "scale drive --server-scale drive\" (a variant measured on the same terms; the record's meta keeps "
+                   "them)")
     p.add_argument("--out", help="the HDF5 file to write (PNGs beside it); default results/convergence-<time>.h5")
     p.add_argument("--workdir", help="keep every run's file here; the runs it already holds complete are not run "
                    "again (to continue a protocol that was cut short)")

@@ -85,3 +85,23 @@ def test_the_protocol_tunes_on_validation_and_a_second_run_repeats_only_what_is_
     second = table(tmp_path / "second.h5")
     for key in ("lr", "accuracy", "accuracy_std", "bytes_up", "bytes_down"):
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)
+
+
+@pytest.mark.parametrize("text, problem", [("--lr 0.1", "set by the protocol"), ("--worker-scale drive --seed=3", "set by the protocol"),
+                                           ("--worker-scale median", "train refuses")])
+def test_train_flags_are_checked_as_train_checks_them(text, problem, capsys):
+    with pytest.raises(SystemExit) as exc:
+        benchmark("convergence").parser().parse_args(["--train-flags", text])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and problem in err and err.count("\n") == 1, err
+
+
+def test_train_flags_reach_every_run_and_name_its_file(tmp_path):
+    convergence = benchmark("convergence")
+    plain = convergence.parser().parse_args([])
+    drive = convergence.parser().parse_args(["--train-flags", "--worker-scale drive --server-scale drive"])
+    out, flags = convergence.planned_run(str(tmp_path), plain, "mnist1d", "fo-sgd", "mlp", "iid", 0.1, 0, "tune")
+    out_drive, flags_drive = convergence.planned_run(str(tmp_path), drive, "mnist1d", "fo-sgd", "mlp", "iid", 0.1, 0,
+                                                     "tune")
+    assert out != out_drive and "--worker-scale" not in flags
+    assert flags_drive[-4:] == ["--worker-scale", "drive", "--server-scale", "drive"]
