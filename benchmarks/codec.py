@@ -62,16 +62,16 @@ def goals(repeats):
     fwht_row = best_time(lambda: native.fwht_(y), repeats)
     payload = c.encode(x, 0, 1)
     encode = best_time(lambda: c.encode(x, 0, 1, out=payload), repeats)
-    worker = {scale: best_time(lambda: compressors.get("fo1bit", worker_scale=scale).encode(x, 0, 1, out=payload),
-                               repeats) for scale in ("mse-debias", "drive")}
+    workers = {scale: compressors.get("fo1bit", worker_scale=scale) for scale in ("mse-debias", "drive")}
+    worker = {scale: best_time(lambda: w.encode(x, 0, 1, out=payload), repeats) for scale, w in workers.items()}
     out = arrays.aligned_zeros(n)
     decode = best_time(lambda: c.decode(payload, 0, n, out=out), repeats)
     rows = np.stack([c.encode(x, 0, r).buffer for r in range(8)])
     w = np.full(8, 1 / 8, dtype=np.float32)
     v = arrays.aligned_zeros(c.layout(n).padded)
     aggregate = best_time(lambda: c.aggregate(rows, w, n, out=v), repeats)
-    server = {scale: best_time(lambda: compressors.get("fo1bit", server_scale=scale).encode_flat(v, 0, 0, n), repeats)
-              for scale in ("eta", "mse-debias", "drive")}
+    servers = {scale: compressors.get("fo1bit", server_scale=scale) for scale in ("eta", "mse-debias", "drive")}
+    server = {scale: best_time(lambda: s.encode_flat(v, 0, 0, n), repeats) for scale, s in servers.items()}
     lay = c.layout(n).flat()
     scales = {k: best_time(lambda: k.mse_scales(v, lay, np.zeros(lay.n_blocks), np.zeros(lay.n_blocks, np.int64),
                                                  np.zeros(lay.n_blocks)), repeats if k is native else 1)

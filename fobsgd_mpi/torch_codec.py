@@ -259,8 +259,9 @@ def encode_1bit(x, layout, rotate, rule, lambda_factor, seed, step, rank, bits, 
             y = torch.where(rademacher_flips(seed, step, ids[b0:b1], m), -y, y)
             fwht_(y)
         if rule == LAMBDA_DRIVE:
-            l1 = y.double().abs().sum(1)
-            scales[b0:b1] = torch.where(l1 > 0, y.double().square().sum(1) / l1, 0.0).float()
+            y64 = y.double()
+            l1 = y64.abs().sum(1)
+            scales[b0:b1] = torch.where(l1 > 0, y64.square().sum(1) / l1, 0.0).float()
             draws = centred_uniforms(seed, step, ids[b0:b1], rank, m)
             _run_view(flags, run)[:] = torch.where(y != 0, y, draws) >= 0
             continue
