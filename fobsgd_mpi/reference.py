@@ -342,8 +342,8 @@ def mse_scale(y, debias):
 
 
 def server_scales(v, layout, shrink_noise=None, debias=False, mse_scales=mse_scales, n_threads=1):
-    """Per block of `layout`: (lam*, gain), as the server computes them (`mse_scales`, this module's
-    or a native twin, then server_gains)."""
+    """Per block of `layout`: (lam*, gain, ||v_b||), as the server computes them (`mse_scales`, this
+    module's or a native twin, then server_gains)."""
     lams, unclipped, norms = np.zeros(layout.n_blocks), np.zeros(layout.n_blocks, np.int64), np.zeros(layout.n_blocks)
     mse_scales(np.ascontiguousarray(v[: layout.padded], dtype=np.float32), layout, lams, unclipped, norms, n_threads)
-    return lams, server_gains(v, layout, lams, unclipped, shrink_noise, debias)
+    return lams, server_gains(v, layout, lams, unclipped, shrink_noise, debias), norms

@@ -104,9 +104,12 @@ class FlattenedOneBit(OneBitCompressor):
             return payload
         if uplink_noise is None:
             raise ValueError("server_scale mse-shrink needs the uplink noise bound (uplink_noise_bound of the rows)")
-        _, gains = reference.server_scales(v, layout, uplink_noise, mse_scales=self.kernels.mse_scales,
-                                           n_threads=self.n_threads)
-        self._quantize(v, layout, False, int(step), int(rank), payload, "mse")
+        lams, gains, norms = reference.server_scales(v, layout, uplink_noise, mse_scales=self.kernels.mse_scales,
+                                                     n_threads=self.n_threads)
+        # the "norm" rule with the factor lam*/||v_b|| dithers with the float the "mse" rule would, without its search
+        factors = np.divide(lams, norms, out=np.zeros_like(lams), where=norms > 0)
+        self.kernels_for(v).encode_1bit(v, layout, False, LAMBDA_NORM, factors, self.seed, int(step), int(rank),
+                                        payload.bits, payload.scales, self.n_threads)
         payload.scales[:] = (payload.scales * gains).astype(np.float32)  # the bits dither with lam*, decode g lam*
         return payload
 

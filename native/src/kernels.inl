@@ -361,7 +361,8 @@ inline float drive_block(const float *y, const Block &k, uint64_t key, uint64_t 
         }
         wb[j / 64] = pos;
     }
-    const double l1 = lane_sum(acc_l1);  // ||y||^2 of the block as quantized, so a server's rule matches a worker's
+    // ||y||^2 summed over the block as quantized (not the caller's sum over x), so a server's rule matches a worker's
+    const double l1 = lane_sum(acc_l1);
     return l1 > 0 ? (float)(lane_sum(acc_sq) / l1) : 0.0f;
 }
 
@@ -410,7 +411,8 @@ int encode_1bit(const float *x, fobsgd_layout lay, int rotate, int rule, const d
             continue;
         }
         if (rule == FOBSGD_LAMBDA_DRIVE) {
-            scales[b] = drive_block(y, k, stream_key(seed, step, block_id(lay, b), rank, kPurposeDither), bits + k.off / 64);
+            const uint64_t key = stream_key(seed, step, block_id(lay, b), rank, kPurposeDither);
+            scales[b] = drive_block(y, k, key, bits + k.off / 64);
             continue;
         }
         const float by_norm = (float)(__builtin_sqrt(sumsq) * lambda_factor[b]);
