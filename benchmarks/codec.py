@@ -2,7 +2,7 @@
 
 Also the ratios the kernels are held to, measured side by side in this run:
   fo1bit encode of 2^24 floats against the FWHT alone (blocked as the encode does, and as one row),
-  and the encode with the workers' --worker-scale mse-debias (FO-SGD's default) and drive against eta;
+  and the encode with the workers' --worker-scale mse-debias and drive (FO-SGD's default) against eta;
   aggregating 8 fo1bit payloads of 2^24 coordinates against decoding one of them;
   the FO-SGD server's re-quantization of that sum with --server-scale mse-debias and drive against eta, and
   the mse_scales kernel against its numpy (sorting) reference;

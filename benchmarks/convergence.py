@@ -254,7 +254,8 @@ def plot_table(records, args, out):
             ax.set_xlabel("sent up per worker, whole run [MB]")
             ax.set_ylabel("test accuracy [fraction]")
             ax.grid(alpha=0.3)
-    fig.suptitle(f"{args.dataset}, {args.workers} workers and a server, {args.epochs:g} epochs\nlearning rate "
+    flags = f", train flags {' '.join(args.train_flags)}" if args.train_flags else ""
+    fig.suptitle(f"{args.dataset}, {args.workers} workers and a server, {args.epochs:g} epochs{flags}\nlearning rate "
                  f"tuned on held-out training rows; mean and std over {args.seeds} seeds that ran", fontsize=10)
     fig.tight_layout()
     path = f"{out}-accuracy-bytes.png"

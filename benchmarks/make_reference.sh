@@ -37,6 +37,12 @@ run benchmarks/exchange_scaling.py --algorithms fo-sgd signsgd-mv sgd --ranks 2 
 # curves). The runs stay in results/convergence-runs: after an interruption it goes on from there.
 run benchmarks/convergence.py --models mlp --workdir results/convergence-runs --out $OUT/convergence-mlp.h5
 run benchmarks/convergence.py --models cnn1d --workdir results/convergence-runs --out $OUT/convergence-cnn1d.h5
+# FO-SGD with DRIVE scales named explicitly (the default since 2026-12-03; the files above were made
+# with mse-debias, the default before), the same protocol
+run benchmarks/convergence.py --models mlp --algorithms fo-sgd --workdir results/convergence-runs \
+    --train-flags="--worker-scale drive --server-scale drive" --out $OUT/convergence-mlp-drive.h5
+run benchmarks/convergence.py --models cnn1d --algorithms fo-sgd --workdir results/convergence-runs \
+    --train-flags="--worker-scale drive --server-scale drive" --out $OUT/convergence-cnn1d-drive.h5
 # Time to 0.5 test accuracy against torch DDP, 8 ranks, 100 Mbit and 1 Gbit, at the tuned learning
 # rates (-<link>-accuracy.png)
 run benchmarks/time_to_accuracy.py --tuned $OUT/convergence-mlp.h5 --out $OUT/time_to_accuracy.h5

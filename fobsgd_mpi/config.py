@@ -271,7 +271,7 @@ TRAIN = (
     Option("--alpha", FLOAT, 0.5, "Dirichlet concentration for --partition dirichlet", bounds=(1e-3, 1e6)),
     Option("--batch-size", INT, 32, "per worker", bounds=(1, 2**24)),
     Option("--lr", FLOAT, None, "learning rate; none: the algorithm's own, e.g. 0.05 for sgd, 0.08 for fo-sgd (its "
-                                "--worker-scale mse-debias; eta workers take about 0.02)", bounds=(0, 1e4), ends="(]"),
+                                "default drive scales; eta workers take about 0.02)", bounds=(0, 1e4), ends="(]"),
     Option("--momentum", FLOAT, 0.9, "heavy-ball momentum of --optimizer sgd", bounds=(0, 1), ends="[)"),
     Option("--weight-decay", FLOAT, 0.0, "L2 penalty added to the direction", bounds=(0, 1e3)),
     Option("--lr-schedule", STR, "cosine", "learning rate over the run (step: x0.1 at each third)", choices=SCHEDULES),
@@ -311,14 +311,15 @@ TRAIN = (
                                         "minimizing the re-quantization's expected squared error (it clips: the "
                                         "direction shrinks about 2x); mse-shrink = that and a James-Stein gain <= 1; "
                                         "mse-debias = that and the gain m / unclipped count that undoes the shrink; "
-                                        "drive = no dither, the signs and the scale ||v||^2 / ||v||_1 (DRIVE). "
-                                        "Default: mse-debias from 8 workers, eta below (it overshoots with 2-4)",
+                                        "drive = no dither, the signs and the scale ||v||^2 / ||v||_1 (DRIVE; the "
+                                        "default; dithered-sign's: mse-debias from 8 workers, eta below)",
            choices=SERVER_SCALES),
     Option("--worker-scale", STR, None, "FO-SGD workers' scale per block: eta = --lambda-rule's (unbiased, fused with "
                                         "the transform); mse = the server's MSE-optimal scale on the flattened block; "
                                         "mse-debias = that and its gain (about 15x less squared error, unbiased to "
-                                        "first order; the default); drive = no dither, the signs and the scale "
-                                        "||y||^2 / ||y||_1 (DRIVE: unbiased through the rotation, about 23x less)",
+                                        "first order; dithered-sign's default); drive = no dither, the signs and the "
+                                        "scale ||y||^2 / ||y||_1 (DRIVE: unbiased through the rotation, about 23x "
+                                        "less; the default)",
            choices=WORKER_SCALES),
     Option("--server-also-works", BOOL, False, "rank 0 computes a gradient too"),
     Option("--servers", SERVERS, "1", "server ranks: 1 = the classic parameter server on rank 0; k or all = "

@@ -5,10 +5,11 @@ the fp32 tail of --min-compress-numel, partial participation, LIEC-SGD's model a
 resume whose checkpoint the other path wrote. The "-direct" cases hand MPI the payload tensors
 themselves (--cuda-aware-mpi on: what a CUDA-aware MPI takes on a GPU; on the CPU through DLPack).
 
-FO-SGD's workers take --worker-scale eta here: with mse-debias the torch twin finds lam* by a sort
-and the kernel by a bracketed search, equal to about 1e-12 relative but not always to the last bit (the
-parameters then differed by up to 1.5e-8 after 6 steps); test_kernels_equal and test_torch_codec
-hold single encodes of the MSE rules bit-equal."""
+FO-SGD's workers and server take the eta scale here: with mse-debias the torch twin finds lam* by a
+sort and the kernel by a bracketed search, equal to about 1e-12 relative but not always to the last
+bit (the parameters then differed by up to 1.5e-8 after 6 steps), and drive's two sums run in
+another order; test_kernels_equal, test_torch_codec and test_server_scale hold single encodes of
+those rules to their bits and floats."""
 import h5py
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from fobsgd_mpi import train as train_cli
 from .mpi_helpers import train_runs
 
 COMMON = ["--dataset", "digits", "--width", "32", "--steps", "6", "--eval-every", "3", "--check-every", "2",
-          "--batch-size", "16", "--worker-scale", "eta"]
+          "--batch-size", "16", "--worker-scale", "eta", "--server-scale", "eta"]
 CASES = {
     **{name: ["--algorithm", name] for name in algorithms.names()},
     "sharded": ["--algorithm", "doublesqueeze", "--servers", "2", "--sign-scale", "block", "--block-size", "256"],

@@ -221,13 +221,16 @@ def test_worker_scale_payload(scale, gen):
 
 
 def test_worker_scale_on_torch_and_its_default(gen):
-    """The torch twin gives the native payload; unset, FO-SGD's workers take mse-debias."""
+    """The torch twin gives the native payload; unset, FO-SGD takes drive on both sides at any number of
+    workers, dithered-sign (which refuses drive) mse-debias."""
     import torch
 
-    from fobsgd_mpi.algorithms.fo_sgd import FOSGD
+    from fobsgd_mpi.algorithms.fo_sgd import FOSGD, DitheredSignSGD
     from fobsgd_mpi.algorithms.options import AlgorithmOptions
 
-    assert FOSGD.compressor_defaults(AlgorithmOptions(), 2)["worker_scale"] == "mse-debias"
+    for n in (1, 2, 8, 64):
+        assert FOSGD.compressor_defaults(AlgorithmOptions(), n) == {"server_scale": "drive", "worker_scale": "drive"}
+    assert DitheredSignSGD.compressor_defaults(AlgorithmOptions(), 8)["worker_scale"] == "mse-debias"
     x = gen.standard_normal(70_001).astype(np.float32)
     on_torch = compressors.get("fo1bit", worker_scale="mse-debias", backend="torch").encode(torch.from_numpy(x), 2, 5)
     native = compressors.get("fo1bit", worker_scale="mse-debias").encode(x, 2, 5)

@@ -78,7 +78,7 @@ def test_every_algorithm_runs_a_few_steps(short_run):
     assert set(up.tolist()) <= {spec_up.nbytes} | sync
     resolved = {"ef-sgd": {"sign_scale": "tensor"}, "doublesqueeze": {"sign_scale": "tensor"},
                 "liec-sgd": {"sign_scale": "block"},
-                "fo-sgd": {"server_scale": "eta", "worker_scale": "mse-debias"}}  # fo-sgd: 2 workers
+                "fo-sgd": {"server_scale": "drive", "worker_scale": "drive"}}
     for name, value in resolved.get(algorithm, {}).items():
         assert used[name] == value
     if used.get("sign_scale") == "tensor":  # the model's weight and bias tensors, in the flat vector's order
