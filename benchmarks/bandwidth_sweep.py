@@ -24,8 +24,8 @@ import h5py
 
 from fobsgd_mpi import algorithms, jobs
 from fobsgd_mpi.config import BIG, INT, SERVERS, ScriptParser, _servers_rule, flag_type
-from fobsgd_mpi.benchmarking import (LINK_UNITS, STARTUP_ITERATIONS, format_table, line_plot, link_text,
-                                     link_traffic, rate_of, results_path, run_grid, save_records, steady_median,
+from fobsgd_mpi.benchmarking import (LINK_UNITS, STARTUP_ITERATIONS, format_table, line_plot, link_text, link_traffic,
+                                     out_file, rate_of, results_path, run_grid, save_records, steady_median,
                                      steady_step_s)
 from fobsgd_mpi.launch import link_bytes
 
@@ -113,7 +113,7 @@ def parser():
     p.add_argument("--steps", type=flag_type(INT, bounds=(1, BIG)), default=8)
     p.add_argument("--model-network", action="store_true", help="no shaping: the alpha-beta model beside unshaped runs")
     p.add_argument("--quick", action="store_true", help="fo-sgd and sgd, 100mbit and none, d of about 100k, 3 ranks")
-    p.add_argument("--out", help="the HDF5 file to write (PNGs beside it); default results/bandwidth_sweep-<time>.h5")
+    p.add_argument("--out", type=out_file, help="the HDF5 file to write (PNGs beside it); default results/bandwidth_sweep-<time>.h5")
     return p
 
 

@@ -24,7 +24,9 @@ import argparse
 import numpy as np
 
 from fobsgd_mpi import arrays, compressors, native, reference
-from fobsgd_mpi.benchmarking import best_time, format_table, results_path, save_records
+from fobsgd_mpi.benchmarking import best_time, format_table, out_file, results_path, save_records
+from fobsgd_mpi.config import INT, ScriptParser, flag_type
+from fobsgd_mpi.errors import UsageError
 
 
 def gradient(n, seed):
@@ -178,14 +180,17 @@ def main_device(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 25_000_000])
-    p.add_argument("--repeats", type=int, default=5)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=flag_type(INT, bounds=(1, 2**31)), nargs="+", default=[1_000_000, 25_000_000])
+    p.add_argument("--repeats", type=flag_type(INT, bounds=(1, 10**6)), default=5)
     p.add_argument("--device", help="time torch tensors on this device (cuda, cuda:N; cpu as a dry run) instead")
-    p.add_argument("--out", help="HDF5 file (default results/codec-<time>.h5)")
+    p.add_argument("--out", type=out_file, help="HDF5 file (default results/codec-<time>.h5)")
     args = p.parse_args(argv)
     if args.device:
-        return main_device(args)
+        try:
+            return main_device(args)
+        except UsageError as exc:  # no such device here
+            p.error(str(exc))
     print(f"# kernels: {native.isa()}, one thread")
     records = []
     for d in args.sizes:

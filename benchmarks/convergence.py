@@ -33,7 +33,7 @@ import h5py
 import numpy as np
 
 from fobsgd_mpi import algorithms, data, models, report
-from fobsgd_mpi.benchmarking import format_table, results_path, save_records
+from fobsgd_mpi.benchmarking import format_table, out_file, results_path, save_records
 from fobsgd_mpi.config import FLOAT, INT, ScriptParser, flag_type, parse_config
 from fobsgd_mpi.errors import EXIT_USAGE, UsageError
 from fobsgd_mpi.jobs import error_line, mpirun_batch
@@ -284,7 +284,7 @@ def parser():
                    help="fobsgd_mpi.train flags every run gets, as one string after =, e.g. --train-flags=\"--worker-"
                    "scale drive --server-scale drive\" (a variant measured on the same terms; the record's meta keeps "
                    "them)")
-    p.add_argument("--out", help="the HDF5 file to write (PNGs beside it); default results/convergence-<time>.h5")
+    p.add_argument("--out", type=out_file, help="the HDF5 file to write (PNGs beside it); default results/convergence-<time>.h5")
     p.add_argument("--workdir", help="keep every run's file here; the runs it already holds complete are not run "
                    "again (to continue a protocol that was cut short)")
     p.add_argument("--quick", action="store_true",

@@ -22,7 +22,7 @@ import numpy as np
 
 from fobsgd_mpi import algorithms, jobs
 from fobsgd_mpi.config import INT, SERVERS, ScriptParser, _power_of_two, _servers_rule, flag_type
-from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, run_grid, save_records
+from fobsgd_mpi.benchmarking import format_table, line_plot, out_file, results_path, run_grid, save_records
 from fobsgd_mpi.launch import parse_rate, rate_text, time_text
 from fobsgd_mpi.netmodel import NetworkModel
 
@@ -86,7 +86,7 @@ def parser():
     p.add_argument("--block-size", type=flag_type(INT, bounds=(64, 2**30), rule=_power_of_two), default=16384)
     p.add_argument("--reps", type=flag_type(INT, bounds=(1, 10**6)), default=20)
     p.add_argument("--warmup", type=flag_type(INT, bounds=(0, 10**6)), default=3)
-    p.add_argument("--out", help="the HDF5 file to write (PNG beside it); default results/exchange_scaling-<time>.h5")
+    p.add_argument("--out", type=out_file, help="the HDF5 file to write (PNG beside it); default results/exchange_scaling-<time>.h5")
     p.add_argument("--rank-program", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--rank-out", help=argparse.SUPPRESS)
     return p

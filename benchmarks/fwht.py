@@ -40,7 +40,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread for every contender 
 import numpy as np  # noqa: E402
 
 from fobsgd_mpi import arrays, native, reference  # noqa: E402
-from fobsgd_mpi.benchmarking import format_table, line_plot, results_path, save_records
+from fobsgd_mpi.benchmarking import format_table, line_plot, out_file, results_path, save_records  # noqa: E402
+from fobsgd_mpi.config import INT, ScriptParser, flag_type  # noqa: E402
+from fobsgd_mpi.errors import UsageError  # noqa: E402
 
 
 def contenders():
@@ -332,21 +334,27 @@ def main_device(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--min-log", type=int, default=10)
-    p.add_argument("--max-log", type=int, default=24)
-    p.add_argument("--repeats", type=int, default=100)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--min-log", type=flag_type(INT, bounds=(1, 30)), default=10)
+    p.add_argument("--max-log", type=flag_type(INT, bounds=(1, 30)), default=24)
+    p.add_argument("--repeats", type=flag_type(INT, bounds=(1, 10**6)), default=100)
     p.add_argument("--tune", action="store_true", help="measure the schedules and rewrite native/src/fwht_plan.h")
     p.add_argument("--check-plans", action="store_true",
                    help="only check every candidate schedule up to 2^max-log bit for bit against the stage loop")
     p.add_argument("--isas", nargs="+", choices=native.supported_isas(), default=native.supported_isas(),
                    help="with --tune or --check-plans: the instruction sets (--tune keeps the others' plans)")
     p.add_argument("--device", help="time torch tensors on this device (cuda, cuda:N; cpu as a dry run) instead")
-    p.add_argument("--elements", type=int, default=24, help="with --device: log2 of the floats per call")
-    p.add_argument("--out", help="HDF5 file (default results/fwht-<time>.h5)")
+    p.add_argument("--elements", type=flag_type(INT, bounds=(1, 31)), default=24,
+                   help="with --device: log2 of the floats per call")
+    p.add_argument("--out", type=out_file, help="HDF5 file (default results/fwht-<time>.h5)")
     args = p.parse_args(argv)
+    if args.min_log > args.max_log:
+        p.error(f"--min-log {args.min_log} is above --max-log {args.max_log}")
     if args.device:
-        return main_device(args)
+        try:
+            return main_device(args)
+        except UsageError as exc:  # no such device here
+            p.error(str(exc))
     if args.check_plans:
         return check_plans(args.max_log, args.isas)
     if args.tune:

@@ -26,10 +26,10 @@ import tempfile
 
 import h5py
 
-from fobsgd_mpi import algorithms, jobs
-from fobsgd_mpi.benchmarking import (STARTUP_ITERATIONS, format_table, line_plot, link_text, rate_of, results_path,
-                                     run_grid, save_records, steady_median, steady_step_s)
-from fobsgd_mpi.config import BIG, INT, ScriptParser, flag_type
+from fobsgd_mpi import algorithms, jobs, models
+from fobsgd_mpi.benchmarking import (STARTUP_ITERATIONS, format_table, line_plot, link_text, out_file, rate_of,
+                                     results_path, run_grid, save_records, steady_median, steady_step_s)
+from fobsgd_mpi.config import BIG, INT, STR, ScriptParser, flag_type
 
 PEERS = {"ddp-none": ["--hook", "none"], "ddp-fp16": ["--hook", "fp16"],
          "ddp-powersgd": ["--hook", "powersgd", "--powersgd-start", "2"]}
@@ -112,7 +112,8 @@ UNITS = {"step_ms": "ms, steady median", "images_per_s_worker": "images/s per wo
 
 def parser():
     p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["torchvision:resnet18", "torchvision:resnet50"],
+    p.add_argument("--models", nargs="+", type=flag_type(STR, rule=models.check_name),
+                   default=["torchvision:resnet18", "torchvision:resnet50"],
                    help="any --model of fobsgd_mpi.train")
     p.add_argument("--algorithms", nargs="+", default=[*algorithms.names(), *PEERS],
                    choices=[*algorithms.names(), *PEERS], help="harness algorithms and DDP peers")
@@ -128,7 +129,7 @@ def parser():
     p.add_argument("--timeout", type=flag_type(INT, bounds=(1, 10**7)), default=3600, help="seconds per run")
     p.add_argument("--quick", action="store_true",
                    help="CI-sized: the mlp on 8x8 images, fo-sgd, sgd and ddp-none, none and 100mbit, 2 workers")
-    p.add_argument("--out", help="the HDF5 file to write (its PNG beside it); default "
+    p.add_argument("--out", type=out_file, help="the HDF5 file to write (its PNG beside it); default "
                                  "results/synthetic_throughput-<time>.h5")
     return p
 

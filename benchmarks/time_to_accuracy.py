@@ -25,7 +25,7 @@ import numpy as np
 
 from fobsgd_mpi import algorithms, jobs, report
 from fobsgd_mpi.config import BIG, FLOAT, INT, SEED_MAX, SERVERS, ScriptParser, _servers_rule, flag_type
-from fobsgd_mpi.benchmarking import LINK_UNITS, format_table, link_traffic, results_path, save_records
+from fobsgd_mpi.benchmarking import LINK_UNITS, format_table, link_traffic, out_file, results_path, save_records
 from fobsgd_mpi.launch import link_bytes, rate_text
 
 PEERS = {"ddp-fp32": ["--hook", "none"], "ddp-fp16": ["--hook", "fp16"],
@@ -113,7 +113,7 @@ def parser():
     p.add_argument("--seed", type=flag_type(INT, bounds=(0, SEED_MAX)), default=0)
     p.add_argument("--timeout", type=flag_type(INT, bounds=(1, 10**7)), default=3600, help="seconds per run")
     p.add_argument("--quick", action="store_true", help="2 ranks, 100mbit, width 256, fo-sgd, sgd and ddp-fp32")
-    p.add_argument("--out", help="the HDF5 file to write (PNGs beside it); default results/time_to_accuracy-<time>.h5")
+    p.add_argument("--out", type=out_file, help="the HDF5 file to write (PNGs beside it); default results/time_to_accuracy-<time>.h5")
     return p
 
 

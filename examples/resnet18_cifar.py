@@ -11,6 +11,7 @@ images whose classes differ by their mean pattern. Worker 1 evaluates every --ev
 after the workers' batch-norm statistics are averaged; the server saves the final model.
 """
 import argparse
+import os
 
 import torch
 import torch.nn.functional as F
@@ -69,10 +70,13 @@ def main():
     p.add_argument("--algorithm", default="fo-sgd")
     p.add_argument("--out", help="HDF5 results file (none: results/<algorithm>-api-...h5)")
     p.add_argument("--save-model", help="the server writes the final state_dict here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and --save-model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda (this rank's node-local GPU) or cuda:N")
     p.add_argument("--codec", default="auto", help="native (CPU), torch, or auto: the device's own")
     args = p.parse_args()
+    if args.save_model and os.path.exists(args.save_model) and not args.overwrite:
+        p.error(f"{args.save_model} exists; pass --overwrite or choose another --save-model")
     torch.set_num_threads(1)
 
     fo.init()
@@ -82,7 +86,7 @@ def main():
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     opt = fo.DistributedOptimizer(opt, model, algorithm=args.algorithm, scheduler=schedule, out=args.out,
-                                  seed=args.seed, overwrite=True, min_compress_numel=1024, codec=args.codec)
+                                  seed=args.seed, overwrite=args.overwrite, min_compress_numel=1024, codec=args.codec)
     if fo.is_server():
         fo.serve()
         if args.save_model:

@@ -40,11 +40,12 @@ import contextlib
 import datetime
 import os
 import sys
+import time
 
 import torch
 
-from . import config, device, loop, models
-from .errors import UsageError
+from . import config, device, loop, models, results
+from .errors import JobError, UsageError
 
 _session = None  # the job's state between init() and shutdown()
 
@@ -54,22 +55,49 @@ class _Session:
         self.comm = comm
         self.exits = contextlib.ExitStack()
         self.interrupted = self.exits.enter_context(loop.deferred_interrupt())
-        self.exits.enter_context(_abort_on_uncaught_exception(comm))
+        self.exits.enter_context(_abort_on_uncaught_exception(comm, self))
         self.optimizer = None  # the DistributedOptimizer, once made
+
+    def close_transport(self):
+        """Free the exchange's MPI requests, as MPI_Finalize wants."""
+        if self.optimizer is not None:
+            self.optimizer.fobsgd.trainer.ps.close()
+
+
+TOGETHER_WITHIN_S = 5  # how long a rank with an uncaught JobError waits for the others to raise it too
 
 
 @contextlib.contextmanager
-def _abort_on_uncaught_exception(comm):
+def _abort_on_uncaught_exception(comm, session):
     """An exception no one catches on one rank ends the whole job (MPI_Abort after its traceback,
     as `python -m mpi4py` does) instead of leaving the other ranks waiting in an exchange forever.
-    A Ctrl-C needs no abort: every rank stops after the same step (loop.deferred_interrupt)."""
-    report = sys.excepthook
+    A JobError or UsageError (a bad setting: the ranks mostly find it together) that every rank
+    raises is one line from rank 0 and the error's exit status, with MPI finalized; one that only
+    some ranks raise is one line from each of them, then the abort. The ranks meet on a communicator
+    of their own, so the barrier cannot be mistaken for a collective of the run. A Ctrl-C needs no
+    abort: every rank stops after the same step (loop.deferred_interrupt)."""
+    from .transport import mpi
+    report, errors = sys.excepthook, comm.Dup()
 
     def hook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            return report(kind, value, traceback)
+        if issubclass(kind, JobError):
+            rank, met = comm.Get_rank(), errors.Ibarrier()
+            deadline = time.monotonic() + TOGETHER_WITHIN_S
+            while not met.Test() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if met.Test():
+                if rank == 0:
+                    print(f"error: {value}", file=sys.stderr, flush=True)
+                session.close_transport()
+                mpi().Finalize()
+                os._exit(value.exit_code)
+            print(f"error on rank {rank}: {value}", file=sys.stderr, flush=True)
+            comm.Abort(value.exit_code)
         report(kind, value, traceback)
-        if not issubclass(kind, KeyboardInterrupt):
-            sys.stderr.flush()
-            comm.Abort(1)
+        sys.stderr.flush()
+        comm.Abort(1)
 
     sys.excepthook = hook
     try:
@@ -182,7 +210,7 @@ def DistributedOptimizer(optimizer, model, algorithm="fo-sgd", scheduler=None, *
     lock, problem = None, None
     if comm.Get_rank() == 0:
         cfg.out = cfg.out or default_out(algorithm, comm.Get_size())
-        problem = loop.output_problem(cfg)
+        problem = results.output_problem(cfg)
         if not problem:
             try:
                 lock = loop.claim_output(cfg, comm.Get_size())
@@ -262,21 +290,20 @@ def log(**metrics):
 
 def shutdown():
     """End the job on this rank: a worker averages the buffers if steps ran since they last were and
-    ends the run (the server's serve() returns); every rank releases what init() took."""
+    ends the run (the server's serve() returns); every rank releases what init() took. On an error
+    the session stays, so that its hook ends the job (_abort_on_uncaught_exception)."""
     global _session
     session = _current()
-    try:
-        if session.optimizer is not None:
-            distributed = session.optimizer.fobsgd
-            trainer = distributed.trainer
-            if trainer.ps.is_worker:
-                if trainer.buffers_stale():
-                    trainer.request(loop.AVERAGE_BUFFERS)
-                trainer.request(loop.END)
-                trainer.close("complete")
-            trainer.ps.close()
-            if distributed.lock is not None:
-                distributed.lock.release()
-    finally:
-        session.exits.close()
-        _session = None
+    if session.optimizer is not None:
+        distributed = session.optimizer.fobsgd
+        trainer = distributed.trainer
+        if trainer.ps.is_worker:
+            if trainer.buffers_stale():
+                trainer.request(loop.AVERAGE_BUFFERS)
+            trainer.request(loop.END)
+            trainer.close("complete")
+        trainer.ps.close()
+        if distributed.lock is not None:
+            distributed.lock.release()
+    session.exits.close()
+    _session = None

@@ -3,6 +3,7 @@
 Benchmarks return records (dicts); printing and saving are separate, so the table and the file
 can never disagree.
 """
+import argparse
 import datetime
 import itertools
 import json
@@ -179,6 +180,19 @@ def line_plot(series, path, xlabel, ylabel, title, base=10):
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return fig
+
+
+def out_file(text):
+    """argparse type of a benchmark's --out: refused before the run if it cannot be written there (a
+    benchmark writes its file at the end, so a bad path would lose the whole run); replaced if there."""
+    from types import SimpleNamespace
+
+    from .results import output_problem
+
+    problem = output_problem(SimpleNamespace(out=text, overwrite=True))
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def results_path(stem, out=None):

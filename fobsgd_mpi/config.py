@@ -425,7 +425,7 @@ def check_relations(cfg):
         (not empty, f"{' and '.join(empty)} is an empty path; give a file name or leave the option out"),
         (not cfg.resume or cfg.out, "--resume needs the --out of the run to continue"),
         (not (cfg.resume and cfg.overwrite), "--resume continues --out and --overwrite replaces it; pass one of them"),
-        (not cfg.out or not paths["--save-model"] or os.path.abspath(cfg.out) != os.path.abspath(paths["--save-model"]),
+        (not cfg.out or not paths["--save-model"] or os.path.realpath(cfg.out) != os.path.realpath(paths["--save-model"]),
          f"--save-model {paths['--save-model']} is the --out file; the model would overwrite the results: choose "
          "another path"),
         (target_accuracy is None or not regression,

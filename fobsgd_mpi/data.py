@@ -124,26 +124,43 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 def check_npz(path):
     """(input shape, outputs) of the arrays in an .npz file, reading the inputs' headers only; a
     UsageError naming what is missing or mismatched."""
+    not_npz = f"--dataset npz:{path}: {path} is not a numpy .npz archive"
     try:
         archive = np.load(path)
-    except (OSError, ValueError) as exc:
-        why = "does not exist" if isinstance(exc, FileNotFoundError) else f"is not a numpy .npz file ({exc})"
-        raise UsageError(f"--dataset npz:{path}: {path} {why}") from None
+    except FileNotFoundError:
+        raise UsageError(f"--dataset npz:{path}: {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"{not_npz} but a folder; give the .npz file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # np.load tries a pickle last: its message misleads
+        raise UsageError(f"{not_npz} (np.savez writes one); is it damaged or of another format?") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise UsageError(f"{not_npz} but a single .npy array; save x_train, y_train, x_test, y_test with np.savez")
     with archive:
-        if not hasattr(archive, "files") or set(NPZ_KEYS) - set(archive.files):
+        if set(NPZ_KEYS) - set(archive.files):
             raise UsageError(f"--dataset npz:{path} must hold the arrays {', '.join(NPZ_KEYS)}")
-        x_shapes = []
-        for key in ("x_train", "x_test"):
-            with archive.zip.open(f"{key}.npy") as member:
-                version = np.lib.format.read_magic(member)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                    np.lib.format.read_array_header_2_0
-                x_shapes.append(read_header(member)[0])
-        y_train, y_test = archive["y_train"], archive["y_test"]
+        try:
+            x_shapes, x_kinds = [], []
+            for key in ("x_train", "x_test"):
+                with archive.zip.open(f"{key}.npy") as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read_header(member)
+                    x_shapes.append(shape)
+                    x_kinds.append(dtype.kind)
+            y_train, y_test = archive["y_train"], archive["y_test"]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # damaged members, object arrays
+            raise UsageError(f"--dataset npz:{path}: its arrays cannot be read ({exc}); write them with np.savez "
+                             "from numeric arrays") from None
     (xs, xts), (ys, yts) = x_shapes, (y_train.shape, y_test.shape)
     classes = y_train.dtype.kind in "iu" and y_test.dtype.kind in "iu"
     problems = [
-        (len(xs) >= 2 and xs[1:] == xts[1:], f"x_train {xs} and x_test {xts} need the same shape per sample"),
+        (all(kind in "biuf" for kind in x_kinds), f"x_train and x_test must be numeric arrays, got dtype kinds "
+                                                   f"{' and '.join(x_kinds)}"),
+        (len(xs) >= 2 and len(xts) >= 2, f"x_train {xs} and x_test {xts} need a sample axis and at least one "
+                                         "feature axis, e.g. (n, features); reshape a vector of samples to (n, 1)"),
+        (xs[0] > 0 and xts[0] > 0, f"x_train {xs} and x_test {xts} must each hold at least one sample"),
+        (xs[1:] == xts[1:], f"x_train {xs} and x_test {xts} need the same shape per sample"),
         (xs[:1] == ys[:1] and xts[:1] == yts[:1],
          f"x_train {xs} / y_train {ys} and x_test {xts} / y_test {yts} need as many labels as samples"),
         (classes and len(ys) == len(yts) == 1 or y_train.dtype.kind == y_test.dtype.kind == "f" and ys[1:] == yts[1:],
@@ -163,6 +180,10 @@ def load_npz(path):
     _, outputs = check_npz(path)
     with np.load(path) as f:
         x_train, y_train, x_test, y_test = (f[k] for k in NPZ_KEYS)
+    bad = [k for k, a in zip(NPZ_KEYS, (x_train, y_train, x_test, y_test)) if a.dtype.kind == "f" and
+           not np.isfinite(a).all()]
+    if bad:
+        raise UsageError(f"--dataset npz:{path}: {' and '.join(bad)} hold NaN or Inf; clean the data first")
     if y_train.dtype.kind == "f":
         return Dataset(x_train.astype(np.float32), y_train.astype(np.float32).reshape(len(y_train), -1),
                        x_test.astype(np.float32), y_test.astype(np.float32).reshape(len(y_test), -1), 0)

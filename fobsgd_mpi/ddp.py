@@ -30,7 +30,8 @@ from . import config, device, models
 from .config import FLOAT, INT, STR, Option
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, JobError, UsageError, exit_without_finalizing
 from .launcher_env import LAUNCHER_ENV, rank_from_environment
-from .loop import deferred_interrupt, output_problem
+from .loop import deferred_interrupt
+from .results import output_problem
 
 HOOKS = ("none", "fp16", "powersgd")
 

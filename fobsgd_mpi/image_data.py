@@ -161,12 +161,12 @@ def open_split(cfg, split):
 
 
 def open_factory(spec):
-    from .models import find_factory
+    from .models import call_factory
 
     try:
-        made = find_factory(spec)()
+        made = call_factory(spec, "--dataset")
     except ValueError as exc:
-        raise UsageError(f"--dataset {exc}") from None
+        raise UsageError(str(exc)) from None
     if not (isinstance(made, tuple) and len(made) == 2
             and all(isinstance(d, torch.utils.data.Dataset) for d in made)):
         raise UsageError(f"--dataset {spec} must return (train, test), two torch Datasets of (image, label)")

@@ -185,8 +185,15 @@ class Trainer:
             elapsed = self.resume()
         self.start = time.perf_counter() - elapsed  # wall time runs on across a resume
         self.writer = None
+        problem = None
         if ps.rank == 0:
-            self.writer = self.open_writer()
+            try:
+                self.writer = self.open_writer()
+            except OSError as exc:  # a full disk or quota: every rank ends here, none waits for rank 0
+                problem = str(exc)
+        problem = self.comm.bcast(problem, root=0)
+        if problem:
+            raise JobError(problem)
 
     @property
     def exchanges(self):
@@ -555,30 +562,6 @@ def _run(cfg, ps, interrupted):
 
 
 # ---------------------------------------------------------------- the results file
-def output_problem(cfg, save_model=None):
-    """Why the results file or the saved model cannot be written where asked, or None (any rank,
-    before MPI starts). `cfg` has out and overwrite, and resume where the front door takes it."""
-    resume = getattr(cfg, "resume", False)
-    folders = [f"{flag} {path}" for flag, path in (("--out", cfg.out), ("--save-model", save_model))
-               if path and os.path.isdir(path)]
-    if folders:
-        return f"{' and '.join(folders)} is a folder; give a file name in it"
-    if cfg.out and resume and not os.path.exists(cfg.out):
-        return f"--resume: {cfg.out} does not exist, so there is no run to continue; drop --resume to start one"
-    if cfg.out and os.path.exists(cfg.out) and not (cfg.overwrite or resume):
-        return f"{cfg.out} exists; pass --overwrite or choose another --out"
-    for flag, path in (("--out", cfg.out), ("--save-model", save_model)):
-        if path:
-            folder = os.path.dirname(os.path.abspath(path))
-            try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError as exc:
-                return f"cannot create the folder of {flag} {path} ({exc.strerror}); choose a writable path"
-            if not os.access(folder, os.W_OK):
-                return f"cannot write {flag} {path}: {folder} is not writable; choose a writable path"
-    return None
-
-
 def claim_output(cfg, n_ranks):
     """Rank 0, before anything is written: lock cfg.out for this job (so a second job cannot clobber
     it), then check a --resume against its checkpoint, or remove an old run's checkpoints from a fresh
@@ -589,12 +572,17 @@ def claim_output(cfg, n_ranks):
     lock = OutputLock(cfg.out)
     try:
         if cfg.resume:
-            saved, current = checkpoint.load_meta(cfg.out, 0).get("run", {}), run_identity(cfg, n_ranks)
+            meta = checkpoint.load_meta(cfg.out, 0)
+            saved, current = meta.get("run", {}), run_identity(cfg, n_ranks)
             differ = checkpoint.mismatch(saved, current)
             if differ:
                 raise ValueError(f"--resume: the checkpoint in {checkpoint.directory(cfg.out)} is of another "
                                  "configuration: " + ", ".join(f"{k} {saved.get(k)!r} there, {current.get(k)!r} here"
                                                                for k in differ))
+            done = meta["step"] + 1
+            if getattr(cfg, "steps", None) and cfg.steps <= done:
+                raise ValueError(f"--resume: {cfg.out} has done {done} steps already, so --steps {cfg.steps} leaves "
+                                 "none to run; raise --steps to train on")
         elif os.path.exists(checkpoint.directory(cfg.out)):
             shutil.rmtree(checkpoint.directory(cfg.out))
     except BaseException:

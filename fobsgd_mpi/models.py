@@ -31,7 +31,7 @@ def build(name, input_shape, n_outputs, width=256, seed=0):
         return timm.create_model(name.split(":", 1)[1], pretrained=False, num_classes=n_outputs,
                                  in_chans=input_shape[0])
     if ":" in name:
-        module = find_factory(name)(input_shape, n_outputs)
+        module = call_factory(name, "--model", input_shape, n_outputs)
         if not isinstance(module, torch.nn.Module):
             raise ValueError(f"--model {name} returned a {type(module).__name__}, not a torch.nn.Module")
         return module
@@ -94,6 +94,21 @@ def find_factory(spec):
     return factory
 
 
+def call_factory(spec, flag, *args):
+    """The user factory `spec` called with `args`; whatever it raises becomes a ValueError naming
+    `flag`, so that a broken factory is one line, not a traceback from every rank."""
+    try:
+        factory = find_factory(spec)
+    except ValueError as exc:
+        raise ValueError(f"{flag} {exc}") from None
+    try:
+        return factory(*args)
+    except Exception as exc:  # the user's code: any exception is a bad setting of `flag`
+        raise ValueError(f"{flag} {spec} raised {type(exc).__name__}: {exc}; fix the factory (it is called "
+                         f"with {len(args)} argument(s){': the input shape and the number of outputs' if args else ''})"
+                         ) from None
+
+
 def check_name(name):
     """ValueError unless `name` names a model build can make (the rule of --model)."""
     if name in MODELS:
@@ -120,9 +135,18 @@ def check_name(name):
 
 
 def parameter_count(name, input_shape, n_outputs, width=256):
-    """d of the model `build` makes, counted on torch's meta device (nothing is allocated)."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in build(name, input_shape, n_outputs, width).parameters())
+    """d of the model `build` makes, counted on torch's meta device (nothing is allocated); a user
+    factory that needs real tensors to build (one that reads a value, e.g. with .item()) is built
+    on the CPU instead."""
+    factory = ":" in name and name.split(":", 1)[0] not in ("torchvision", "timm")
+    try:
+        with torch.device("meta"):
+            model = build(name, input_shape, n_outputs, width)
+    except Exception:
+        if not factory:
+            raise
+        model = build(name, input_shape, n_outputs, width)  # a broken factory's own error is the one reported
+    return sum(p.numel() for p in model.parameters())
 
 
 class FlatModel:

@@ -62,6 +62,31 @@ HEADROOM_BYTES = 256 << 10
 CHUNK = 1024
 
 
+def output_problem(cfg, save_model=None):
+    """Why the results file or the saved model cannot be written where asked, or None (any rank,
+    before MPI starts). `cfg` has out and overwrite, and resume where the front door takes it."""
+    resume = getattr(cfg, "resume", False)
+    folders = [f"{flag} {path}" for flag, path in (("--out", cfg.out), ("--save-model", save_model))
+               if path and os.path.isdir(path)]
+    if folders:
+        return f"{' and '.join(folders)} is a folder; give a file name in it"
+    if cfg.out and resume and not os.path.exists(cfg.out):
+        return f"--resume: {cfg.out} does not exist, so there is no run to continue; drop --resume to start one"
+    for flag, path in (("--out", cfg.out), ("--save-model", save_model)):
+        if path and os.path.exists(path) and not (cfg.overwrite or resume):
+            return f"{path} exists; pass --overwrite or choose another {flag}"
+    for flag, path in (("--out", cfg.out), ("--save-model", save_model)):
+        if path:
+            folder = os.path.dirname(os.path.abspath(path))
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                return f"cannot create the folder of {flag} {path} ({exc.strerror}); choose a writable path"
+            if not os.access(folder, os.W_OK):
+                return f"cannot write {flag} {path}: {folder} is not writable; choose a writable path"
+    return None
+
+
 class ResultsError(OSError):
     """The results file could not be written (a full disk, a quota); the message is one line."""
 
@@ -109,16 +134,23 @@ class RunWriter:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.f = h5py.File(path, "w" if overwrite else "x")
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY)
         self.last_step = -1
-        for k, v in attrs.items():
-            self.f.attrs[k] = v if isinstance(v, (int, float, str, np.integer, np.floating)) else json.dumps(v)
-        self.f.attrs["start_time"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        self.groups = {name: self._group(name, fields) for name, fields in
-                       (("iterations", ITERATION_FIELDS), ("evals", EVAL_FIELDS))}
-        self.pending = {"iterations": [], "evals": []}
-        self._reserve(0)
-        self.f.flush()  # readable from the start, should the job be killed before its first rows
+        self.fd = os.open(path, os.O_WRONLY)
+        try:
+            self._reserve(0)  # before HDF5 writes anything: a full disk stops the run with the file unwritten
+            for k, v in attrs.items():
+                self.f.attrs[k] = v if isinstance(v, (int, float, str, np.integer, np.floating)) else json.dumps(v)
+            self.f.attrs["start_time"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+            self.groups = {name: self._group(name, fields) for name, fields in
+                           (("iterations", ITERATION_FIELDS), ("evals", EVAL_FIELDS))}
+            self.pending = {"iterations": [], "evals": []}
+            self._reserve(0)
+            self.f.flush()  # readable from the start, should the job be killed before its first rows
+        except BaseException:  # nothing of this run is in the file yet: leave none of it behind
+            self.f.close()
+            os.close(self.fd)
+            os.unlink(path)
+            raise
 
     @classmethod
     def resume(cls, path, last_step):
@@ -198,6 +230,9 @@ class RunWriter:
         try:
             os.posix_fallocate(self.fd, self.f.id.get_filesize(), nbytes + HEADROOM_BYTES)
         except OSError as exc:
-            raise ResultsError(exc.errno, f"cannot write {self.path}: {exc.strerror}; it holds the rows up to step "
-                                          f"{self.last_step}; free space, then continue from the last checkpoint "
-                                          "with --resume") from None
+            if self.last_step < 0:
+                what = "no rows were written; free space, then run again"
+            else:
+                what = (f"it holds the rows up to step {self.last_step}; free space, then continue from the last "
+                        "checkpoint with --resume")
+            raise ResultsError(exc.errno, f"cannot write {self.path}: {exc.strerror}; {what}") from None

@@ -1,6 +1,7 @@
 """Expand a grid of training runs into a SLURM or PBS job array and a results index.
 
     python -m fobsgd_mpi.sweep grid.toml [--scheduler slurm|pbs] [--ranks-per-node 1] [--out-dir results/sweep-NAME]
+                              [--overwrite]
 
 grid.toml: `name`, `ranks` (workers + 1), `time`; a [grid] table of lists (every combination is
 one array task) and a [fixed] table of single values, both keyed by fobsgd_mpi.train's long flags.
@@ -16,6 +17,7 @@ import csv
 import itertools
 import math
 import os
+import re
 import shlex
 import sys
 import tomllib
@@ -25,6 +27,10 @@ from .config import INT, OneLineParser, flag_type, parse_config
 from .errors import EXIT_USAGE
 
 TEMPLATES = {"slurm": "slurm_sweep.sbatch.in", "pbs": "pbs_sweep.pbs.in"}
+MAX_RANKS = 2**20
+WALL_TIME = re.compile(r"(\d+-)?\d+(:\d{2}){0,2}")  # what both sbatch --time and qsub walltime read
+PER_TASK = {"resume": "every task starts its own run; to continue one, rerun its line of jobs.txt with --resume",
+            "save_model": "every task would write the same model file; vary it in [grid], or leave it out"}
 SPEC_TYPES = {"name": (str, "a string"), "ranks": (int, "an integer"), "time": (str, 'a string like "01:00:00"'),
               "grid": (dict, "a table of lists"), "fixed": (dict, "a table of single values")}
 
@@ -57,8 +63,10 @@ def read_grid(grid_file):
             raise ValueError(f"{key} must be {what}, got {spec[key]!r}")
     if "/" in spec.get("name", ""):
         raise ValueError(f"name names a folder and a job, so it cannot hold a /: got {spec['name']!r}")
-    if spec.get("ranks", 2) < 2:
-        raise ValueError(f"ranks must be >= 2 (a server and a worker), got {spec['ranks']}")
+    if not 2 <= spec.get("ranks", 2) <= MAX_RANKS:
+        raise ValueError(f"ranks must lie in [2, {MAX_RANKS}] (a server and at least one worker), got {spec['ranks']}")
+    if not WALL_TIME.fullmatch(spec.get("time", "01:00:00")):
+        raise ValueError(f'time must be a wall-time limit like "01:00:00", "90:00" or "1-12:00:00", got {spec["time"]!r}')
     return spec
 
 
@@ -73,6 +81,11 @@ def expand(spec, out_dir):
         raise ValueError(f"[fixed] values must be single values (lists go in [grid]): {', '.join(listed)}")
     if "out" in grid or "out" in fixed:
         raise ValueError("leave out `out`: each task gets its own file under the sweep folder")
+    shared = [key for key in PER_TASK if key.replace("_", "-") in fixed or key in fixed]
+    if shared:
+        raise ValueError(f"[fixed] {shared[0]}: {PER_TASK[shared[0]]}")
+    if "resume" in grid:
+        raise ValueError(f"[grid] resume: {PER_TASK['resume']}")
     keys = list(grid)
     tasks = []
     for i, values in enumerate(itertools.product(*(grid[k] for k in keys))):
@@ -103,6 +116,8 @@ def build_parser():
     p.add_argument("--ranks-per-node", type=flag_type(INT, bounds=(1, 2**20)), default=1,
                    help="MPI ranks on one node (default 1: every rank has its own node and link)")
     p.add_argument("--out-dir", default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace the jobs.txt, index.csv and script of an "
+                                                           "earlier sweep in --out-dir")
     return p
 
 
@@ -140,6 +155,10 @@ def main(argv=None):
         spec, keys, tasks = expand(spec, out_dir)
     except ValueError as exc:
         print(f"error: {args.grid}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if os.path.exists(os.path.join(out_dir, "jobs.txt")) and not args.overwrite:
+        print(f"error: {out_dir} holds a sweep already (jobs.txt); pass --overwrite or choose another --out-dir",
+              file=sys.stderr)
         return EXIT_USAGE
     try:
         script = write_sweep(args, spec, keys, tasks, out_dir)

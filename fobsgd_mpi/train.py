@@ -17,7 +17,8 @@ import sys
 from .config import parse_config
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, JobError, exit_without_finalizing
 from .launcher_env import rank_from_environment
-from .loop import claim_output, output_problem, run
+from .loop import claim_output, run
+from .results import output_problem
 
 
 def default_out(cfg, n):

@@ -90,7 +90,8 @@ def test_a_stop_signal_before_the_first_step_records_status_interrupted(tmp_path
         assert len(f["iterations/step"]) == 0
 
 
-FAILING_WORKER = """
+# a worker script going wrong: {steps} steps on each worker, {fault} before each
+FAULTY_WORKER = """
 import torch
 import fobsgd_mpi as fo
 
@@ -100,14 +101,16 @@ opt = fo.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model
 if fo.is_server():
     fo.serve()
 else:
-    for step in range(3):
-        if fo.rank() == 2 and step == 1:
-            raise ValueError("the user's script failed on rank 2")
+    for step in range({steps}):
+        {fault}
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(torch.randn(4, 8)), torch.tensor([0, 1, 0, 1])).backward()
         opt.step()
 fo.shutdown()
 """
+FAILING_WORKER = FAULTY_WORKER.replace("{steps}", "3").replace(
+    "{fault}", "if fo.rank() == 2 and step == 1: raise ValueError(\"the user's script failed on rank 2\")")
+MISMATCHED_WORKERS = FAULTY_WORKER.replace("{steps}", "3 if fo.rank() == 1 else 2").replace("{fault}", "pass")
 
 
 def test_an_uncaught_exception_on_one_rank_ends_the_job_instead_of_a_hang(tmp_path):
@@ -118,6 +121,27 @@ def test_an_uncaught_exception_on_one_rank_ends_the_job_instead_of_a_hang(tmp_pa
     assert done.returncode != 0 and "ValueError: the user's script failed on rank 2" in done.stderr, done.stderr[-2000:]
     with h5py.File(tmp_path / "run.h5", locking=False) as f:  # readable, though killed before its first flush
         assert f.attrs["algorithm"] == "fo-sgd" and "status" not in f.attrs
+
+
+def test_an_error_every_rank_raises_is_one_line_and_the_results_are_closed(tmp_path):
+    """Workers that make different numbers of steps: the ranks find it together, rank 0 says so once,
+    the job exits 1 without an abort, and the file holds the steps done, status failed. A bad setting
+    of the example (its --out exists) is one line and exit 2, the file untouched."""
+    script, out = tmp_path / "mismatch.py", tmp_path / "run.h5"
+    script.write_text(MISMATCHED_WORKERS.format(out=str(out)))
+    done = subprocess.run([mpirun_path(), "-n", "3", sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=240, env=job_env(), cwd=ROOT)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.startswith("error: the workers disagree at step 2") and done.stderr.count("\n") == 1, done.stderr
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "failed" and list(f["iterations/step"][:]) == [0, 1]
+    kept = tmp_path / "kept.h5"
+    kept.write_bytes(b"an earlier result")
+    done = subprocess.run([mpirun_path(), "-n", "3", sys.executable, str(EXAMPLE), "--steps", "1", "--image-size", "8",
+                           "--out", str(kept)], capture_output=True, text=True, timeout=240, env=job_env(), cwd=ROOT)
+    assert done.returncode == 2 and done.stderr == f"error: {kept} exists; pass --overwrite or choose another --out\n", \
+        done.stderr[-2000:]
+    assert kept.read_bytes() == b"an earlier result"
 
 
 API_ON_BOTH_PATHS = """

@@ -124,7 +124,13 @@ def test_user_factories_make_the_data_set_and_the_model(tmp_path, monkeypatch):
         "def net(input_shape, n_classes):\n"
         "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(25 * input_shape[0], n_classes))\n"
         "def not_a_net(input_shape, n_classes):\n"
-        "    return 'a string'\n")
+        "    return 'a string'\n"
+        "def broken(input_shape, n_classes):\n"
+        "    raise RuntimeError('boom')\n"
+        "def reads_a_value(input_shape, n_classes):\n"
+        "    return torch.nn.Linear(int(torch.tensor(input_shape).prod().item()), n_classes)\n"
+        "def no_data():\n"
+        "    raise KeyError('gone')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = config.parse_config(["--dataset", "user_workload:data", "--model", "user_workload:net"])
     assert image_data.describe(cfg) == ((1, 5, 5), 4)
@@ -133,6 +139,14 @@ def test_user_factories_make_the_data_set_and_the_model(tmp_path, monkeypatch):
     assert module(image_data.open_split(cfg, "test")[0][0][None]).shape == (1, 4)
     with pytest.raises(ValueError, match="returned a str, not a torch.nn.Module"):
         config.parse_config(["--dataset", "user_workload:data", "--model", "user_workload:not_a_net"])
+    # what a factory raises is one line naming the option; a factory that needs real tensors is counted on the CPU
+    with pytest.raises(ValueError, match=r"^--model user_workload:broken raised RuntimeError: boom; fix the factory"):
+        config.parse_config(["--dataset", "user_workload:data", "--model", "user_workload:broken"])
+    with pytest.raises(ValueError, match=r"^--model os:getcwd raised TypeError"):
+        config.parse_config(["--dataset", "user_workload:data", "--model", "os:getcwd"])
+    with pytest.raises(UsageError, match=r"^--dataset user_workload:no_data raised KeyError: 'gone'"):
+        config.parse_config(["--dataset", "user_workload:no_data"])
+    config.parse_config(["--dataset", "user_workload:data", "--model", "user_workload:reads_a_value"])
 
 
 BAD = {
@@ -146,7 +160,19 @@ BAD = {
                       r"train/ and val/ must hold the same class folders, found \['cat', 'dog'\] and \['cat', 'emu'\]"),
     "npz missing": (lambda tmp: ["--dataset", f"npz:{tmp / 'x.npz'}"], "x.npz does not exist"),
     "npz not npz": (lambda tmp: ((tmp / "x.npz").write_text("hello"), ["--dataset", f"npz:{tmp / 'x.npz'}"])[1],
-                    "is not a numpy .npz file"),
+                    "is not a numpy .npz archive .np.savez writes one.; is it damaged"),
+    "npz a npy": (lambda tmp: (np.save(tmp / "x.npy", np.zeros(3)), ["--dataset", f"npz:{tmp / 'x.npy'}"])[1],
+                  "is not a numpy .npz archive but a single .npy array"),
+    "npz cut short": (lambda tmp: ((tmp / "c.npz").write_bytes(write_npz(tmp / "x.npz").read_bytes()[:300]),
+                                   ["--dataset", f"npz:{tmp / 'c.npz'}"])[1], "is not a numpy .npz archive"),
+    "npz strings": (lambda tmp: ["--dataset", f"npz:{write_npz(tmp / 'x.npz', x_train=np.full((40, 6), 'a'))}"],
+                    "x_train and x_test must be numeric arrays, got dtype kinds U and f"),
+    "npz object labels": (lambda tmp: ["--dataset", f"npz:{write_npz(tmp / 'x.npz', y_train=np.array([1] * 40, dtype=object))}"],
+                          "its arrays cannot be read .Object arrays"),
+    "npz one axis": (lambda tmp: ["--dataset", f"npz:{write_npz(tmp / 'x.npz', x_train=np.zeros(40), x_test=np.zeros(10))}"],
+                     r"need a sample axis and at least one feature axis"),
+    "npz empty": (lambda tmp: ["--dataset", f"npz:{write_npz(tmp / 'x.npz', x_train=np.zeros((0, 6)), y_train=np.zeros(0, int))}"],
+                  "must each hold at least one sample"),
     "npz no key": (lambda tmp: (np.savez(tmp / "x.npz", x_train=np.zeros(3)), ["--dataset", f"npz:{tmp / 'x.npz'}"])[1],
                    "must hold the arrays x_train, y_train, x_test, y_test"),
     "npz shapes": (lambda tmp: ["--dataset", f"npz:{write_npz(tmp / 'x.npz', x_test=np.zeros((10, 7)))}"],
@@ -170,6 +196,15 @@ def test_missing_or_malformed_data_and_unknown_models_get_one_line(case, tmp_pat
     with pytest.raises(ValueError, match=message) as refused:
         config.parse_config(["--model", "logreg", *map(str, flags(tmp_path))])
     assert "\n" not in str(refused.value)
+
+
+def test_data_holding_nan_or_inf_is_refused_as_data(tmp_path):
+    """Not left to become a NaN gradient, whose error says to lower --lr."""
+    x = np.ones((40, 6), dtype=np.float32)
+    x[3, 2] = np.nan
+    path = write_npz(tmp_path / "x.npz", x_train=x, y_train=np.zeros(40), y_test=np.array([np.inf] * 10))
+    with pytest.raises(UsageError, match=r"x_train and y_test hold NaN or Inf; clean the data first"):
+        data.load_npz(str(path))
 
 
 def test_timm_models_need_timm_installed(monkeypatch):

@@ -50,8 +50,8 @@ def test_static_scripts_parse_and_spread_ranks_over_nodes(script):
 def test_sweep_asks_for_ranks_per_node(per_node, slurm, pbs, tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text(GRID)
-    for scheduler in ("slurm", "pbs"):
-        assert sweep.main([str(grid), "--scheduler", scheduler, "--out-dir", str(tmp_path), *per_node]) == 0
+    for scheduler, again in (("slurm", []), ("pbs", ["--overwrite"])):
+        assert sweep.main([str(grid), "--scheduler", scheduler, "--out-dir", str(tmp_path), *per_node, *again]) == 0
     assert slurm.items() <= directives((tmp_path / "sweep.sbatch").read_text()).items()
     got = directives((tmp_path / "sweep.pbs").read_text())
     assert got["select"] == pbs and got["place"] == "scatter"
@@ -101,7 +101,7 @@ def test_sweep_renders_and_a_task_runs_locally(scheduler, task_var, suffix, tmp_
     (GRID.replace('seed = [0, 1]', 'seed = 0'), "must be non-empty lists"),
     (GRID.replace('steps = 3', 'stepz = 3'), "unrecognized arguments"),
     (GRID.replace('"sgd"]', '"nope"]'), "invalid choice: 'nope'"),
-    (GRID.replace('ranks = 3', 'ranks = 1'), "ranks must be >= 2"),
+    (GRID.replace('ranks = 3', 'ranks = 1'), "ranks must lie in [2, "),
     ("grid = [", "is not valid TOML"),
 ])
 def test_bad_grids_are_one_line_errors(text, message, tmp_path, capsys):

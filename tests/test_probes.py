@@ -31,6 +31,20 @@ def test_options_that_cannot_work_together_or_as_paths_are_refused_before_mpi(ar
         config.parse_config([a.format(tmp=tmp_path) for a in args])
 
 
+def test_save_model_through_a_link_to_the_out_folder_is_refused(tmp_path):
+    (tmp_path / "here").symlink_to(tmp_path)
+    with pytest.raises(UsageError, match="the model would overwrite the results"):
+        config.parse_config(["--out", str(tmp_path / "r.h5"), "--save-model", str(tmp_path / "here" / "r.h5")])
+
+
+def test_an_existing_save_model_file_is_kept_without_overwrite(tmp_path, capsys):
+    kept = tmp_path / "another-run.h5"
+    kept.write_bytes(b"a result")
+    assert train.main(["--out", str(tmp_path / "r.h5"), "--save-model", str(kept)]) == 2
+    assert f"{kept} exists; pass --overwrite or choose another --save-model" in one_line_error(capsys)
+    assert kept.read_bytes() == b"a result"
+
+
 @pytest.mark.parametrize("flag", ["--out", "--save-model"])
 def test_a_folder_as_output_is_refused_before_mpi(flag, tmp_path, capsys):
     assert train.main([flag, str(tmp_path)]) == 2
@@ -64,6 +78,10 @@ GRID = 'name = "g"\nranks = 3\n[grid]\nlr = [0.1]\n'
     ('name = "g"\nranks = 3\ngrid = 3\n', "grid must be a table of lists"),
     (GRID.replace('"g"', '"../g"'), "cannot hold a /"),
     (GRID + "[fixed]\nwidth = [8, 16]\n", "[fixed] values must be single values"),
+    (GRID + '[fixed]\nsave_model = "m.pt"\n', "[fixed] save_model: every task would write the same model file"),
+    (GRID + "[fixed]\nresume = true\n", "[fixed] resume: every task starts its own run"),
+    (GRID.replace("ranks = 3", "ranks = 1000000000"), "ranks must lie in [2, 1048576]"),
+    (GRID.replace("ranks = 3", 'ranks = 3\ntime = "banana"'), 'time must be a wall-time limit like "01:00:00"'),
 ])
 def test_grid_files_of_the_wrong_shape_are_one_line_errors(text, message, tmp_path, capsys):
     grid = tmp_path / "grid.toml"
@@ -71,6 +89,18 @@ def test_grid_files_of_the_wrong_shape_are_one_line_errors(text, message, tmp_pa
     assert sweep.main([str(grid), "--out-dir", str(tmp_path / "o")]) == 2
     assert message in one_line_error(capsys)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_sweep_already_in_out_dir_is_kept_without_overwrite(tmp_path, capsys):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID)
+    assert sweep.main([str(grid), "--out-dir", str(tmp_path / "o")]) == 0
+    capsys.readouterr()
+    (tmp_path / "o" / "jobs.txt").write_text("the first sweep\n")
+    assert sweep.main([str(grid), "--out-dir", str(tmp_path / "o")]) == 2
+    assert "holds a sweep already (jobs.txt); pass --overwrite" in one_line_error(capsys)
+    assert (tmp_path / "o" / "jobs.txt").read_text() == "the first sweep\n"
+    assert sweep.main([str(grid), "--out-dir", str(tmp_path / "o"), "--overwrite"]) == 0
 
 
 def test_a_grid_folder_and_an_out_dir_under_a_file_are_one_line_errors(tmp_path, capsys):
@@ -136,6 +166,14 @@ def test_launch_refuses_a_model_without_a_rate_and_names_a_missing_mpirun(monkey
     ("synthetic_throughput", ["--workers", "0"], "--workers: must lie in [1, 1024]"),
     ("synthetic_throughput", ["--steps", "2"], "--steps: must lie in"),
     ("synthetic_throughput", ["--algorithms", "ddp-nope"], "invalid choice: 'ddp-nope'"),
+    ("synthetic_throughput", ["--models", "torchvision:nosuchmodel"], "names no torchvision classification model"),
+    ("fwht", ["--min-log", "12", "--max-log", "10"], "--min-log 12 is above --max-log 10"),
+    ("fwht", ["--repeats", "0"], "--repeats: must lie in [1,"),
+    ("codec", ["--sizes", "0"], "--sizes: must lie in [1,"),
+    ("codec", ["--device", "cuda:99"], "--device cuda:99"),
+    *((script, ["--out", "/proc/version/r.h5"], "cannot create the folder of --out /proc/version/r.h5")
+      for script in ("codec", "fwht", "convergence", "time_to_accuracy", "bandwidth_sweep", "exchange_scaling",
+                     "synthetic_throughput")),
 ])
 def test_benchmark_flags_are_checked_before_any_run(script, args, message, capsys):
     with pytest.raises(SystemExit) as exit_:

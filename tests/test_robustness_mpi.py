@@ -156,6 +156,12 @@ def test_overwrite_clears_old_checkpoints_and_resume_checks_the_configuration(tm
     with h5py.File(out) as f:
         assert (f.attrs["status"], f.attrs["steps_done"]) == ("complete", 12)
     assert checkpoint.load_meta(str(out), 0)["step"] == 11
+    # a resume with no step left to run is refused, the complete file untouched
+    none_left = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", out, "--resume", *args[:4], "--steps", "12")
+    assert none_left.returncode == 2 and none_left.stderr.strip().count("\n") == 0, none_left.stderr[-2000:]
+    assert "has done 12 steps already, so --steps 12 leaves none to run" in none_left.stderr
+    with h5py.File(out) as f:
+        assert (f.attrs["status"], f.attrs["steps_done"]) == ("complete", 12)
     train(3, tmp_path, *args[:4], "--steps", "3", "--overwrite")
     assert not os.path.exists(checkpoint.directory(str(out)))
 
@@ -179,6 +185,19 @@ def small_disk(tmp_path, request):
         pytest.skip(f"cannot mount a small tmpfs to fill ({tried.stderr.strip() or 'mount failed'}); needs root")
     yield mount
     subprocess.run(["umount", "--lazy", str(mount)], check=True)  # lazy: a killed job may still hold a file
+
+
+@pytest.mark.parametrize("small_disk", ["64k"], indirect=True)
+def test_a_disk_too_full_for_the_new_file_ends_every_rank(small_disk):
+    """The results file cannot be started (its first allocation needs results.HEADROOM_BYTES): rank 0
+    says so once, the other ranks end too instead of waiting for it, and no empty file is left."""
+    out = small_disk / "none.h5"
+    done = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", str(out), "--dataset", "digits", "--model", "logreg",
+                  "--steps", "2", timeout=120)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.strip().count("\n") == 0, done.stderr[-3000:]
+    assert "No space left on device" in done.stderr and "no rows were written; free space, then run again" in done.stderr
+    assert not out.exists()
 
 
 # the writer allocates each flush's space plus results.HEADROOM_BYTES (256 KiB) first: on 600 KiB the
