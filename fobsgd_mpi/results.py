@@ -66,24 +66,23 @@ def output_problem(cfg, save_model=None):
     """Why the results file or the saved model cannot be written where asked, or None (any rank,
     before MPI starts). `cfg` has out and overwrite, and resume where the front door takes it."""
     resume = getattr(cfg, "resume", False)
-    folders = [f"{flag} {path}" for flag, path in (("--out", cfg.out), ("--save-model", save_model))
-               if path and os.path.isdir(path)]
+    outputs = [(flag, path) for flag, path in (("--out", cfg.out), ("--save-model", save_model)) if path]
+    folders = [f"{flag} {path}" for flag, path in outputs if os.path.isdir(path)]
     if folders:
         return f"{' and '.join(folders)} is a folder; give a file name in it"
     if cfg.out and resume and not os.path.exists(cfg.out):
         return f"--resume: {cfg.out} does not exist, so there is no run to continue; drop --resume to start one"
-    for flag, path in (("--out", cfg.out), ("--save-model", save_model)):
-        if path and os.path.exists(path) and not (cfg.overwrite or resume):
+    for flag, path in outputs:
+        if os.path.exists(path) and not (cfg.overwrite or resume):
             return f"{path} exists; pass --overwrite or choose another {flag}"
-    for flag, path in (("--out", cfg.out), ("--save-model", save_model)):
-        if path:
-            folder = os.path.dirname(os.path.abspath(path))
-            try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError as exc:
-                return f"cannot create the folder of {flag} {path} ({exc.strerror}); choose a writable path"
-            if not os.access(folder, os.W_OK):
-                return f"cannot write {flag} {path}: {folder} is not writable; choose a writable path"
+    for flag, path in outputs:  # only once nothing is refused: this creates folders
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            return f"cannot create the folder of {flag} {path} ({exc.strerror}); choose a writable path"
+        if not os.access(folder, os.W_OK):
+            return f"cannot write {flag} {path}: {folder} is not writable; choose a writable path"
     return None
 
 
