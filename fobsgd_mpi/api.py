@@ -76,7 +76,7 @@ def _abort_on_uncaught_exception(comm, session):
     some ranks raise is one line from each of them, then the abort. The ranks meet on a communicator
     of their own, so the barrier cannot be mistaken for a collective of the run. A Ctrl-C needs no
     abort: every rank stops after the same step (loop.deferred_interrupt)."""
-    from .transport import mpi
+    from .transport import abort_job, mpi
     report, errors = sys.excepthook, comm.Dup()
 
     def hook(kind, value, traceback):
@@ -93,11 +93,10 @@ def _abort_on_uncaught_exception(comm, session):
                 session.close_transport()
                 mpi().Finalize()
                 os._exit(value.exit_code)
-            print(f"error on rank {rank}: {value}", file=sys.stderr, flush=True)
-            comm.Abort(value.exit_code)
+            print(f"error on rank {rank}: {value}", file=sys.stderr)
+            abort_job(comm, value.exit_code)
         report(kind, value, traceback)
-        sys.stderr.flush()
-        comm.Abort(1)
+        abort_job(comm, 1)
 
     sys.excepthook = hook
     try:

@@ -39,7 +39,7 @@ def main(argv=None):
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     from .results import ResultsError
-    from .transport import mpi
+    from .transport import abort_job, mpi
     MPI = mpi()
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
@@ -71,8 +71,8 @@ def main(argv=None):
             print(f"{exc or 'interrupted'}", file=sys.stderr, flush=True)
         code = getattr(exc, "exit_code", EXIT_INTERRUPTED)
     except Exception as exc:  # one rank's failure ends the job with its message, never a hang
-        print(f"error on rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        comm.Abort(1)
+        print(f"error on rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        abort_job(comm, 1)
     finally:
         if lock is not None:
             lock.release()

@@ -4,9 +4,13 @@ Each payload layout becomes one committed derived datatype (a struct over its fi
 and freed at exit; exchanges are buffer-based Gatherv / Bcast on preallocated arrays, never
 pickled. Byte counts are what each rank hands to MPI, checked against the datatype's size.
 """
+import sys
+import time
+
 import numpy as np
 
 SERVER = 0
+ABORT_GRACE_S = 1.0  # mpirun forwards a rank's stderr asynchronously: an abort right after a write can cut it off
 
 
 def mpi():
@@ -17,6 +21,13 @@ def mpi():
         raise SystemExit(f"error: mpi4py cannot load an MPI library ({exc}); run `make install` "
                          "(it installs the mpich wheel) or build mpi4py against your cluster's MPI") from None
     return MPI
+
+
+def abort_job(comm, exit_code):
+    """End every rank of the job from this one, once what it wrote to stderr has had time to reach mpirun."""
+    sys.stderr.flush()
+    time.sleep(ABORT_GRACE_S)
+    comm.Abort(exit_code)
 
 
 class PayloadTypes:
