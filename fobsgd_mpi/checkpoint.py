@@ -106,8 +106,9 @@ def save_all(comm, out, step, arrays, meta):
 
 def load_all(comm, out, d):
     """Collective: (arrays, meta) of this rank's checkpoint, after checking that every rank has one of
-    the same step for a model of `d` parameters; JobError naming the first problem."""
-    from .errors import JobError
+    the same step for a model of `d` parameters; UsageError (a --resume that cannot be honoured,
+    exit 2 as the other resume refusals) naming the first problem."""
+    from .errors import UsageError
     rank = comm.Get_rank()
     arrays, meta, problem = {}, {"step": None}, None
     try:
@@ -118,10 +119,10 @@ def load_all(comm, out, d):
         problem = str(exc)
     problems = [p for p in comm.allgather(problem) if p]
     if problems:
-        raise JobError(f"cannot resume: {problems[0]}")
+        raise UsageError(f"cannot resume: {problems[0]}")
     steps = comm.allgather(meta["step"])
     if len(set(steps)) != 1:
-        raise JobError(f"checkpoints of different steps {steps} in {directory(out)}; "
+        raise UsageError(f"checkpoints of different steps {steps} in {directory(out)}; "
                        "a checkpoint write was interrupted - restart without --resume")
     return arrays, meta
 

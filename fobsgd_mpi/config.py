@@ -9,6 +9,7 @@ slip through unchecked (tests/test_config.py feeds every numeric option of every
 import argparse
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -111,7 +112,13 @@ def check(options, cfg):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Bad flags become a UsageError, reported in one line with exit status 2."""
+    """Bad flags become a UsageError, reported in one line with exit status 2. A value that starts
+    with a minus and a digit is a value, units and all (`--latency -5ms` reaches the range check,
+    as `--lr -1` does in argparse itself), not an unknown flag."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message):
         raise UsageError(f"{message} (see --help)")
@@ -460,10 +467,13 @@ def available_memory():
 
 
 def check_memory(cfg, copies):
-    """Refuse a model whose `copies` float32 vectors on every rank of this node exceed the memory
-    available, before anything is allocated."""
+    """Refuse a model that does not fit the data set (models.check_model), or whose `copies` float32
+    vectors on every rank of this node exceed the memory available, before anything is allocated."""
     shape, outputs = DATASET_SHAPES[cfg.dataset] if cfg.dataset in DATASET_SHAPES else workload.shape_of(cfg)
-    d = models.parameter_count(cfg.model, shape, outputs, cfg.width)
+    try:
+        d = models.check_model(cfg.model, shape, outputs, cfg.width)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     ranks = local_ranks()
     need, have = 4 * d * copies * ranks, available_memory()
     if need > have:

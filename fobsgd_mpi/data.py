@@ -171,9 +171,14 @@ def check_npz(path):
     for ok, problem in problems:
         if not ok:
             raise UsageError(f"--dataset npz:{path}: {problem}")
-    if classes:
-        return xs[1:], int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
-    return xs[1:], int(np.prod(ys[1:]))
+    if not classes:
+        return xs[1:], int(np.prod(ys[1:]))
+    largest, samples = int(max(y_train.max(initial=0), y_test.max(initial=0))), xs[0] + xts[0]
+    if largest >= samples:  # class ids, not indices: the model would get an output per possible id
+        raise UsageError(f"--dataset npz:{path}: the largest label is {largest}, which makes {largest + 1:,} classes "
+                         f"for {samples:,} samples; labels must be class indices 0..C-1: map them with "
+                         "np.unique(y, return_inverse=True)")
+    return xs[1:], largest + 1
 
 
 def load_npz(path):
@@ -206,24 +211,28 @@ def quadratic_problem(seed=0, n=5000, dim=64, active=None):
     return x, y[:, None], w_hat
 
 
-def shard_indices(labels, n_shards, shard, seed, partition="iid", alpha=0.5):
-    """Indices of this shard; shards are disjoint and cover the set (iid or Dirichlet(alpha) per class)."""
+def shards(labels, n_shards, seed, partition="iid", alpha=0.5):
+    """The index arrays (sorted) of `n_shards` disjoint shards that cover the set: IID, or
+    Dirichlet(alpha) per class (class labels only), all drawn at once from `seed`."""
     g = np.random.default_rng(seed)
-    if partition == "iid" or labels.ndim > 1 or labels.dtype.kind == "f":
-        return np.sort(np.array_split(g.permutation(len(labels)), n_shards)[shard])
-    if partition != "dirichlet":
-        raise ValueError(f"unknown partition {partition!r}; choose iid or dirichlet")
     owner = np.empty(len(labels), dtype=np.int64)
-    for c in np.unique(labels):
-        idx = g.permutation(np.flatnonzero(labels == c))
-        cuts = (np.cumsum(g.dirichlet(np.full(n_shards, alpha))) * len(idx)).astype(int)[:-1]
-        for s, part in enumerate(np.split(idx, cuts)):
+    if partition == "iid" or labels.ndim > 1 or labels.dtype.kind == "f":
+        for s, part in enumerate(np.array_split(g.permutation(len(labels)), n_shards)):
             owner[part] = s
-    return np.flatnonzero(owner == shard)
+    elif partition == "dirichlet":
+        for c in np.unique(labels):
+            idx = g.permutation(np.flatnonzero(labels == c))
+            cuts = (np.cumsum(g.dirichlet(np.full(n_shards, alpha))) * len(idx)).astype(int)[:-1]
+            for s, part in enumerate(np.split(idx, cuts)):
+                owner[part] = s
+    else:
+        raise ValueError(f"unknown partition {partition!r}; choose iid or dirichlet")
+    order = np.argsort(owner, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(owner, minlength=n_shards))[:-1])
 
 
 def distribute(comm, name, seed, workers, partition="iid", alpha=0.5, root=0):
-    """Rank `root` loads data set `name` and scatters the disjoint shards (shard_indices) to
+    """Rank `root` loads data set `name` and scatters the disjoint shards (`shards`) to
     `workers`, in rank order. Returns (ds, n_train): ds.x_train / y_train hold this rank's shard
     (empty off the workers), ds.x_test / y_test the test set on `root` (empty elsewhere), n_train
     the size of the whole training set."""
@@ -232,7 +241,7 @@ def distribute(comm, name, seed, workers, partition="iid", alpha=0.5, root=0):
     rank = comm.Get_rank()
     full = load(name, seed) if rank == root else None
     if rank == root:
-        parts = [shard_indices(full.y_train, len(workers), i, seed, partition, alpha) for i in range(len(workers))]
+        parts = shards(full.y_train, len(workers), seed, partition, alpha)
         sizes = [0] * comm.Get_size()
         for r, part in zip(workers, parts):
             sizes[r] = len(part)

@@ -37,6 +37,15 @@ class NonFiniteError(ValueError):
     """A vector to be encoded holds NaN or Inf; encoding it would send garbage bits."""
 
 
+def one_line(exc):
+    """`exc` as "Type: first line of its message". An error raised in a DataLoader worker process is
+    reported as what the worker raised (torch puts the worker's traceback in the message)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 2 and lines[0].startswith("Caught ") and lines[1].startswith("Original Traceback"):
+        return lines[-1]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def exit_without_finalizing(code):
     """End the process, once everything is written and closed, without tearing down the interpreter.
 

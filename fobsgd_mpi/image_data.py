@@ -114,6 +114,18 @@ def image_folder_classes(data_dir):
     return found["train"]
 
 
+def read_image(path):
+    """The image file at `path` as RGB; a ValueError naming the file when it cannot be read (PIL's
+    own message for a truncated file does not)."""
+    from PIL import Image
+    from torchvision.datasets.folder import pil_loader
+
+    try:
+        return pil_loader(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot read the image {path} ({exc}); remove or replace it") from None
+
+
 def load_image_folder(data_dir, split, size):
     from torchvision import datasets, transforms
 
@@ -122,7 +134,7 @@ def load_image_folder(data_dir, split, size):
                                     transforms.Normalize([PIXEL_MEAN] * 3, [PIXEL_STD] * 3)])
     folder = os.path.join(data_dir, "train" if split == "train" else "val")
     try:
-        return datasets.ImageFolder(folder, transform=transform)
+        return datasets.ImageFolder(folder, transform=transform, loader=read_image)
     except FileNotFoundError as exc:
         raise UsageError(f"--data-dir {data_dir}: {exc}") from None
 

@@ -215,8 +215,13 @@ def can_shape():
 
 
 def command_for(rest):
+    """What every rank runs: fobsgd_mpi.train with `rest` as its flags, or the command `rest`; a
+    ValueError when that command is not an executable program (not once per rank from mpirun)."""
     if not rest or rest[0].startswith("-"):
         return [sys.executable, "-m", "fobsgd_mpi.train", *rest]
+    if shutil.which(rest[0]) is None:
+        raise ValueError(f"the command {rest[0]!r} after -- is not an executable program (on PATH or at that path); "
+                         "check its name, or leave the command out to run fobsgd_mpi.train")
     return rest
 
 
@@ -284,11 +289,12 @@ def main(argv=None):
         if args.model_network and args.bandwidth is None:
             raise ValueError("--model-network records the alpha-beta model of --bandwidth; give the rate to model, "
                              "e.g. --bandwidth 100mbit")
+        cmd = command_for(rest)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return launch(args, command_for(rest))
+        return launch(args, cmd)
     except KeyboardInterrupt:
         print("error: interrupted; the job's ranks were ended and any network namespaces removed", file=sys.stderr)
         return EXIT_INTERRUPTED

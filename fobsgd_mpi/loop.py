@@ -5,7 +5,8 @@ exchange), the torch optimizer and schedule, the phase timers, the HDF5 record (
 checkpoints. Every rank calls `step` once per iteration, after writing its gradient into the flat
 gradient vector. A step is collective:
   1. the ranks agree on the round: what the workers do (a step, a buffer average, the end), whose
-     gradient holds a NaN/Inf, whether Ctrl-C was pressed (then every rank leaves after the same step);
+     gradient holds a NaN/Inf, whether Ctrl-C was pressed (then every rank leaves after the same step),
+     whether a rank failed to compute its gradient (then every rank raises the JobError rank 0 reports);
   2. the algorithm exchanges the gradients; the direction is written into .grad, the optimizer
      and the schedule step, identically on every rank;
   3. the replicas are checked, the row recorded, a checkpoint written when due.
@@ -27,7 +28,7 @@ import torch
 
 from . import algorithms, arrays, checkpoint, device, optim
 from .algorithms.options import AlgorithmOptions
-from .errors import STOP_SIGNALS, Interrupted, JobError, UsageError
+from .errors import STOP_SIGNALS, Interrupted, JobError, UsageError, one_line
 from .netmodel import NetworkModel
 
 # what the workers do in a round (the server, listening, sends LISTEN)
@@ -226,18 +227,23 @@ class Trainer:
         return self.ps.is_worker and self.rank in self.active_workers()
 
     # ---------------------------------------------------------------- the collective rounds
-    def agree(self, action, gradient=False, loss=None):
-        """Collective: every rank's action, gradient health, Ctrl-C, loss and logged metrics. Returns
-        (the workers' action, the ranks with a NaN/Inf gradient or loss, the mean loss of this round's
-        workers that gave one, else NaN). `gradient`: this rank computed one; `loss`: None if unknown."""
+    def agree(self, action, gradient=False, loss=None, failure=None):
+        """Collective: every rank's action, gradient health, Ctrl-C, failure, loss and logged metrics.
+        Returns (the workers' action, the ranks with a NaN/Inf gradient or loss, the mean loss of this
+        round's workers that gave one, else NaN). `gradient`: this rank computed one; `loss`: None if
+        unknown; `failure`: why this rank could not compute its gradient (one line), or None."""
         works = gradient and self.works()
         bad = works and not (arrays.all_finite(self.model.grads) and (loss is None or np.isfinite(loss)))
         counted = works and not bad and loss is not None
-        mine = np.array([action, bad, self.interrupted.is_set(), loss if counted else 0.0, counted, bool(self.metrics)])
+        mine = np.array([action, bad, self.interrupted.is_set(), loss if counted else 0.0, counted, bool(self.metrics),
+                         failure is not None])
         states = np.empty((self.comm.Get_size(), len(mine)))
         self.comm.Allgather(mine, states)
         if states[:, 2].any():  # every rank leaves here, after the same step
             raise KeyboardInterrupt
+        failed = np.flatnonzero(states[:, 6]).tolist()
+        if failed:
+            raise JobError(self.failure_report(failed, failure))
         actions = set(states[self.ps.workers, 0].astype(int).tolist())
         if len(actions) != 1:
             raise JobError(f"the workers disagree at step {self.done} (some step, some end the run or average the "
@@ -248,10 +254,22 @@ class Trainer:
         losses = states[:, 4].sum()
         return actions.pop(), np.flatnonzero(states[:, 1]).tolist(), states[:, 3].sum() / losses if losses else float("nan")
 
-    def step(self, gradient, loss=None, compute_s=0.0):
+    def failure_report(self, ranks, failure):
+        """Collective: rank 0's line on the failure of the first of `ranks` (others get it too, unsent)."""
+        first = ranks[0]
+        if self.rank == first != 0:
+            self.comm.send(failure, dest=0)
+        if self.rank == 0 and first != 0:
+            failure = self.comm.recv(source=first)
+        others = f" (rank(s) {ranks[1:]} failed too)" if len(ranks) > 1 else ""
+        return (f"rank {first} could not compute its gradient at step {self.done}: {failure}{others}; "
+                f"{self.cfg.out} holds the steps before it")
+
+    def step(self, gradient, loss=None, compute_s=0.0, failure=None):
         """Collective: one iteration from the gradient in model.grads (`gradient` False: this rank
-        computed none; `loss` None: not known). `compute_s`: the seconds it took, for the record."""
-        _, bad_ranks, train_loss = self.agree(STEP, gradient, loss)
+        computed none; `loss` None: not known). `compute_s`: the seconds it took, for the record;
+        `failure`: why this rank could not compute its gradient, which ends the run on every rank."""
+        _, bad_ranks, train_loss = self.agree(STEP, gradient, loss, failure)
         self.apply(bad_ranks, train_loss, compute_s)
 
     def serve(self):
@@ -491,14 +509,12 @@ def run(cfg, comm):
 
 def _run(cfg, ps, interrupted):
     from .config import slow_ranks
+    from .workload import check_slow_ranks
     rank, n = ps.rank, ps.n_workers
     workload = open_workload(cfg, ps)
     model = workload.model
     slow = slow_ranks(cfg.slow_ranks)
-    unknown = sorted(set(slow) - set(ps.workers))
-    if unknown:
-        raise UsageError(f"--slow-ranks names rank(s) {unknown}, which are not workers (workers: "
-                         f"{ps.workers[0]}..{ps.workers[-1]})")
+    check_slow_ranks(slow, ps.workers)
     samples_per_step = max(1, round(cfg.participation * n)) * cfg.batch_size
     total = cfg.steps or max(1, int(round(cfg.epochs * workload.n_train / samples_per_step)))
     optimizer = optim.build_optimizer(cfg, model.module.parameters())
@@ -516,14 +532,17 @@ def _run(cfg, ps, interrupted):
     status = "failed"
     try:
         for _ in range(trainer.done, last):
-            loss, compute_s = None, 0.0
+            loss, compute_s, failure = None, 0.0, None
             if workload.sampler is not None and trainer.works():
                 t0 = trainer.timer.clock()
-                loss = workload.gradient()
+                try:
+                    loss = workload.gradient()
+                except Exception as exc:  # an unreadable sample, the model's own error: the ranks end together
+                    failure = one_line(exc)
                 if rank in slow:  # a straggler: its compute takes `factor` times as long
                     time.sleep((slow[rank] - 1) * (trainer.timer.clock() - t0))
                 compute_s = trainer.timer.clock() - t0
-            trainer.step(loss is not None, loss, compute_s)
+            trainer.step(loss is not None, loss, compute_s, failure)
             done = trainer.done
             if progress is not None:
                 progress.update(done, trainer.train_loss, trainer.last_eval["test_accuracy"],
@@ -567,11 +586,12 @@ def claim_output(cfg, n_ranks):
     it), then check a --resume against its checkpoint, or remove an old run's checkpoints from a fresh
     start. Returns the lock; raises OSError or ValueError with the reason it cannot."""
     from . import checkpoint
-    from .results import OutputLock
+    from .results import OutputLock, check_resumable
     os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
     lock = OutputLock(cfg.out)
     try:
         if cfg.resume:
+            check_resumable(cfg.out)
             meta = checkpoint.load_meta(cfg.out, 0)
             saved, current = meta.get("run", {}), run_identity(cfg, n_ranks)
             differ = checkpoint.mismatch(saved, current)

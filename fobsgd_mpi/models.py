@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import arrays
+from .errors import one_line
 
 MODELS = ("logreg", "mlp", "cnn1d", "wide-mlp")
 MODEL_FORMS = f"{', '.join(MODELS)}, torchvision:NAME, timm:NAME or package.module:factory"
@@ -134,19 +135,41 @@ def check_name(name):
         raise ValueError(f"must be one of {MODEL_FORMS}, got {name!r}")
 
 
-def parameter_count(name, input_shape, n_outputs, width=256):
-    """d of the model `build` makes, counted on torch's meta device (nothing is allocated); a user
-    factory that needs real tensors to build (one that reads a value, e.g. with .item()) is built
-    on the CPU instead."""
+def check_model(name, input_shape, n_outputs, width=256):
+    """d of the model `build` makes, after checking that it has parameters and maps a batch of
+    float inputs of `input_shape` to `n_outputs` outputs per sample; ValueError saying which does
+    not hold. Built and run on torch's meta device (nothing is allocated or computed); a user
+    factory that cannot be (one that reads a value, e.g. with .item()) is built and run on the CPU."""
     factory = ":" in name and name.split(":", 1)[0] not in ("torchvision", "timm")
     try:
-        with torch.device("meta"):
-            model = build(name, input_shape, n_outputs, width)
+        return _check_on("meta", name, input_shape, n_outputs, width)
     except Exception:
         if not factory:
             raise
-        model = build(name, input_shape, n_outputs, width)  # a broken factory's own error is the one reported
-    return sum(p.numel() for p in model.parameters())
+        return _check_on("cpu", name, input_shape, n_outputs, width)  # a broken factory's own error is the one reported
+
+
+@torch.no_grad()
+def _check_on(device, name, input_shape, n_outputs, width):
+    with torch.device(device):
+        model = build(name, input_shape, n_outputs, width)
+        d = sum(p.numel() for p in model.parameters())
+        if not d:
+            raise ValueError(f"--model {name} has no parameters to train; give a model with some")
+        shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+        model.eval()
+        try:
+            out = model(torch.zeros((2, *shape)))
+        except Exception as exc:
+            if device == "meta" and isinstance(exc, NotImplementedError):
+                raise
+            raise ValueError(f"--model {name} cannot take this data set's inputs of shape {shape} "
+                             f"({one_line(exc)}); choose a model for such inputs") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, n_outputs):
+        got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"--model {name} gives outputs of shape {got} per sample, but the data set needs "
+                         f"{n_outputs} (its classes or targets); build the model with {n_outputs} outputs")
+    return d
 
 
 class FlatModel:

@@ -86,6 +86,21 @@ def output_problem(cfg, save_model=None):
     return None
 
 
+def check_resumable(path):
+    """ValueError unless `path` is a results file a --resume can append to: one this package wrote,
+    with its iterations and evals tables (read only; nothing is changed)."""
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [f"{name}/{key}" for name, fields in (("iterations", ITERATION_FIELDS), ("evals", EVAL_FIELDS))
+                       for key in fields if f"{name}/{key}" not in f]
+    except OSError as exc:
+        raise ValueError(f"--resume: {path} is not a readable HDF5 file ({exc}); restore it from a copy, or start "
+                         "afresh with --overwrite") from None
+    if missing:
+        raise ValueError(f"--resume: {path} is not a results file of fobsgd_mpi (it lacks {', '.join(missing[:3])}); "
+                         "restore it from a copy, or start afresh with --overwrite")
+
+
 class ResultsError(OSError):
     """The results file could not be written (a full disk, a quota); the message is one line."""
 

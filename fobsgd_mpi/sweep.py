@@ -7,7 +7,9 @@ grid.toml: `name`, `ranks` (workers + 1), `time`; a [grid] table of lists (every
 one array task) and a [fixed] table of single values, both keyed by fobsgd_mpi.train's long flags.
 Writes OUT_DIR/jobs.txt (one task's flags per line), OUT_DIR/index.csv (task, grid values, result
 file) and OUT_DIR/sweep.sbatch or sweep.pbs; submit that with sbatch or qsub. Every task is
-checked against the training CLI first, so a typo fails here and not an hour into the queue.
+checked against the training CLI first, and against `ranks` as the job would check it (--servers,
+--slow-ranks, a worker's share of an array data set against --batch-size), so a typo fails here
+and not an hour into the queue.
 Each task asks for one rank per node by default, so the exchange crosses the nodes' links (what
 a per-node-link measurement needs); --ranks-per-node packs more. The script templates ship
 inside the package (fobsgd_mpi/job_templates/).
@@ -25,9 +27,11 @@ from importlib import resources
 
 from .config import INT, OneLineParser, flag_type, parse_config
 from .errors import EXIT_USAGE
+from .workload import check_ranks
 
 TEMPLATES = {"slurm": "slurm_sweep.sbatch.in", "pbs": "pbs_sweep.pbs.in"}
 MAX_RANKS = 2**20
+DEFAULT_RANKS = 9
 WALL_TIME = re.compile(r"(\d+-)?\d+(:\d{2}){0,2}")  # what both sbatch --time and qsub walltime read
 PER_TASK = {"resume": "every task starts its own run; to continue one, rerun its line of jobs.txt with --resume",
             "save_model": "every task would write the same model file; vary it in [grid], or leave it out"}
@@ -94,7 +98,7 @@ def expand(spec, out_dir):
         out = os.path.join(out_dir, f"task{i:04d}-{tag}.h5".replace("/", "_"))
         argv = [a for k, v in {**fixed, **point}.items() for a in flag(k, v)] + ["--out", out, "--quiet"]
         try:
-            parse_config(argv)
+            check_ranks(parse_config(argv), spec.get("ranks", DEFAULT_RANKS))
         except ValueError as exc:
             raise ValueError(f"task {i} ({point}): {exc}") from None
         tasks.append((point, argv, out))
@@ -124,7 +128,7 @@ def build_parser():
 def write_sweep(args, spec, keys, tasks, out_dir):
     """jobs.txt, index.csv and the job script in out_dir; returns the script's path."""
     name = spec.get("name", "sweep")
-    ranks = spec.get("ranks", 9)
+    ranks = spec.get("ranks", DEFAULT_RANKS)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "jobs.txt"), "w") as f:
         f.writelines(shlex.join(a) + "\n" for _, a, _ in tasks)

@@ -5,6 +5,8 @@ Array sets (data.py: the built-ins and npz:PATH) are loaded by rank 0, which sca
 its shard (data.distribute). Image sets (image_data.py) are opened by every worker from the file
 system: rank 0 decides the shards from the labels and sends each worker only its index list.
 """
+import functools
+
 import torch
 
 from . import data, image_data, models
@@ -85,8 +87,7 @@ def distribute(comm, cfg, workers, root=0):
         try:
             train, test = image_data.open_split(cfg, "train"), image_data.open_split(cfg, "test")
             labels = image_data.labels_of(train)
-            parts = [data.shard_indices(labels, len(workers), i, cfg.seed, cfg.partition, cfg.alpha)
-                     for i in range(len(workers))]
+            parts = data.shards(labels, len(workers), cfg.seed, cfg.partition, cfg.alpha)
             layout = {"n_train": len(train), "input_shape": tuple(train[0][0].shape),
                       "n_classes": image_data.describe(cfg)[1], "sizes": dict(zip(workers, map(len, parts)))}
         except UsageError as exc:
@@ -120,3 +121,34 @@ def check_batch_size(batch_size, sizes, workers, n_train):
         raise UsageError(f"--batch-size {batch_size} exceeds the {sizes[smallest]} training samples of worker rank "
                          f"{smallest} ({len(workers)} workers share {n_train}); lower --batch-size or use fewer "
                          "workers")
+
+
+def check_slow_ranks(slow, workers):
+    """UsageError when --slow-ranks ({rank: factor}) names a rank that is not one of `workers`."""
+    unknown = sorted(set(slow) - set(workers))
+    if unknown:
+        raise UsageError(f"--slow-ranks names rank(s) {unknown}, which are not workers (workers: "
+                         f"{workers[0]}..{workers[-1]})")
+
+
+def check_ranks(cfg, n_ranks):
+    """UsageError for what only the job's number of ranks decides, as the job itself would raise it:
+    --servers, --slow-ranks, and a worker's shard of an array data set smaller than a batch (image
+    sets are checked when the job opens them). For a sweep, before its tasks are queued."""
+    from .algorithms.base import server_count
+    from .config import slow_ranks
+    workers = list(range(0 if cfg.server_also_works else 1, n_ranks))
+    try:
+        server_count(cfg.servers, n_ranks)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    check_slow_ranks(slow_ranks(cfg.slow_ranks), workers)
+    if not is_image_set(cfg.dataset):
+        labels = _train_labels(cfg.dataset, cfg.seed)
+        sizes = [len(part) for part in data.shards(labels, len(workers), cfg.seed, cfg.partition, cfg.alpha)]
+        check_batch_size(cfg.batch_size, dict(zip(workers, sizes)), workers, len(labels))
+
+
+@functools.lru_cache(maxsize=8)
+def _train_labels(dataset, seed):
+    return data.load(dataset, seed).y_train

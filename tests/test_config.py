@@ -132,7 +132,7 @@ def test_parameter_count_and_data_set_shapes_match_the_real_ones(monkeypatch):
         assert (ds.n_features, ds.n_classes or ds.y_train.shape[1]) == (features, outputs), name
     for model in models.MODELS:
         real = models.FlatModel(models.build(model, 64, 10, 48)).d
-        assert models.parameter_count(model, 64, 10, 48) == real, model
+        assert models.check_model(model, 64, 10, 48) == real, model
 
 
 def test_a_model_too_large_for_memory_is_refused_before_it_is_built():

@@ -128,9 +128,16 @@ def test_user_factories_make_the_data_set_and_the_model(tmp_path, monkeypatch):
         "def broken(input_shape, n_classes):\n"
         "    raise RuntimeError('boom')\n"
         "def reads_a_value(input_shape, n_classes):\n"
-        "    return torch.nn.Linear(int(torch.tensor(input_shape).prod().item()), n_classes)\n"
+        "    features = int(torch.tensor(input_shape).prod().item())\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(features, n_classes))\n"
         "def no_data():\n"
-        "    raise KeyError('gone')\n")
+        "    raise KeyError('gone')\n"
+        "def no_params(input_shape, n_classes):\n"
+        "    return torch.nn.Flatten()\n"
+        "def more_outputs(input_shape, n_classes):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(25, n_classes + 2))\n"
+        "def other_inputs(input_shape, n_classes):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(24, n_classes))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = config.parse_config(["--dataset", "user_workload:data", "--model", "user_workload:net"])
     assert image_data.describe(cfg) == ((1, 5, 5), 4)
@@ -147,6 +154,14 @@ def test_user_factories_make_the_data_set_and_the_model(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match=r"^--dataset user_workload:no_data raised KeyError: 'gone'"):
         config.parse_config(["--dataset", "user_workload:no_data"])
     config.parse_config(["--dataset", "user_workload:data", "--model", "user_workload:reads_a_value"])
+    # a model that does not fit the data is refused before the run, not by every rank at its first step
+    for name, message in [("no_params", "has no parameters to train"),
+                          ("more_outputs", r"gives outputs of shape \(6,\) per sample, but the data set needs 4 "),
+                          ("other_inputs", r"cannot take this data set's inputs of shape \(1, 5, 5\) \(RuntimeError: "
+                                           r"mat1 and mat2 shapes cannot be multiplied")]:
+        with pytest.raises(UsageError, match=f"^--model user_workload:{name} {message}") as refused:
+            config.parse_config(["--dataset", "user_workload:data", "--model", f"user_workload:{name}"])
+        assert "\n" not in str(refused.value)
 
 
 BAD = {
@@ -177,6 +192,9 @@ BAD = {
                    "must hold the arrays x_train, y_train, x_test, y_test"),
     "npz shapes": (lambda tmp: ["--dataset", f"npz:{write_npz(tmp / 'x.npz', x_test=np.zeros((10, 7)))}"],
                    r"x_train \(40, 6\) and x_test \(10, 7\) need the same shape per sample"),
+    "npz label ids": (lambda tmp: ["--dataset", f"npz:{write_npz(tmp / 'x.npz', y_test=np.full(10, 10**9))}"],
+                      r"the largest label is 1000000000, which makes 1,000,000,001 classes for 50 samples; labels "
+                      r"must be class indices 0..C-1"),
     "npz labels": (lambda tmp: ["--dataset", f"npz:{write_npz(tmp / 'x.npz', y_train=np.zeros(39, int))}"],
                    "need as many labels as samples"),
     "dataset name": (lambda tmp: ["--dataset", "cifar11"], "--dataset must be one of mnist1d, .*, npz:PATH or "
@@ -185,6 +203,8 @@ BAD = {
     "factory module": (lambda tmp: ["--model", "no_such_package.nets:resnet"],
                        "--model cannot import 'no_such_package.nets'"),
     "factory callable": (lambda tmp: ["--dataset", "fobsgd_mpi.data:no_loader"], "--dataset names no callable"),
+    "too small images": (lambda tmp: ["--model", "torchvision:inception_v3", "--dataset", "synthetic-images"],
+                         r"cannot take this data set's inputs of shape \(3, 32, 32\) \(RuntimeError: Calculated padded"),
     "images only": (lambda tmp: ["--model", "torchvision:resnet18", "--dataset", "digits"],
                     r"torchvision:resnet18 needs images \(channels, height, width\)"),
 }

@@ -86,11 +86,19 @@ def test_harness_bytes_match_interface_counters(tmp_path):
 @pytest.mark.parametrize("args", [["--bandwidth", "fast", "-n", "2"], ["--bandwidth", "0mbit", "-n", "2"],
                                   ["--bandwidth", "1.2.3mbit", "-n", "2"], ["--bandwidth", "5tbit", "-n", "2"],
                                   ["-n", "100000"], ["-n", "0"], ["-n", "x"], [], ["-n", "2", "--latency=-1ms"],
+                                  ["-n", "2", "--latency", "-5ms"],
                                   ["-n", "2", "--latency", "1e9s"], ["-n", "2", "--topology", "ring"]])
 def test_bad_flags_are_one_line_errors_with_exit_2(args, capsys):
     assert launch.main([*args, "--", "true"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_a_command_that_is_not_a_program_is_one_line_with_exit_2_before_mpirun(capsys):
+    assert launch.main(["--model-network", "--bandwidth", "1gbit", "-n", "2", "--", "no-such-command", "-x"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: the command 'no-such-command' after -- is not an executable program (on PATH or at that "
+                   "path); check its name, or leave the command out to run fobsgd_mpi.train\n")
 
 
 def test_an_unknown_forced_instruction_set_is_one_line_with_exit_2(monkeypatch, capsys):

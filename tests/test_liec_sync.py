@@ -34,7 +34,7 @@ def reference_run():
     lay = BlockLayout(model.d)
     samplers = []
     for shard in range(2):
-        idx = data.shard_indices(ds.y_train, 2, shard, SEED)
+        idx = data.shards(ds.y_train, 2, SEED)[shard]
         samplers.append(data.BatchSampler(ds.x_train[idx], ds.y_train[idx], BATCH, seed=(SEED, shard)))
     xs = [model.params.copy(), model.params.copy()]
     e_s = np.zeros(model.d, np.float32)

@@ -42,6 +42,6 @@ def test_other_torchvision_models_get_the_data_sets_channels_and_classes():
 def test_built_in_models_flatten_images_and_count_their_parameters_on_the_meta_device():
     module = models.build("mlp", (3, 4, 4), 10, 16)
     assert module(torch.zeros(2, 3, 4, 4)).shape == (2, 10)
-    assert models.parameter_count("mlp", (3, 4, 4), 10, 16) == models.FlatModel(module).d
+    assert models.check_model("mlp", (3, 4, 4), 10, 16) == models.FlatModel(module).d
     resnet = sum(p.numel() for p in models.build("torchvision:resnet18", (3, 32, 32), 10).parameters())
-    assert models.parameter_count("torchvision:resnet18", (3, 32, 32), 10) == resnet
+    assert models.check_model("torchvision:resnet18", (3, 32, 32), 10) == resnet

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fobsgd_mpi import checkpoint, config, ddp, launch, launcher_env, report, sweep, train
+from fobsgd_mpi import checkpoint, config, ddp, launch, launcher_env, report, results, sweep, train
 from fobsgd_mpi.errors import UsageError
 
 from .test_plots import benchmark, tiny_run
@@ -82,6 +82,11 @@ GRID = 'name = "g"\nranks = 3\n[grid]\nlr = [0.1]\n'
     (GRID + "[fixed]\nresume = true\n", "[fixed] resume: every task starts its own run"),
     (GRID.replace("ranks = 3", "ranks = 1000000000"), "ranks must lie in [2, 1048576]"),
     (GRID.replace("ranks = 3", 'ranks = 3\ntime = "banana"'), 'time must be a wall-time limit like "01:00:00"'),
+    # what only the number of ranks decides, refused as the job would refuse it
+    (GRID + "servers = [1, 4]\n", "task 1 ({'lr': 0.1, 'servers': 4}): --servers must be 1..3 (the number of ranks)"),
+    (GRID + "batch_size = [3000]\n[fixed]\ndataset = \"synthetic-logreg\"\n",
+     "--batch-size 3000 exceeds the 2500 training samples of worker rank 1 (2 workers share 5000)"),
+    (GRID + "[fixed]\nslow_ranks = \"3:2\"\n", "--slow-ranks names rank(s) [3], which are not workers (workers: 1..2)"),
 ])
 def test_grid_files_of_the_wrong_shape_are_one_line_errors(text, message, tmp_path, capsys):
     grid = tmp_path / "grid.toml"
@@ -193,3 +198,14 @@ def test_a_damaged_checkpoint_is_a_value_error_with_advice(damage, tmp_path):
     for read in (checkpoint.load, checkpoint.load_meta):
         with pytest.raises(ValueError, match="rank1.npz is damaged .*restore it, or start afresh"):
             read(out, 1)
+
+
+def test_resume_refuses_an_hdf5_file_that_is_not_a_run_before_anything_changes(tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["iterations/step"] = np.arange(3)
+    with pytest.raises(ValueError, match=r"^--resume: .*other.h5 is not a results file of fobsgd_mpi \(it lacks "
+                                         r"iterations/wall_s, iterations/compute_s, iterations/encode_s\); restore it"):
+        results.check_resumable(str(other))
+    with h5py.File(other) as f:
+        assert list(f) == ["iterations"] and list(f["iterations"]) == ["step"]

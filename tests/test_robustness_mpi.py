@@ -166,6 +166,24 @@ def test_overwrite_clears_old_checkpoints_and_resume_checks_the_configuration(tm
     assert not os.path.exists(checkpoint.directory(str(out)))
 
 
+def test_a_resume_from_a_missing_checkpoint_or_a_damaged_results_file_is_refused_in_one_line(tmp_path):
+    args = ["--dataset", "digits", "--model", "logreg", "--steps", "20", "--checkpoint-every", "5"]
+    out, _ = train(3, tmp_path, *args, "--stop-at", "7")
+    rank2 = os.path.join(checkpoint.directory(str(out)), "rank2.npz")
+    os.rename(rank2, rank2 + ".moved")
+    refused = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", out, "--resume", *args)
+    assert refused.returncode == 2 and refused.stderr.startswith(f"error: cannot resume: no checkpoint {rank2} "), \
+        refused.stderr[-2000:]
+    assert refused.stderr.count("\n") == 1
+    os.rename(rank2 + ".moved", rank2)
+    out.write_bytes(b"not a results file")
+    refused = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", out, "--resume", *args)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr[-2000:]
+    assert refused.stderr.startswith(f"error: --resume: {out} is not a readable HDF5 file ("), refused.stderr
+    assert refused.stderr.endswith("); restore it from a copy, or start afresh with --overwrite\n")
+    assert out.read_bytes() == b"not a results file"
+
+
 def test_resume_without_a_results_file_is_refused_and_creates_nothing(tmp_path, capsys):
     out = tmp_path / "none.h5"
     assert train_cli.main(["--out", str(out), "--resume"]) == 2

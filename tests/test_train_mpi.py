@@ -102,7 +102,7 @@ def test_sgd_equals_single_process_sgd_on_the_union_batch(three_rank_runs):
     model = models.FlatModel(models.build("mlp", ds.n_features, 4, 16, 3))
     samplers = []
     for shard in range(2):
-        idx = data.shard_indices(ds.y_train, 2, shard, 3)
+        idx = data.shards(ds.y_train, 2, 3)[shard]
         samplers.append(data.BatchSampler(ds.x_train[idx], ds.y_train[idx], batch, seed=(3, shard)))
     for _ in range(steps):
         xs, ys = zip(*(s.next() for s in samplers))

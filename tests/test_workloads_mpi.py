@@ -1,5 +1,8 @@
 """The user's own models and data end to end under mpirun: a torchvision model on a generated image
-folder, and a batch that no worker's shard can fill refused before training."""
+folder, a batch that no worker's shard can fill refused before training, an unreadable image."""
+import re
+
+import h5py
 import pytest
 import torch
 
@@ -32,3 +35,22 @@ def test_a_batch_larger_than_a_workers_shard_is_refused_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "error: --batch-size 3000 exceeds the 2500 training samples of worker rank 1 (2 workers share 5000); "
         "lower --batch-size or use fewer workers"]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("loader_workers", [0, 1])
+def test_an_unreadable_image_ends_every_rank_in_one_line_and_keeps_the_steps_before(loader_workers, tmp_path):
+    folder = write_image_folder(tmp_path / "images", classes=("cat", "dog"), per_class=6, size=10)
+    (folder / "train" / "cat" / "3.png").write_bytes(b"not a png")
+    out = tmp_path / "x.h5"
+    done = mpirun(3, "fobsgd_mpi.train", "--quiet", "--model", "mlp", "--width", 16, "--dataset", "imagefolder",
+                  "--data-dir", folder, "--image-size", 8, "--batch-size", 2, "--steps", 20, "--out", out,
+                  "--loader-workers", loader_workers, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    failure = re.fullmatch(r"error: rank [12] could not compute its gradient at step (\d+): ValueError: cannot read the "
+                           rf"image {folder}/train/cat/3.png \(cannot identify image file .*\); remove or replace it; "
+                           rf"{out} holds the steps before it\n", done.stderr)
+    assert failure, done.stderr[-2000:]
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "failed"
+        assert list(f["iterations/step"][:]) == list(range(int(failure.group(1))))
