@@ -7,12 +7,13 @@ it and quantizes it again after a fresh rotation (fresh-rotation). Prints, relat
 and of the direction every worker decodes, per block size and n. The uplink error falls as 1/n;
 the one-bit downlink adds about one worker's error back whatever n is, which is why FO-SGD's
 accuracy does not improve with more workers the way sgd's does. Each server scale
-(--server-scale: eta, mse, mse-shrink, mse-debias) is shown side by side on the same uplink payloads, with the
-direction's bias: mse clips the sum on purpose and mse-shrink scales it down, so both trade bias
-for variance; mse-debias scales mse back up to a unit gain along the mean. Writes results/fo_sgd_variance-*.h5.
+(--server-scale: eta, mse, mse-shrink, mse-debias, drive) is shown side by side on the same uplink
+payloads (the workers' --worker-scale), with the direction's bias: mse clips the sum on purpose and
+mse-shrink scales it down, so both trade bias for variance; mse-debias scales mse back up to a unit
+gain along the mean, and drive has that gain by construction. Writes results/fo_sgd_variance-*.h5.
 
     python benchmarks/fo_sgd_variance.py [--d 78858] [--workers 1 2 4 8 16] [--block-sizes 65536 1024]
-        [--server-scales eta mse mse-shrink mse-debias] [--trials 2] [--repeats 8]
+        [--worker-scale drive] [--server-scales eta mse mse-shrink mse-debias drive] [--trials 2] [--repeats 8]
 """
 import argparse
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from fobsgd_mpi import compressors
 from fobsgd_mpi.algorithms.base import SERVER_STREAM
+from fobsgd_mpi.compressors.fo1bit import SERVER_SCALES, WORKER_SCALES
 from fobsgd_mpi.config import FLOAT, INT, SEED_MAX, ScriptParser, _power_of_two, flag_type
 from fobsgd_mpi.benchmarking import format_table, results_path, save_records
 
@@ -37,7 +39,7 @@ def relative_errors(cs, d, n, trials, repeats, noise, gen):
     bias = {s: dict.fromkeys(kinds, 0.0) for s in cs}
     along = {s: dict.fromkeys(kinds, 0.0) for s in cs}
     unit = {s: dict.fromkeys(kinds, 0.0) for s in cs}
-    c0 = cs["eta"]
+    c0 = next(iter(cs.values()))  # the workers' encoding is the same whatever the server's scale
     w = np.full(n, 1 / n)
     for t in range(trials):
         xs = [base + noise * gen.standard_normal(d).astype(np.float32) for _ in range(n)]
@@ -55,12 +57,9 @@ def relative_errors(cs, d, n, trials, repeats, noise, gen):
             fresh_step = step | (1 << 62)
             for name, c in cs.items():
                 flat = c.decode(c.encode_flat(v, step, SERVER_STREAM, d, uplink_noise=noise_bound), step, d)
-                if name == "eta":
-                    fresh = c.decode(c.encode(up, fresh_step, SERVER_STREAM), fresh_step, d)
-                else:
-                    y = c.flatten(up, fresh_step, d)
-                    fresh = c.decode(c.encode_flat(y, fresh_step, SERVER_STREAM, d, uplink_noise=noise_bound),
-                                     fresh_step, d)
+                y = c.flatten(up, fresh_step, d)
+                fresh = c.decode(c.encode_flat(y, fresh_step, SERVER_STREAM, d, uplink_noise=noise_bound),
+                                 fresh_step, d)
                 for k, x in zip(kinds, (up, flat, fresh)):
                     sums[name][k] += x
                     errs[name][k] += float(np.sum((x - mean) ** 2)) / repeats
@@ -78,9 +77,6 @@ def relative_errors(cs, d, n, trials, repeats, noise, gen):
     return err, bias, along, unit
 
 
-SCALES = ("eta", "mse", "mse-shrink", "mse-debias")
-
-
 def main(argv=None):
     p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--d", type=flag_type(INT, bounds=(1, 2**31)), default=78_858,
@@ -89,8 +85,9 @@ def main(argv=None):
     p.add_argument("--block-sizes", type=flag_type(INT, bounds=(64, 2**30), rule=_power_of_two), nargs="+",
                    default=[1 << 16, 1 << 10])
     p.add_argument("--lambda-rule", default="min", choices=("norm", "max", "min"))
-    p.add_argument("--server-scales", nargs="+", default=list(SCALES), choices=SCALES,
-                   help="the server's scale rules to compare (eta is always computed: the workers encode with it)")
+    p.add_argument("--worker-scale", default="drive", choices=WORKER_SCALES, help="the workers' scale rule")
+    p.add_argument("--server-scales", nargs="+", default=list(SERVER_SCALES), choices=SERVER_SCALES,
+                   help="the server's scale rules to compare")
     p.add_argument("--noise", type=flag_type(FLOAT, bounds=(0, 1e6)), default=0.5,
                    help="per-worker noise, relative to the common part")
     p.add_argument("--trials", type=flag_type(INT, bounds=(1, 10**6)), default=2, help="draws of the workers' vectors")
@@ -100,20 +97,20 @@ def main(argv=None):
     p.add_argument("--seed", type=flag_type(INT, bounds=(0, SEED_MAX)), default=0)
     args = p.parse_args(argv)
     gen = np.random.default_rng(args.seed)
-    scales = ["eta"] + [s for s in args.server_scales if s != "eta"]
+    scales = list(dict.fromkeys(args.server_scales))
     records = []
     for block in args.block_sizes:
-        cs = {s: compressors.get("fo1bit", block_size=block, lambda_rule=args.lambda_rule, server_scale=s)
-              for s in scales}
+        cs = {s: compressors.get("fo1bit", block_size=block, lambda_rule=args.lambda_rule,
+                                 worker_scale=args.worker_scale, server_scale=s) for s in scales}
         for n in args.workers:
             err, bias, along, unit = relative_errors(cs, args.d, n, args.trials, args.repeats, args.noise, gen)
-            for s in scales if "eta" in args.server_scales else scales[1:]:
+            for s in scales:
                 records.append({"block_size": block, "workers": n, "server_scale": s,
                                 "uplink_mean": err[s]["uplink"], "downlink_flat": err[s]["flat"],
                                 "bias2_flat": bias[s]["flat"], "along_mean_flat": along[s]["flat"],
                                 "unit_gain_flat": unit[s]["flat"],
                                 "downlink_fresh_rotation": err[s]["fresh"], "bias2_fresh_rotation": bias[s]["fresh"]})
-    print(f"# d = {args.d:,}, lambda rule {args.lambda_rule}, squared error / ||mean of the workers' vectors||^2, "
+    print(f"# d = {args.d:,}, lambda rule {args.lambda_rule}, workers' scale {args.worker_scale}, squared error / ||mean of the workers' vectors||^2, "
           f"{args.trials} draws x {args.repeats} encodings; bias^2 = ||E x_hat - mean||^2 / ||mean||^2, "
           f"along = a = <E x_hat, mean> / ||mean||^2 (1: no shrinkage), "
           f"at unit gain = E||x_hat / a - mean||^2 / ||mean||^2 (the noise at the same effective step)")
