@@ -2,7 +2,8 @@
 
     python -m fobsgd_mpi.report results/RUN.h5 [more.h5 ...] [--out results/report]
 
-Prints one line per run and writes <out>-accuracy.png and <out>-loss.png: test accuracy and loss
+Prints one line per run (its status: complete, stopped, interrupted, failed, or "not closed" for a
+job killed before it could close its file, such as one of its ranks killed with SIGKILL) and writes <out>-accuracy.png and <out>-loss.png: test accuracy and loss
 against iterations, against bytes sent per worker, and against wall-clock, runs overlaid, titled
 with what was run (data set, model, d, workers, link), the target accuracy of time-to-accuracy
 runs as a dashed line, log axes where the values span decades (benchmarking.log_axes).
@@ -32,7 +33,8 @@ def load(path):
                 "bytes_up": int(f["iterations/bytes_up"][:].sum()) + int(f.attrs.get("finish_bytes_up", 0)),
                 "bytes_down": int(f["iterations/bytes_down"][:].sum()) + int(f.attrs.get("finish_bytes_down", 0)),
                 "wall_s": float(f["iterations/wall_s"][-1]) if len(f["iterations/wall_s"]) else float("nan"),
-                "comm_s": float(f["iterations/comm_s"][:].sum()), "compute_s": float(f["iterations/compute_s"][:].sum())}
+                "comm_s": float(f["iterations/comm_s"][:].sum()), "compute_s": float(f["iterations/compute_s"][:].sum()),
+                "status": str(f.attrs.get("status", "not closed"))}
 
 
 def link_label(profile):
@@ -119,12 +121,12 @@ def main(argv=None):
              "acc": r["evals"]["test_accuracy"][-1] if len(r["evals"]["step"]) else np.nan,
              "loss": r["evals"]["test_loss"][-1] if len(r["evals"]["step"]) else np.nan,
              "up": r["bytes_up"] / 1e6, "down": r["bytes_down"] / 1e6, "wall": r["wall_s"],
-             "comm": r["comm_s"], "compute": r["compute_s"]} for r in runs]
+             "comm": r["comm_s"], "compute": r["compute_s"], "status": r["status"]} for r in runs]
     print(format_table(rows, [("algorithm", "algorithm", "{}"), ("n", "workers", "{:d}"), ("d", "d", "{:d}"),
                               ("steps", "steps", "{:d}"), ("acc", "test acc", "{:.4f}"), ("loss", "test loss", "{:.4f}"),
                               ("up", "up/worker [MB]", "{:.2f}"), ("down", "down/worker [MB]", "{:.2f}"),
                               ("wall", "wall [s]", "{:.1f}"), ("comm", "comm [s]", "{:.2f}"),
-                              ("compute", "compute [s]", "{:.2f}")]))
+                              ("compute", "compute [s]", "{:.2f}"), ("status", "status", "{}")]))
     out = args.out or os.path.splitext(args.runs[0])[0]
     try:
         written = plot(runs, out)

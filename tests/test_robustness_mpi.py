@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fobsgd_mpi import checkpoint
+from fobsgd_mpi import checkpoint, report
 from fobsgd_mpi import train as train_cli
 from fobsgd_mpi.jobs import job_env, mpirun_path
 
@@ -120,6 +120,7 @@ def test_killed_worker_ends_the_job_and_keeps_results(tmp_path):
     with h5py.File(out) as f:  # readable, every flushed row there
         steps = f["iterations/step"][:]
         assert len(steps) >= 20 and np.array_equal(steps, np.arange(len(steps)))
+    assert report.load(str(out))["status"] == "not closed"  # what a user reading it is told
     stop = len(steps) + 30  # past the last checkpoint, which is at most the last flushed row
     done = mpirun(3, "fobsgd_mpi.train", "--quiet", "--out", out, "--resume", "--dataset", "digits", "--steps",
                   "100000", "--eval-every", "20", "--checkpoint-every", "20", "--stop-at", stop)
