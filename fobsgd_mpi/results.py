@@ -115,7 +115,11 @@ class OutputLock:
     def __init__(self, out):
         self.path = out + ".lock"
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise ResultsError(exc.errno, f"cannot create the lock file {self.path} beside --out ({exc.strerror}); "
+                                              "choose a writable --out") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -209,3 +209,11 @@ def test_resume_refuses_an_hdf5_file_that_is_not_a_run_before_anything_changes(t
         results.check_resumable(str(other))
     with h5py.File(other) as f:
         assert list(f) == ["iterations"] and list(f["iterations"]) == ["step"]
+
+
+def test_an_out_in_a_folder_that_takes_no_files_is_one_line():
+    """/proc passes the writable-folder check as root, then refuses every new file."""
+    with pytest.raises(results.ResultsError) as refused:
+        results.OutputLock("/proc/run.h5")
+    assert str(refused.value) == ("cannot create the lock file /proc/run.h5.lock beside --out (No such file or "
+                                  "directory); choose a writable --out")
