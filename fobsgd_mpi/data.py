@@ -185,15 +185,20 @@ def load_npz(path):
     _, outputs = check_npz(path)
     with np.load(path) as f:
         x_train, y_train, x_test, y_test = (f[k] for k in NPZ_KEYS)
-    bad = [k for k, a in zip(NPZ_KEYS, (x_train, y_train, x_test, y_test)) if a.dtype.kind == "f" and
-           not np.isfinite(a).all()]
-    if bad:
-        raise UsageError(f"--dataset npz:{path}: {' and '.join(bad)} hold NaN or Inf; clean the data first")
-    if y_train.dtype.kind == "f":
-        return Dataset(x_train.astype(np.float32), y_train.astype(np.float32).reshape(len(y_train), -1),
-                       x_test.astype(np.float32), y_test.astype(np.float32).reshape(len(y_test), -1), 0)
-    return Dataset(x_train.astype(np.float32), y_train.astype(np.int64), x_test.astype(np.float32),
-                   y_test.astype(np.int64), outputs)
+    regression = y_train.dtype.kind == "f"
+    with np.errstate(over="ignore", invalid="ignore"):  # what overflows is refused below, in one line
+        x_train, x_test = x_train.astype(np.float32), x_test.astype(np.float32)
+        if regression:
+            y_train = y_train.astype(np.float32).reshape(len(y_train), -1)
+            y_test = y_test.astype(np.float32).reshape(len(y_test), -1)
+    arrays = dict(zip(NPZ_KEYS, (x_train, y_train, x_test, y_test)))
+    bad = [k for k, a in arrays.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+    if bad:  # after the cast: a float64 beyond float32's range becomes Inf there
+        raise UsageError(f"--dataset npz:{path}: {' and '.join(bad)} hold NaN or Inf, or values beyond float32's "
+                         "range (3.4e38); clean or rescale the data first")
+    if regression:
+        return Dataset(x_train, y_train, x_test, y_test, 0)
+    return Dataset(x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), outputs)
 
 
 def quadratic_problem(seed=0, n=5000, dim=64, active=None):

@@ -223,8 +223,12 @@ def test_data_holding_nan_or_inf_is_refused_as_data(tmp_path):
     x = np.ones((40, 6), dtype=np.float32)
     x[3, 2] = np.nan
     path = write_npz(tmp_path / "x.npz", x_train=x, y_train=np.zeros(40), y_test=np.array([np.inf] * 10))
-    with pytest.raises(UsageError, match=r"x_train and y_test hold NaN or Inf; clean the data first"):
+    with pytest.raises(UsageError, match=r"x_train and y_test hold NaN or Inf, or values beyond float32's range"):
         data.load_npz(str(path))
+    huge = write_npz(tmp_path / "h.npz", x_test=np.full((10, 6), 1e300))  # finite in float64, Inf in float32
+    with pytest.raises(UsageError, match=r"x_test hold NaN or Inf, or values beyond float32's range \(3.4e38\); "
+                                         r"clean or rescale the data first"):
+        data.load_npz(str(huge))
 
 
 def test_timm_models_need_timm_installed(monkeypatch):
