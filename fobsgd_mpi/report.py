@@ -3,10 +3,11 @@
     python -m fobsgd_mpi.report results/RUN.h5 [more.h5 ...] [--out results/report]
 
 Prints one line per run (its status: complete, stopped, interrupted, failed, or "not closed" for a
-job killed before it could close its file, such as one of its ranks killed with SIGKILL) and writes <out>-accuracy.png and <out>-loss.png: test accuracy and loss
-against iterations, against bytes sent per worker, and against wall-clock, runs overlaid, titled
-with what was run (data set, model, d, workers, link), the target accuracy of time-to-accuracy
-runs as a dashed line, log axes where the values span decades (benchmarking.log_axes).
+job killed before it could close its file, such as one of its ranks killed with SIGKILL) and
+writes <out>-accuracy.png and <out>-loss.png: test accuracy and loss against iterations, against
+bytes sent per worker, and against wall-clock, runs overlaid, titled with what was run (data set,
+model, d, workers, link), the target accuracy of time-to-accuracy runs as a dashed line, log axes
+where the values span decades (benchmarking.log_axes).
 """
 import argparse
 import json

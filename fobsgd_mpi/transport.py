@@ -23,6 +23,11 @@ def mpi():
     return MPI
 
 
+def worker_ranks(n_ranks, server_works=False):
+    """The ranks that compute gradients: all but the server (rank 0), or all with --server-also-works."""
+    return list(range(0 if server_works else 1, n_ranks))
+
+
 def abort_job(comm, exit_code):
     """End every rank of the job from this one, once what it wrote to stderr has had time to reach mpirun."""
     sys.stderr.flush()
@@ -185,7 +190,7 @@ class ParameterServer:
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self.server_works = server_works
-        self.workers = list(range(0 if server_works else 1, self.size))
+        self.workers = worker_ranks(self.size, server_works)
         self.is_server = self.rank == SERVER
         self.is_worker = self.rank in self.workers
         self.types = PayloadTypes(self.MPI)

@@ -137,7 +137,8 @@ def check_ranks(cfg, n_ranks):
     sets are checked when the job opens them). For a sweep, before its tasks are queued."""
     from .algorithms.base import server_count
     from .config import slow_ranks
-    workers = list(range(0 if cfg.server_also_works else 1, n_ranks))
+    from .transport import worker_ranks
+    workers = worker_ranks(n_ranks, cfg.server_also_works)
     try:
         server_count(cfg.servers, n_ranks)
     except ValueError as exc:
