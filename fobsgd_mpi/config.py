@@ -312,8 +312,10 @@ TRAIN = (
     Option("--warmup-steps", INT, 0, "first K steps exchange fp32 (sgd)", bounds=(0, BIG)),
     Option("--min-compress-numel", INT, 0, "tensors with fewer elements (biases, norms) travel fp32, counted in the "
                                            "bytes", bounds=(0, BIG)),
-    Option("--downlink", STR, "flat", "FO-SGD server: re-quantize the sum in the flattened domain, or decode it and "
-                                      "re-flatten with a fresh rotation", choices=("flat", "fresh-rotation")),
+    Option("--downlink", STR, "flat", "FO-SGD server: re-quantize the sum in the flattened domain; or decode it and "
+                                      "re-flatten with a fresh rotation; or that with error feedback (the server "
+                                      "keeps what the broadcast missed and adds it to the next step's; one server)",
+           choices=("flat", "fresh-rotation", "feedback")),
     Option("--server-scale", STR, None, "FO-SGD server's scale per block: eta = --lambda-rule's; mse = the scale "
                                         "minimizing the re-quantization's expected squared error (it clips: the "
                                         "direction shrinks about 2x); mse-shrink = that and a James-Stein gain <= 1; "
@@ -424,6 +426,7 @@ def check_relations(cfg):
     """What relates options to each other; UsageError with the first that does not hold. `cfg` holds
     the command line's options, or the API's (API_OPTIONS): an option it lacks is unset."""
     shardable = [n for n in algorithms.names() if algorithms.get(n).shardable]
+    requantizing = [n for n in algorithms.names() if len(algorithms.get(n).downlinks) > 1]
     paths = {flag: getattr(cfg, flag[2:].replace("-", "_"), None) for flag in ("--config", "--out", "--save-model")}
     empty = [flag for flag, path in paths.items() if path == ""]
     dataset, target_accuracy = getattr(cfg, "dataset", None), getattr(cfg, "target_accuracy", None)
@@ -439,6 +442,11 @@ def check_relations(cfg):
          f"--target-accuracy needs a classification data set; {dataset} is a regression, which has no accuracy "
          "to reach"),
         (cfg.servers == "1" or cfg.participation == 1, "--participation below 1 needs --servers 1"),
+        (cfg.downlink in algorithms.get(cfg.algorithm).downlinks,
+         f"--downlink {cfg.downlink} is for {', '.join(requantizing)}, whose server re-quantizes the sum; "
+         f"{cfg.algorithm} takes only flat: leave it out"),
+        (cfg.downlink == "flat" or cfg.servers == "1",
+         f"--downlink {cfg.downlink} decodes the whole sum on one server; use --servers 1"),
         (cfg.servers == "1" or cfg.algorithm in shardable,
          f"--servers {cfg.servers} splits the server by blocks, which {cfg.algorithm} cannot; use --servers 1 "
          f"(shardable: {', '.join(shardable)})"),

@@ -196,3 +196,12 @@ def test_every_choice_option_refuses_a_value_outside_its_choices(option, tmp_pat
         config.parse_config(["--config", str(path)])
     with pytest.raises(UsageError, match=f"argument {option.flag}: invalid choice: .not-a-choice."):
         config.parse_config([option.flag, "not-a-choice"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--algorithm", "sgd", "--downlink", "feedback"], "--downlink feedback is for dithered-sign, fo-sgd"),
+    (["--downlink", "fresh-rotation", "--servers", "all"], "decodes the whole sum on one server; use --servers 1")])
+def test_a_downlink_the_algorithm_or_the_servers_cannot_take_is_refused(args, message):
+    with pytest.raises(UsageError, match=message):
+        config.parse_config(args)
+    config.parse_config(["--downlink", "feedback"])

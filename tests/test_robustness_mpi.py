@@ -26,7 +26,7 @@ def curves(path):
                 f["final_params"][:])
 
 
-@pytest.mark.parametrize("algorithm", ["fo-sgd", "liec-sgd", "doublesqueeze"])
+@pytest.mark.parametrize("algorithm", ["fo-sgd", "fo-sgd-feedback", "liec-sgd", "doublesqueeze"])
 def test_stopped_and_resumed_run_equals_the_uninterrupted_one(algorithm, stopped_and_resumed):
     whole, first, stopped, resumed = stopped_and_resumed[algorithm]
     assert first.summary["steps"] == 10 and stopped == ("stopped", 10)

@@ -28,6 +28,7 @@ class PSAlgorithm:
     default_lr = 0.05
     state_names = ()  # attributes (float32 arrays) that carry over between iterations
     shardable = False  # whether the server role can be split by blocks over --servers ranks
+    downlinks = ("flat",)  # the --downlink choices it takes (the server's re-quantization of the sum)
 
     def __init__(self, ps, d, options):
         self.ps = ps

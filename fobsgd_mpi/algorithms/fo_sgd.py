@@ -6,6 +6,10 @@ rank decodes the same x_hat, so replicas stay bit-identical.
 
 With --downlink fresh-rotation the server instead decodes the sum once and flattens it again
 with a rotation of its own (drawn for step | 2^62), at the cost of one more transform per block.
+--downlink feedback does that and keeps what the broadcast missed, e = mean + e - C(mean + e), for
+the next step's (requantize): error feedback on the downlink alone, as DoubleSqueeze's server keeps
+it; the workers keep none. The broadcasts of K steps then sum to the K means less the last e,
+where without it the server's re-quantization noise adds up as a K-step random walk.
 
 --server-scale picks the server's scale per block (compressors/fo1bit.py): eta (the workers'
 --lambda-rule), mse (the scale minimizing the re-quantization's expected squared error) or
@@ -19,6 +23,8 @@ Unset, both are drive: over 3 seeds of the convergence protocol it matched or be
 every row (mlp, cnn1d; iid, Dirichlet) and trained cnn1d stably where mse-debias lost a seed, and
 it needs no search for a scale. dithered-sign keeps mse-debias (drive needs the rotation).
 """
+import numpy as np
+
 from .base import SERVER_STREAM, PSAlgorithm
 from .registry import register
 
@@ -30,12 +36,16 @@ class FOSGD(PSAlgorithm):
     up_compressor = down_compressor = "fo1bit"
     default_lr = 0.08  # drive's tuned rates were 2-4x this (mlp, cnn1d); eta workers diverge above about 0.04 on the mlp
     shardable = True  # every block is aggregated and re-quantized on its own
+    downlinks = ("flat", "fresh-rotation", "feedback")
+    state_names = ("server_error",)  # --downlink feedback's memory (empty without it)
 
     def __init__(self, ps, d, options):
-        self.fresh_rotation = options.downlink == "fresh-rotation"
+        self.fresh_rotation = options.downlink in ("fresh-rotation", "feedback")
         if self.fresh_rotation and str(options.servers) != "1":
-            raise ValueError("--downlink fresh-rotation decodes the whole sum on one server; use --servers 1")
+            raise ValueError(f"--downlink {options.downlink} decodes the whole sum on one server; use --servers 1")
         super().__init__(ps, d, options)
+        feedback = options.downlink == "feedback" and ps.is_server
+        self.server_error = np.zeros(d if feedback else 0, dtype=np.float32)
 
     @classmethod
     def compressor_defaults(cls, options, n_workers):
@@ -51,14 +61,24 @@ class FOSGD(PSAlgorithm):
             noise = self.up.uplink_noise_bound(rows, self.weights, self.server_layout)
         if self.fresh_rotation:
             mean = self.up.unflatten(v, step, self.d)
-            down_step = self.downlink_step(step)
-            self.down.encode_flat(self.down.flatten(mean, down_step, self.d), down_step, SERVER_STREAM, self.d,
-                                  out=self.down_buf, uplink_noise=noise)
+            self.server_error = requantize(self.down, mean, self.downlink_step(step), self.down_buf,
+                                           self.server_error, uplink_noise=noise)
         else:
             self.up.encode_flat(v, step, SERVER_STREAM, self.server_layout, out=self.server_out, uplink_noise=noise)
 
     def direction(self, down, step):
         return self.down.decode(down, self.downlink_step(step), self.d, out=self.dir_buf)
+
+
+def requantize(down, mean, step, out, error, uplink_noise=None):
+    """Flatten `mean` (length d) with the rotation of `step` and re-quantize it into the payload
+    `out` with the server's scale. With an `error` memory of length d the payload carries mean +
+    error instead, and the part of it the payload misses is returned as the next error; an empty
+    `error` is returned as it is."""
+    d = len(mean)
+    target = mean + error if len(error) else mean
+    down.encode_flat(down.flatten(target, step, d), step, SERVER_STREAM, d, out=out, uplink_noise=uplink_noise)
+    return target - down.decode(out, step, d) if len(error) else error
 
 
 @register("dithered-sign")
