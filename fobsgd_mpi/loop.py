@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from . import algorithms, arrays, checkpoint, device, optim
+from . import algorithms, arrays, checkpoint, device, optim, transport
 from .algorithms.options import AlgorithmOptions
 from .errors import STOP_SIGNALS, Interrupted, JobError, UsageError, one_line
 from .netmodel import NetworkModel
@@ -238,7 +238,8 @@ class Trainer:
         mine = np.array([action, bad, self.interrupted.is_set(), loss if counted else 0.0, counted, bool(self.metrics),
                          failure is not None])
         states = np.empty((self.comm.Get_size(), len(mine)))
-        self.comm.Allgather(mine, states)
+        # the server waits here through the workers' backward pass
+        transport.complete(self.comm.Iallgather(mine, states), self.ps.polite)
         if states[:, 2].any():  # every rank leaves here, after the same step
             raise KeyboardInterrupt
         failed = np.flatnonzero(states[:, 6]).tolist()
@@ -497,8 +498,6 @@ def open_workload(cfg, ps):
 def run(cfg, comm):
     """Train as the command line asks; returns the summary dict on rank 0 (None elsewhere).
     cfg.out is set on every rank."""
-    from . import transport
-
     with deferred_interrupt() as interrupted:  # from the start: a Ctrl-C during set-up ends at step 0
         ps = transport.ParameterServer(comm, cfg.server_also_works)
         try:
