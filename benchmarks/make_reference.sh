@@ -43,6 +43,11 @@ run benchmarks/convergence.py --models mlp --algorithms fo-sgd --workdir results
     --train-flags="--worker-scale drive --server-scale drive" --out $OUT/convergence-mlp-drive.h5
 run benchmarks/convergence.py --models cnn1d --algorithms fo-sgd --workdir results/convergence-runs \
     --train-flags="--worker-scale drive --server-scale drive" --out $OUT/convergence-cnn1d-drive.h5
+# FO-SGD with error feedback on the downlink (--downlink feedback), the same protocol
+run benchmarks/convergence.py --models mlp --algorithms fo-sgd --workdir results/convergence-runs \
+    --train-flags="--downlink feedback" --out $OUT/convergence-mlp-feedback.h5
+run benchmarks/convergence.py --models cnn1d --algorithms fo-sgd --workdir results/convergence-runs \
+    --train-flags="--downlink feedback" --out $OUT/convergence-cnn1d-feedback.h5
 # Time to 0.5 test accuracy against torch DDP, 8 ranks, 100 Mbit and 1 Gbit, at the tuned learning
 # rates (-<link>-accuracy.png)
 run benchmarks/time_to_accuracy.py --tuned $OUT/convergence-mlp.h5 --out $OUT/time_to_accuracy.h5

@@ -244,3 +244,14 @@ def test_full_disk_ends_the_run_cleanly_and_keeps_file_and_checkpoint(small_disk
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     with h5py.File(moved) as f:
         assert np.array_equal(f["iterations/step"][:], np.arange(step + 6))
+
+
+def test_a_polite_wait_leaves_the_cpu_to_others_and_still_receives():
+    """What an oversubscribed node's ranks wait with (transport.complete): over a 2 s wait MPI's own
+    spinning wait takes about a core, the polite one nearly nothing, and both receive the message."""
+    done = mpirun(2, "tests.wait_probe", timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    print(done.stdout)
+    spin, polite = (dict(kv.split("=") for kv in line.split()) for line in done.stdout.strip().splitlines())
+    assert (spin["polite"], spin["got"], polite["polite"], polite["got"]) == ("False", "1", "True", "2")
+    assert float(polite["cpu_s"]) < 0.25
