@@ -219,7 +219,7 @@ def DistributedOptimizer(optimizer, model, algorithm="fo-sgd", scheduler=None, *
     if problem:
         raise UsageError(problem)
     from .transport import ParameterServer
-    ps = ParameterServer(comm, cfg.server_also_works)
+    ps = ParameterServer(comm, cfg.server_also_works, cfg.mpi_collectives)
     flat = models.FlatModel(model, cfg.min_compress_numel,
                             device.vector_device(cfg.codec, next(model.parameters()).device))
     grad_views = [(p, p.grad) for p in model.parameters()]

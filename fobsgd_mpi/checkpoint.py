@@ -15,7 +15,7 @@ import numpy as np
 # and how it reports; every other option (and the number of ranks) must match the checkpoint's
 MAY_CHANGE_ON_RESUME = frozenset({"steps", "epochs", "stop_at", "eval_every", "checkpoint_every", "check_every",
                                   "target_accuracy", "quiet", "log_every", "save_model", "out", "overwrite", "resume",
-                                  "config", "device", "codec", "cuda_aware_mpi"})
+                                  "config", "device", "codec", "cuda_aware_mpi", "mpi_collectives"})
 
 
 def directory(out):

@@ -21,6 +21,7 @@ from .compressors.fo1bit import SERVER_SCALES, WORKER_SCALES
 from .errors import EXIT_USAGE, UsageError
 from .launcher_env import local_ranks
 from .optim import OPTIMIZERS, SCHEDULES
+from .transport import COLLECTIVES
 
 BIG = 10**12  # an upper bound on counts of steps or elements that no run reaches
 SEED_MAX = 2**32 - 1  # numpy's SeedSequence, torch.manual_seed and the native streams all take it
@@ -331,6 +332,10 @@ TRAIN = (
                                         "less; the default)",
            choices=WORKER_SCALES),
     Option("--server-also-works", BOOL, False, "rank 0 computes a gradient too"),
+    Option("--mpi-collectives", STR, "auto", "the exchanges' MPI collectives: persistent = MPI-4's, made once and "
+                                             "started every step; nonblocking = one Igatherv / Ibcast / Ialltoallw "
+                                             "a step (MPI 3, e.g. Open MPI 4); auto = persistent where the library "
+                                             "has them", choices=COLLECTIVES),
     Option("--servers", SERVERS, "1", "server ranks: 1 = the classic parameter server on rank 0; k or all = "
                                       "blocks dealt round-robin to ranks 0..k-1, exchanged with Alltoallw (every "
                                       "algorithm but qsgd and topk-ef)", rule=_servers_rule),
@@ -404,7 +409,7 @@ def validate(cfg):
 API_OPTIONS = ("algorithm", "block_size", "eta", "lambda_rule", "sign_ties", "sign_scale", "liec_period", "qsgd_levels",
                "topk_ratio", "warmup_steps", "min_compress_numel", "downlink", "server_scale", "worker_scale",
                "server_also_works", "servers", "participation", "seed", "out", "overwrite", "check_every",
-               "checkpoint_every", "resume", "on_nonfinite", "codec", "cuda_aware_mpi")
+               "checkpoint_every", "resume", "on_nonfinite", "codec", "cuda_aware_mpi", "mpi_collectives")
 
 
 def api_config(**options):

@@ -216,7 +216,9 @@ class Trainer:
             "network_profile": json.dumps(self.network.profile) if self.network else "unshaped",
             "device": device.name(self.model.device),
             "bits_up_declared": self.algo.up.bits_up, "bits_down_declared": self.algo.down.bits_up,
-            "compressors": json.dumps({"up": self.algo.up.options(), "down": self.algo.down.options()})},
+            "compressors": json.dumps({"up": self.algo.up.options(), "down": self.algo.down.options()}),
+            "transport": json.dumps({"collectives": "persistent" if self.ps.persistent else "nonblocking",
+                                     "polite_waits": self.ps.polite})},
             overwrite=self.cfg.overwrite)
 
     def active_workers(self):
@@ -499,7 +501,7 @@ def run(cfg, comm):
     """Train as the command line asks; returns the summary dict on rank 0 (None elsewhere).
     cfg.out is set on every rank."""
     with deferred_interrupt() as interrupted:  # from the start: a Ctrl-C during set-up ends at step 0
-        ps = transport.ParameterServer(comm, cfg.server_also_works)
+        ps = transport.ParameterServer(comm, cfg.server_also_works, cfg.mpi_collectives)
         try:
             return _run(cfg, ps, interrupted)
         finally:

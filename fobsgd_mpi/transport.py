@@ -1,8 +1,10 @@
 """MPI transport of payloads between the parameter server (rank 0) and the workers.
 
 Each payload layout becomes one committed derived datatype (a struct over its fields), built once
-and freed at exit; exchanges are buffer-based Gatherv / Bcast on preallocated arrays, never
-pickled. Byte counts are what each rank hands to MPI, checked against the datatype's size.
+and freed at exit; exchanges are buffer-based Gatherv / Bcast / Alltoallw on preallocated arrays,
+never pickled: MPI-4 persistent collectives made once and started every step, or, on a library
+without them (MPI 3.x, e.g. Open MPI 4), the nonblocking call each step. Byte counts are what each
+rank hands to MPI, checked against the datatype's size.
 """
 import os
 import socket
@@ -11,7 +13,10 @@ import time
 
 import numpy as np
 
+from .errors import UsageError
+
 SERVER = 0
+COLLECTIVES = ("auto", "persistent", "nonblocking")  # --mpi-collectives
 ABORT_GRACE_S = 1.0  # mpirun forwards a rank's stderr asynchronously: an abort right after a write can cut it off
 POLL_S = 50e-6  # a polite wait polls without a pause this long, so a short exchange keeps MPI's latency,
 MAX_PAUSE_S = 1e-3  # then pauses between polls, doubling up to this
@@ -37,6 +42,17 @@ def abort_job(comm, exit_code):
     sys.stderr.flush()
     time.sleep(ABORT_GRACE_S)
     comm.Abort(exit_code)
+
+
+def persistent_collectives(comm, MPI, choice="auto"):
+    """Whether the exchanges use MPI-4 persistent collectives (--mpi-collectives): auto = where the
+    library has them; a UsageError where `choice` is persistent and it has not."""
+    has = hasattr(comm, "Gatherv_init") and MPI.Get_version() >= (4, 0)
+    if choice == "persistent" and not has:
+        library = MPI.Get_library_version().strip().splitlines()[0]
+        raise UsageError(f"--mpi-collectives persistent needs an MPI-4 library; {library} implements MPI "
+                         f"{'.'.join(map(str, MPI.Get_version()))}; use --mpi-collectives auto or nonblocking")
+    return has and choice != "nonblocking"
 
 
 def oversubscribed(comm):
@@ -97,19 +113,21 @@ class PayloadTypes:
 
 class Exchange:
     """One direction of one algorithm's traffic, on fixed buffers: a persistent MPI-4 collective
-    (Gatherv_init / Bcast_init) made once, started each iteration, or the blocking call on an
-    MPI without them. Made collectively: every rank builds its exchanges in the same order."""
+    (Gatherv_init / Bcast_init / Alltoallw_init) made once and started each iteration, or the
+    nonblocking call (Igatherv / ...) each iteration; either way completed by `complete`, so a
+    crowded node's ranks wait politely on both. Made collectively: every rank builds its exchanges
+    in the same order."""
 
-    def __init__(self, ps, persistent, blocking):
+    def __init__(self, ps, persistent, nonblocking):
         self.request = persistent() if ps.persistent else None
-        self.blocking = blocking
+        self.nonblocking = nonblocking
         self.polite = ps.polite
         self.rows = None
 
     def run(self):
         """Returns the gathered rows on the server of an uplink (None elsewhere)."""
         if self.request is None:
-            self.blocking()
+            complete(self.nonblocking(), self.polite)
         else:
             self.request.Start()
             complete(self.request, self.polite)
@@ -134,7 +152,7 @@ class Uplink(Exchange):
         self.send_buf = payload.buffer if ps.is_worker else np.empty(0, np.uint8)
         send, recv = self.message(ps.workers)
         super().__init__(ps, lambda: ps.comm.Gatherv_init(send, recv, root=SERVER),
-                         lambda: ps.comm.Gatherv(send, recv, root=SERVER))
+                         lambda: ps.comm.Igatherv(send, recv, root=SERVER))
         self.rows = self.all_rows
 
     def message(self, senders):
@@ -189,10 +207,10 @@ class ShardedServer:
         down_send = [self.out.buffer if self.serves else nothing, [mine_down] * size, zeros, [MPI.BYTE] * size]
         down_recv = [down.buffer, [int(s) for s in servers], zeros, down_sel]
         self.uplink = ps.track(Exchange(ps, lambda: ps.comm.Alltoallw_init(up_send, up_recv),
-                                        lambda: ps.comm.Alltoallw(up_send, up_recv)))
+                                        lambda: ps.comm.Ialltoallw(up_send, up_recv)))
         self.uplink.rows = rows
         self.downlink = ps.track(Exchange(ps, lambda: ps.comm.Alltoallw_init(down_send, down_recv),
-                                          lambda: ps.comm.Alltoallw(down_send, down_recv)))
+                                          lambda: ps.comm.Ialltoallw(down_send, down_recv)))
 
     @staticmethod
     def selections(ps, codec, spec, layout, blocks):
@@ -210,7 +228,7 @@ class ParameterServer:
     `workers` are the ranks that send (1..n-1, or all ranks with --server-also-works).
     """
 
-    def __init__(self, comm, server_works=False):
+    def __init__(self, comm, server_works=False, collectives="auto"):
         self.MPI = mpi()
         self.comm = comm
         self.rank = comm.Get_rank()
@@ -220,7 +238,7 @@ class ParameterServer:
         self.is_server = self.rank == SERVER
         self.is_worker = self.rank in self.workers
         self.types = PayloadTypes(self.MPI)
-        self.persistent = hasattr(comm, "Gatherv_init") and self.MPI.Get_version() >= (4, 0)
+        self.persistent = persistent_collectives(comm, self.MPI, collectives)
         self.polite = oversubscribed(comm)  # whether its waits sleep between polls (complete)
         self.exchanges = []
 
@@ -241,7 +259,7 @@ class ParameterServer:
         """Exchange broadcasting the server's `payload` buffer into the same buffer everywhere."""
         msg = [payload.buffer, 1, self.types(payload.spec)]
         return self.track(Exchange(self, lambda: self.comm.Bcast_init(msg, root=SERVER),
-                                   lambda: self.comm.Bcast(msg, root=SERVER)))
+                                   lambda: self.comm.Ibcast(msg, root=SERVER)))
 
     def sharded(self, k, layout, up_codec, down_codec, up, down):
         """The server role spread over ranks 0..k-1 (ShardedServer): `layout` splits the vector

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fobsgd_mpi import native, reference, rng
+from fobsgd_mpi import arrays, native, reference, rng
 from fobsgd_mpi.errors import NonFiniteError
 from fobsgd_mpi.layout import BlockLayout
 
@@ -79,6 +79,30 @@ def test_aggregate_identical(isa, n, gen):
         k.aggregate_1bit(rows, lay.n_words * 8, weights, lay, out)
         outs.append(out)
     assert np.array_equal(outs[0], outs[1])
+
+
+
+def test_outputs_past_the_cache_are_the_same(isa, gen):
+    """From 32 MiB the aggregates write with stores that bypass the caches (into aligned outputs: an
+    unaligned one is written normally)."""
+    d = (1 << 23) + 1001
+    lay = BlockLayout(d, 1 << 16, 256)
+    nbytes = lay.n_words * 8 + lay.n_blocks * 4
+    rows = np.zeros((2, nbytes), dtype=np.uint8)
+    rows[:, : lay.n_words * 8] = gen.integers(0, 256, (2, lay.n_words * 8), dtype=np.uint8)
+    rows[:, lay.n_words * 8 :].view(np.float32)[:] = gen.random((2, lay.n_blocks), dtype=np.float32)
+    weights = gen.random(2, dtype=np.float32)
+    starts = np.append(lay.offsets[: lay.n_blocks], d).astype(np.int64)  # a segment per block
+    blocks, segments = [], []
+    for k in (native, reference):
+        out = arrays.aligned_zeros(lay.padded)
+        k.aggregate_1bit(rows, lay.n_words * 8, weights, lay, out)
+        blocks.append(out)
+        out = arrays.aligned_zeros(d)
+        k.segment_sign_aggregate(rows, lay.n_words * 8, weights, starts, out, 1)
+        segments.append(out)
+    assert np.array_equal(blocks[0], blocks[1])
+    assert np.array_equal(segments[0], segments[1])
 
 
 TIES = [native.TIES_RANDOM, native.TIES_POSITIVE]
