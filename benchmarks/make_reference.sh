@@ -48,6 +48,18 @@ run benchmarks/convergence.py --models mlp --algorithms fo-sgd --workdir results
     --train-flags="--downlink feedback" --out $OUT/convergence-mlp-feedback.h5
 run benchmarks/convergence.py --models cnn1d --algorithms fo-sgd --workdir results/convergence-runs \
     --train-flags="--downlink feedback" --out $OUT/convergence-cnn1d-feedback.h5
+# One machine, one comparison (issue 13): sgd and FO-SGD with --downlink feedback over 6 seeds on
+# the mlp; LIEC-SGD beside sgd, then with H = 8 and with a scale per 1024 (why it misses)
+run benchmarks/convergence.py --models mlp --algorithms sgd --seeds 6 --workdir results/convergence-runs \
+    --out $OUT/convergence-mlp-sgd-6seeds.h5
+run benchmarks/convergence.py --models mlp --algorithms fo-sgd --seeds 6 --workdir results/convergence-runs \
+    --train-flags="--downlink feedback" --out $OUT/convergence-mlp-feedback-6seeds.h5
+run benchmarks/convergence.py --models mlp --algorithms sgd liec-sgd --workdir results/convergence-runs \
+    --out $OUT/convergence-mlp-liec.h5
+run benchmarks/convergence.py --models mlp --algorithms liec-sgd --workdir results/convergence-runs \
+    --train-flags="--liec-period 8" --out $OUT/convergence-mlp-liec-h8.h5
+run benchmarks/convergence.py --models mlp --algorithms liec-sgd --workdir results/convergence-runs \
+    --train-flags="--block-size 1024" --out $OUT/convergence-mlp-liec-block1024.h5
 # Time to 0.5 test accuracy against torch DDP, 8 ranks, 100 Mbit and 1 Gbit, at the tuned learning
 # rates (-<link>-accuracy.png)
 run benchmarks/time_to_accuracy.py --tuned $OUT/convergence-mlp.h5 --out $OUT/time_to_accuracy.h5
