@@ -1,4 +1,4 @@
-// python benchmarks/fwht.py --tune --min-log 0 --max-log 24 --repeats 40 --isas avx512: measured avx512; avx2, generic kept from the runs their comments name
+// python benchmarks/fwht.py --tune --min-log 1 --max-log 24 --repeats 40 --isas avx2: measured avx2; avx512, generic kept from the runs their comments name
 // FWHT schedule per (instruction set, dtype, log2 n): {r0, radix, c1, tile, strip}, see fwht.inl.
 // Written by python benchmarks/fwht.py --tune; do not edit by hand.
 #if FOBSGD_VBYTES == 64  // avx512: float32 measured 2026-12-02 on AMD EPYC, 2 cpus for log2 n 9..24 (beyond: the largest measured); float64 = float32's plan for the same bytes, not measured
@@ -16,19 +16,19 @@ static const FwhtPlan kFwhtPlan[2][31] = {
         {3, 3, 12, 17, 7}, {3, 3, 12, 17, 7}, {3, 3, 12, 17, 7}, {3, 3, 12, 17, 7}, {3, 3, 12, 17, 7}, {3, 3, 12, 17, 7}, {3, 3, 12, 17, 7},
     },
 };
-#elif FOBSGD_VBYTES == 32  // avx2: float32 measured 2026-11-30 on AMD EPYC, 2 cpus for log2 n 8..24 (the nearest measured size beyond); float64 = float32's plan for the same bytes, not measured
+#elif FOBSGD_VBYTES == 32  // avx2: float32 measured 2026-12-07 on AMD EPYC, 2 cpus for log2 n 8..24 (beyond: the largest measured); float64 = float32's plan for the same bytes, not measured
 static const FwhtPlan kFwhtPlan[2][31] = {
     {  // float32, log2 n = 0..30
         {3, 3, 13, 17, 4}, {3, 3, 13, 17, 4}, {3, 3, 13, 17, 4}, {3, 3, 13, 17, 4}, {3, 3, 13, 17, 4}, {3, 3, 13, 17, 4}, {3, 3, 13, 17, 4}, {3, 3, 13, 17, 4},
-        {3, 3, 13, 17, 4}, {3, 3, 13, 17, 4}, {4, 4, 14, 17, 4}, {3, 3, 13, 17, 4}, {3, 3, 13, 17, 4}, {3, 3, 13, 17, 4}, {3, 4, 11, 17, 4}, {3, 3, 13, 17, 4},
-        {3, 3, 13, 17, 4}, {3, 3, 12, 17, 3}, {3, 4, 12, 18, 4}, {3, 3, 12, 17, 6}, {2, 3, 13, 18, 6}, {3, 4, 12, 18, 6}, {3, 3, 12, 18, 6}, {2, 3, 11, 18, 6},
-        {3, 4, 13, 18, 6}, {3, 4, 13, 18, 6}, {3, 4, 13, 18, 6}, {3, 4, 13, 18, 6}, {3, 4, 13, 18, 6}, {3, 4, 13, 18, 6}, {3, 4, 13, 18, 6},
+        {3, 3, 13, 17, 4}, {3, 3, 13, 17, 4}, {4, 4, 14, 17, 4}, {3, 3, 13, 17, 4}, {3, 3, 13, 17, 4}, {3, 3, 13, 17, 4}, {3, 4, 11, 17, 4}, {3, 3, 12, 17, 4},
+        {3, 3, 13, 17, 4}, {3, 3, 12, 17, 3}, {3, 4, 12, 18, 4}, {3, 3, 11, 17, 7}, {2, 3, 13, 18, 6}, {3, 4, 12, 18, 8}, {4, 3, 12, 18, 7}, {4, 4, 12, 18, 9},
+        {4, 4, 12, 18, 10}, {4, 4, 12, 18, 10}, {4, 4, 12, 18, 10}, {4, 4, 12, 18, 10}, {4, 4, 12, 18, 10}, {4, 4, 12, 18, 10}, {4, 4, 12, 18, 10},
     },
     {  // float64, log2 n = 0..30
         {3, 3, 12, 16, 3}, {3, 3, 12, 16, 3}, {3, 3, 12, 16, 3}, {3, 3, 12, 16, 3}, {3, 3, 12, 16, 3}, {3, 3, 12, 16, 3}, {3, 3, 12, 16, 3}, {3, 3, 12, 16, 3},
-        {3, 3, 12, 16, 3}, {4, 4, 13, 16, 3}, {3, 3, 12, 16, 3}, {3, 3, 12, 16, 3}, {3, 3, 12, 16, 3}, {3, 4, 10, 16, 3}, {3, 3, 12, 16, 3}, {3, 3, 12, 16, 3},
-        {3, 3, 11, 16, 2}, {3, 4, 11, 17, 3}, {3, 3, 11, 16, 5}, {2, 3, 12, 17, 5}, {3, 4, 11, 17, 5}, {3, 3, 11, 17, 5}, {2, 3, 10, 17, 5}, {3, 4, 12, 17, 5},
-        {3, 4, 12, 17, 5}, {3, 4, 12, 17, 5}, {3, 4, 12, 17, 5}, {3, 4, 12, 17, 5}, {3, 4, 12, 17, 5}, {3, 4, 12, 17, 5}, {3, 4, 12, 17, 5},
+        {3, 3, 12, 16, 3}, {4, 4, 13, 16, 3}, {3, 3, 12, 16, 3}, {3, 3, 12, 16, 3}, {3, 3, 12, 16, 3}, {3, 4, 10, 16, 3}, {3, 3, 11, 16, 3}, {3, 3, 12, 16, 3},
+        {3, 3, 11, 16, 2}, {3, 4, 11, 17, 3}, {3, 3, 10, 16, 6}, {2, 3, 12, 17, 5}, {3, 4, 11, 17, 7}, {4, 3, 11, 17, 6}, {4, 4, 11, 17, 8}, {4, 4, 11, 17, 9},
+        {4, 4, 11, 17, 9}, {4, 4, 11, 17, 9}, {4, 4, 11, 17, 9}, {4, 4, 11, 17, 9}, {4, 4, 11, 17, 9}, {4, 4, 11, 17, 9}, {4, 4, 11, 17, 9},
     },
 };
 #else  // generic: float32 measured 2026-11-30 on AMD EPYC, 2 cpus for log2 n 7..24 (the nearest measured size beyond); float64 = float32's plan for the same bytes, not measured
