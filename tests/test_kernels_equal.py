@@ -65,14 +65,19 @@ def test_decode_inverts_encode_of_its_own_bits(gen):
     np.testing.assert_allclose(scales2, 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 8])
-def test_aggregate_identical(isa, n, gen):
-    lay = layout_for(70_001)
+def payload_rows(lay, n, gen):
+    """n one-bit payloads of `lay`: random bits, then a scale per block."""
     nbytes = lay.n_words * 8 + lay.n_blocks * 4
     rows = np.zeros((n, nbytes), dtype=np.uint8)
     rows[:, : lay.n_words * 8] = gen.integers(0, 256, (n, lay.n_words * 8), dtype=np.uint8)
     rows[:, lay.n_words * 8 :].view(np.float32)[:] = gen.random((n, lay.n_blocks), dtype=np.float32)
-    weights = gen.random(n, dtype=np.float32)
+    return rows
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8])
+def test_aggregate_identical(isa, n, gen):
+    lay = layout_for(70_001)
+    rows, weights = payload_rows(lay, n, gen), gen.random(n, dtype=np.float32)
     outs = []
     for k in (native, reference):
         out = np.empty(lay.padded, np.float32)
@@ -81,17 +86,12 @@ def test_aggregate_identical(isa, n, gen):
     assert np.array_equal(outs[0], outs[1])
 
 
-
 def test_outputs_past_the_cache_are_the_same(isa, gen):
     """From 32 MiB the aggregates write with stores that bypass the caches (into aligned outputs: an
     unaligned one is written normally)."""
     d = (1 << 23) + 1001
     lay = BlockLayout(d, 1 << 16, 256)
-    nbytes = lay.n_words * 8 + lay.n_blocks * 4
-    rows = np.zeros((2, nbytes), dtype=np.uint8)
-    rows[:, : lay.n_words * 8] = gen.integers(0, 256, (2, lay.n_words * 8), dtype=np.uint8)
-    rows[:, lay.n_words * 8 :].view(np.float32)[:] = gen.random((2, lay.n_blocks), dtype=np.float32)
-    weights = gen.random(2, dtype=np.float32)
+    rows, weights = payload_rows(lay, 2, gen), gen.random(2, dtype=np.float32)
     starts = np.append(lay.offsets[: lay.n_blocks], d).astype(np.int64)  # a segment per block
     blocks, segments = [], []
     for k in (native, reference):

@@ -12,6 +12,8 @@ from fobsgd_mpi import torch_codec as tc  # noqa: E402
 from fobsgd_mpi.errors import NonFiniteError  # noqa: E402
 from fobsgd_mpi.layout import BlockLayout  # noqa: E402
 
+from .test_kernels_equal import payload_rows  # noqa: E402
+
 SIZES = [1, 63, 64, 300, 4096, 70_001, 200_003]  # all but 4096 pad their last block
 TIES = [tc.TIES_RANDOM, tc.TIES_POSITIVE]
 KERNEL_RULES = [tc.LAMBDA_NORM, tc.LAMBDA_MAX, tc.LAMBDA_MIN]  # the CUDA kernels' rules
@@ -125,14 +127,6 @@ def test_decode_equals_native_bits_and_reference_closely(isa, d, rotate, gen):
     fresh = torch.zeros(d)
     tc.decode_1bit(torch.from_numpy(bits), torch.from_numpy(scales), lay, rotate, 7, 3, fresh, weight=0.25)
     np.testing.assert_allclose(fresh.numpy() + 0.5, out.numpy(), rtol=1e-6, atol=1e-6)
-
-
-def payload_rows(lay, n, gen):
-    nbytes = lay.n_words * 8 + lay.n_blocks * 4
-    rows = np.zeros((n, nbytes), dtype=np.uint8)
-    rows[:, : lay.n_words * 8] = gen.integers(0, 256, (n, lay.n_words * 8), dtype=np.uint8)
-    rows[:, lay.n_words * 8 :].view(np.float32)[:] = gen.random((n, lay.n_blocks), dtype=np.float32)
-    return rows
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 8])
