@@ -178,10 +178,12 @@ inline double lane_sum(vd v) {
 }
 
 // Dither tau_j for coordinates j .. j + WF - 1 (j even) of the stream `key`, scaled by lambda.
+// key + c * golden as one scalar product and a vector of constants (c * golden mod 2^64 is linear in c): AVX2 has
+// no 64-bit vector multiply, and this saves one of the three it would emulate.
 inline vf dither(uint64_t key, int64_t j, float lambda) {
-    vu64 c;
-    for (int k = 0; k < WF / 2; ++k) c[k] = (uint64_t)(j / 2 + k + 1);
-    vu64 z = key + c * kGolden;
+    vu64 lane_steps;
+    for (int k = 0; k < WF / 2; ++k) lane_steps[k] = (uint64_t)k * kGolden;
+    vu64 z = (key + (uint64_t)(j / 2 + 1) * kGolden) + lane_steps;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z = z ^ (z >> 31);
