@@ -26,16 +26,15 @@ algorithm in one and their seeds in the other (fobsgd_mpi.batch), so the ranks s
 import argparse
 import hashlib
 import os
-import shlex
 import tempfile
 
 import h5py
 import numpy as np
 
 from fobsgd_mpi import algorithms, data, models, report
-from fobsgd_mpi.benchmarking import format_table, out_file, results_path, save_records
-from fobsgd_mpi.config import FLOAT, INT, ScriptParser, flag_type, parse_config
-from fobsgd_mpi.errors import EXIT_USAGE, UsageError
+from fobsgd_mpi.benchmarking import format_table, out_file, results_path, save_records, train_flags_type
+from fobsgd_mpi.config import FLOAT, INT, ScriptParser, flag_type
+from fobsgd_mpi.errors import EXIT_USAGE
 from fobsgd_mpi.jobs import error_line, mpirun_batch
 
 SETTINGS = {  # name: train flags
@@ -61,19 +60,7 @@ def write_validation_split(dataset, fraction, path):
 # train flags the protocol sets itself (planned_run, SETTINGS), which --train-flags may not
 PROTOCOL_FLAGS = ("--algorithm", "--model", "--dataset", "--epochs", "--seed", "--lr", "--out", "--overwrite",
                   "--resume", "--eval-every", "--partition", "--alpha", "--participation", "--slow-ranks", "--config")
-
-
-def train_flags(text):
-    """--train-flags: fobsgd_mpi.train flags for every run, checked as train checks them."""
-    flags = shlex.split(text)
-    taken = sorted({f.split("=")[0] for f in flags if f.split("=")[0] in PROTOCOL_FLAGS})
-    if taken:
-        raise argparse.ArgumentTypeError(f"{', '.join(taken)} is set by the protocol itself; leave it out")
-    try:
-        parse_config(flags)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(f"train refuses {text!r}: {exc}") from None
-    return flags
+train_flags = train_flags_type(PROTOCOL_FLAGS, "the protocol")
 
 
 def planned_run(workdir, args, dataset, algorithm, model, setting, lr, seed, tag):

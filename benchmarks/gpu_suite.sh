@@ -14,8 +14,8 @@
 #    ahead from a clone of github.com/Dao-AILab/fast-hadamard-transform with `pip wheel --no-deps
 #    --no-build-isolation .`, or take the release wheel matching torch and CUDA); 3. short training
 #    runs on GPUs: the parameter-server loop (fobsgd_mpi.train --device cuda) and the DDP peer over
-#    NCCL; 4. bandwidth_sweep.py
-#    at 3, 5, 9 and 17 ranks (unshaped links). Records go to results/reference/gpu-<device>/ with
+#    NCCL; 4. synthetic_throughput.py on GPU workers: ResNet-18 images/s of FO-SGD, fp32 sgd and
+#    DDP over NCCL (unshaped links); 5. bandwidth_sweep.py at 3, 5, 9 and 17 ranks (unshaped links). Records go to results/reference/gpu-<device>/ with
 #    each step's output; a step that fails is reported and the rest still run; the exit status
 #    is the number of failed steps.
 #
@@ -44,7 +44,7 @@ if [ $DRY = 1 ]; then
     DEV=cpu OUT=$(mktemp -d /tmp/gpu_suite.XXXXXX)
     FWHT_ARGS="--min-log 10 --max-log 11 --elements 14 --repeats 2"
     CODEC_ARGS="--sizes 20000 --repeats 1"
-    STEPS=3 RANKS="3" WIDTH=64
+    STEPS=3 RANKS="3" WIDTH=64 NET=mlp IMAGE=8
     SLOW=4  # a small shared CPU: four times each step's GPU time limit
 else
     if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -56,7 +56,7 @@ else
     OUT=results/reference/gpu-$SLUG
     FWHT_ARGS="--min-log 10 --max-log 15 --elements 24 --repeats 20"
     CODEC_ARGS="--sizes 1000000 25000000 --repeats 10"
-    STEPS=100 RANKS="3 5 9 17" WIDTH=580
+    STEPS=100 RANKS="3 5 9 17" WIDTH=580 NET=torchvision:resnet18 IMAGE=32
     SLOW=1
 fi
 mkdir -p "$OUT"
@@ -84,15 +84,17 @@ for peer in ('fast_hadamard_transform', 'hadamard_transform'):
     try: __import__(peer); print('# peer', peer, 'installed')
     except ImportError: print('# peer', peer, 'missing')" | tee "$OUT/environment.txt"
 
-step tests 180 "$PYTHON" -m pytest -q -ra tests/test_cuda_compile.py tests/test_device.py tests/test_torch_codec.py \
+step tests 135 "$PYTHON" -m pytest -q -ra tests/test_cuda_compile.py tests/test_device.py tests/test_torch_codec.py \
     tests/test_codec_paths_mpi.py -k "gpu or extension or compiles or device or payload or clock"
 step fwht 60 "$PYTHON" benchmarks/fwht.py --device $DEV $FWHT_ARGS --out "$OUT/fwht.h5"
-step codec 90 "$PYTHON" benchmarks/codec.py --device $DEV $CODEC_ARGS --out "$OUT/codec.h5"
-step train 90 "$MPIRUN" -n 3 "$PYTHON" -m fobsgd_mpi.train --device $DEV --codec torch --algorithm fo-sgd --steps $STEPS \
+step codec 75 "$PYTHON" benchmarks/codec.py --device $DEV $CODEC_ARGS --out "$OUT/codec.h5"
+step train 60 "$MPIRUN" -n 3 "$PYTHON" -m fobsgd_mpi.train --device $DEV --codec torch --algorithm fo-sgd --steps $STEPS \
     --eval-every 50 --out "$OUT/train.h5" --overwrite --quiet
 step ddp 60 "$MPIRUN" -n 2 "$PYTHON" -m fobsgd_mpi.ddp --device $DEV --steps $STEPS --eval-every 50 \
     --out "$OUT/ddp.h5" --overwrite --quiet
-step sweep 150 "$PYTHON" benchmarks/bandwidth_sweep.py --algorithms fo-sgd sgd --bandwidths none \
+step throughput 60 "$PYTHON" benchmarks/synthetic_throughput.py --device $DEV --models $NET --image-size $IMAGE \
+    --algorithms fo-sgd sgd ddp-none --bandwidths none --workers 2 --steps 12 --out "$OUT/synthetic_throughput.h5"
+step sweep 90 "$PYTHON" benchmarks/bandwidth_sweep.py --algorithms fo-sgd sgd --bandwidths none \
     --widths $WIDTH --ranks $RANKS --servers 1 --steps 5 --out "$OUT/bandwidth_sweep.h5"
 echo "# gpu_suite: $FAILED step(s) failed; records in $OUT"
 exit $FAILED

@@ -18,6 +18,11 @@ over DDP fp32 on the same link. Prints one table and writes results/synthetic_th
 
     python benchmarks/synthetic_throughput.py --quick      # CI-sized: an MLP on 8x8 images, 2 workers
     python benchmarks/synthetic_throughput.py              # ResNet-18 and -50, everything (hours on 2 cores)
+    python benchmarks/synthetic_throughput.py --device cuda --models torchvision:resnet50 --image-size 224 \
+        --train-flags="--downlink feedback"                # GPU workers; DDP over NCCL; harness flags
+
+--device puts every rank's model, data and codec there (harness and DDP alike); --train-flags adds
+fobsgd_mpi.train flags to the harness runs (not those the benchmark sets itself).
 """
 import argparse
 import os
@@ -26,24 +31,31 @@ import tempfile
 
 import h5py
 
-from fobsgd_mpi import algorithms, jobs, models
+from fobsgd_mpi import algorithms, device, jobs, models
 from fobsgd_mpi.benchmarking import (STARTUP_ITERATIONS, format_table, line_plot, link_text, out_file, rate_of,
-                                     results_path, run_grid, save_records, steady_median, steady_step_s)
+                                     results_path, run_grid, save_records, steady_median, steady_step_s,
+                                     train_flags_type)
 from fobsgd_mpi.config import BIG, INT, STR, ScriptParser, flag_type
+from fobsgd_mpi.errors import UsageError
 
 PEERS = {"ddp-none": ["--hook", "none"], "ddp-fp16": ["--hook", "fp16"],
          "ddp-powersgd": ["--hook", "powersgd", "--powersgd-start", "2"]}
 FP32_PEER = "ddp-none"
 
 
+# train flags job() sets, which --train-flags may not
+JOB_FLAGS = ("--dataset", "--image-size", "--model", "--batch-size", "--steps", "--eval-every", "--quiet", "--out",
+             "--device", "--algorithm", "--check-every", "--config")
+
+
 def job(method, model, args, out):
     """The launcher's arguments after `--` for one run, and its number of ranks."""
     common = ["--dataset", "synthetic-images", "--image-size", args.image_size, "--model", model,
               "--batch-size", args.batch_size, "--steps", args.steps, "--eval-every", args.steps, "--quiet",
-              "--out", out]
+              "--out", out, "--device", args.device]
     if method in PEERS:
         return [sys.executable, "-m", "fobsgd_mpi.ddp", *PEERS[method], *common], args.workers
-    return ["--algorithm", method, "--check-every", "0", *common], args.workers + 1
+    return ["--algorithm", method, "--check-every", "0", *common, *args.train_flags], args.workers + 1
 
 
 def run_point(workdir, method, model, bandwidth, args):
@@ -93,7 +105,7 @@ def plot(records, path, args):
         ys.append(r["images_per_s"])
     line_plot(series, path, "link bandwidth [Mbit/s]", "throughput, all workers [images/s]",
               f"synthetic {args.image_size}x{args.image_size} images, batch {args.batch_size} per worker, "
-              f"{args.workers} workers, per-node links")
+              f"{args.workers} workers on {args.device}, per-node links")
     return path
 
 
@@ -125,6 +137,12 @@ def parser():
                    help="pixels a side (32 as the CIFAR recipes, 224 as ImageNet's)")
     p.add_argument("--steps", type=flag_type(INT, bounds=(STARTUP_ITERATIONS + 2, BIG)), default=12,
                    help="per run; the first ones are start-up and left out of the medians")
+    p.add_argument("--device", type=flag_type(STR, rule=device.device_rule), default="cpu",
+                   help="where every rank computes, harness and DDP alike: cpu, cuda (GPU = node-local rank mod the "
+                        "node's GPUs; DDP then all-reduces over NCCL) or cuda:N")
+    p.add_argument("--train-flags", type=train_flags_type(JOB_FLAGS, "the benchmark"), default=[],
+                   help="more fobsgd_mpi.train flags for the harness runs, in one quoted string "
+                        "(e.g. --train-flags='--downlink feedback --block-size 4096'); the DDP peers take none")
     p.add_argument("--model-network", action="store_true", help="no shaping: the alpha-beta model beside unshaped runs")
     p.add_argument("--timeout", type=flag_type(INT, bounds=(1, 10**7)), default=3600, help="seconds per run")
     p.add_argument("--quick", action="store_true",
@@ -139,12 +157,17 @@ def main(argv=None):
     if args.quick:
         args.models, args.algorithms, args.bandwidths, args.workers, args.image_size, args.batch_size, args.steps = (
             ["mlp"], ["fo-sgd", "sgd", "ddp-none"], ["none", "100mbit"], 2, 8, 8, 5)
+    try:
+        device.select(args.device)  # a GPU asked for that this node lacks: one line before any run
+    except UsageError as exc:
+        parser().error(str(exc))
     workdir = tempfile.mkdtemp(prefix="synthetic-throughput-")
     records = run_grid(lambda model, bandwidth, method: run_point(workdir, method, model, bandwidth, args),
                        args.models, args.bandwidths, args.algorithms)
     add_ratios(records)
     print(f"# synthetic {args.image_size}x{args.image_size} images, batch {args.batch_size} per worker, "
-          f"{args.workers} workers, per-node links{' (alpha-beta model only)' if args.model_network else ''}; "
+          f"{args.workers} workers on {args.device}, per-node links"
+          f"{' (alpha-beta model only)' if args.model_network else ''}; "
           f"median over steps {STARTUP_ITERATIONS}..{args.steps - 1}")
     print(format_table(records, COLUMNS))
     path = results_path("synthetic_throughput", args.out)

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import time
 
 import numpy as np
@@ -193,6 +194,26 @@ def out_file(text):
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return text
+
+
+def train_flags_type(reserved, setter):
+    """argparse type of a benchmark's --train-flags: fobsgd_mpi.train flags for its runs, checked as
+    train checks them, and none of `reserved`, the flags `setter` (the benchmark, in words) sets."""
+    from .config import parse_config
+    from .errors import UsageError
+
+    def parse(text):
+        flags = shlex.split(text)
+        taken = sorted({f.split("=")[0] for f in flags if f.split("=")[0] in reserved})
+        if taken:
+            raise argparse.ArgumentTypeError(f"{', '.join(taken)} is set by {setter} itself; leave it out")
+        try:
+            parse_config(flags)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(f"train refuses {text!r}: {exc}") from None
+        return flags
+
+    return parse
 
 
 def results_path(stem, out=None):
