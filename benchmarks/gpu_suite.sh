@@ -15,9 +15,9 @@
 #    --no-build-isolation .`, or take the release wheel matching torch and CUDA); 3. short training
 #    runs on GPUs: the parameter-server loop (fobsgd_mpi.train --device cuda) and the DDP peer over
 #    NCCL; 4. synthetic_throughput.py on GPU workers: ResNet-18 images/s of FO-SGD, fp32 sgd and
-#    DDP over NCCL (unshaped links); 5. bandwidth_sweep.py at 3, 5, 9 and 17 ranks (unshaped links). Records go to results/reference/gpu-<device>/ with
-#    each step's output; a step that fails is reported and the rest still run; the exit status
-#    is the number of failed steps.
+#    DDP over NCCL (unshaped links); 5. bandwidth_sweep.py at 3, 5, 9 and 17 ranks (unshaped
+#    links). Records go to results/reference/gpu-<device>/ with each step's output; a step that
+#    fails is reported and the rest still run; the exit status is the number of failed steps.
 #
 # --dry-run runs every step at toy sizes on the CPU (--device cpu) into a temporary folder: it
 # checks the script and the benchmarks' device code paths on a machine without a GPU.

@@ -153,14 +153,15 @@ def parser():
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     if args.quick:
         args.models, args.algorithms, args.bandwidths, args.workers, args.image_size, args.batch_size, args.steps = (
             ["mlp"], ["fo-sgd", "sgd", "ddp-none"], ["none", "100mbit"], 2, 8, 8, 5)
     try:
         device.select(args.device)  # a GPU asked for that this node lacks: one line before any run
     except UsageError as exc:
-        parser().error(str(exc))
+        p.error(str(exc))
     workdir = tempfile.mkdtemp(prefix="synthetic-throughput-")
     records = run_grid(lambda model, bandwidth, method: run_point(workdir, method, model, bandwidth, args),
                        args.models, args.bandwidths, args.algorithms)
