@@ -317,6 +317,10 @@ TRAIN = (
                                       "re-flatten with a fresh rotation; or that with error feedback (the server "
                                       "keeps what the broadcast missed and adds it to the next step's; one server)",
            choices=("flat", "fresh-rotation", "feedback")),
+    Option("--uplink", STR, None, "workers' error feedback: feedback = each keeps what its payload missed and adds "
+                                  "it to the next gradient (MEM-SGD); plain = none; unset: the algorithm's own "
+                                  "(feedback for ef-sgd, doublesqueeze and topk-ef; FO-SGD and dithered-sign take "
+                                  "either, plain unset)", choices=("plain", "feedback")),
     Option("--server-scale", STR, None, "FO-SGD server's scale per block: eta = --lambda-rule's; mse = the scale "
                                         "minimizing the re-quantization's expected squared error (it clips: the "
                                         "direction shrinks about 2x); mse-shrink = that and a James-Stein gain <= 1; "
@@ -407,7 +411,7 @@ def validate(cfg):
 # the options of config.TRAIN the Python API takes as keywords (api.DistributedOptimizer): the
 # exchange and the run's record; the user's own script chooses the model, data and optimizer
 API_OPTIONS = ("algorithm", "block_size", "eta", "lambda_rule", "sign_ties", "sign_scale", "liec_period", "qsgd_levels",
-               "topk_ratio", "warmup_steps", "min_compress_numel", "downlink", "server_scale", "worker_scale",
+               "topk_ratio", "warmup_steps", "min_compress_numel", "downlink", "uplink", "server_scale", "worker_scale",
                "server_also_works", "servers", "participation", "seed", "out", "overwrite", "check_every",
                "checkpoint_every", "resume", "on_nonfinite", "codec", "cuda_aware_mpi", "mpi_collectives")
 
@@ -432,6 +436,7 @@ def check_relations(cfg):
     the command line's options, or the API's (API_OPTIONS): an option it lacks is unset."""
     shardable = [n for n in algorithms.names() if algorithms.get(n).shardable]
     requantizing = [n for n in algorithms.names() if len(algorithms.get(n).downlinks) > 1]
+    uplinks = algorithms.get(cfg.algorithm).uplinks
     paths = {flag: getattr(cfg, flag[2:].replace("-", "_"), None) for flag in ("--config", "--out", "--save-model")}
     empty = [flag for flag, path in paths.items() if path == ""]
     dataset, target_accuracy = getattr(cfg, "dataset", None), getattr(cfg, "target_accuracy", None)
@@ -450,6 +455,8 @@ def check_relations(cfg):
         (cfg.downlink in algorithms.get(cfg.algorithm).downlinks,
          f"--downlink {cfg.downlink} is for {', '.join(requantizing)}, whose server re-quantizes the sum; "
          f"{cfg.algorithm} takes only flat: leave it out"),
+        (cfg.uplink is None or cfg.uplink in uplinks,
+         f"--uplink {cfg.uplink} is not for {cfg.algorithm}, which takes {' or '.join(uplinks)}: leave it out"),
         (cfg.downlink == "flat" or cfg.servers == "1",
          f"--downlink {cfg.downlink} decodes the whole sum on one server; use --servers 1"),
         (cfg.servers == "1" or cfg.algorithm in shardable,

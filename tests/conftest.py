@@ -45,7 +45,9 @@ def short_run(request, short_runs):
 STOP_AND_RESUME = {algorithm: (["--algorithm", algorithm, "--dataset", "digits", "--steps", "16",
                                 "--checkpoint-every", "4", "--eval-every", "4", "--liec-period", "3"], 9)
                    for algorithm in ("fo-sgd", "liec-sgd", "doublesqueeze")}
-STOP_AND_RESUME["fo-sgd-feedback"] = ([*STOP_AND_RESUME["fo-sgd"][0], "--downlink", "feedback"], 9)  # the server's memory
+# the server's and the workers' memories; the workers' must leave the replicas bit-identical (--check-every)
+STOP_AND_RESUME["fo-sgd-feedback"] = ([*STOP_AND_RESUME["fo-sgd"][0], "--downlink", "feedback", "--uplink", "feedback",
+                                       "--check-every", "4"], 9)
 STOP_AND_RESUME["adam"] = (["--optimizer", "adam", "--lr", "0.003", "--lr-warmup-steps", "4", "--lr-schedule", "step",
                             "--algorithm", "ef-sgd", "--dataset", "digits", "--model", "logreg", "--steps", "20",
                             "--checkpoint-every", "5", "--eval-every", "5", "--check-every", "5"], 12)

@@ -200,8 +200,11 @@ def test_every_choice_option_refuses_a_value_outside_its_choices(option, tmp_pat
 
 @pytest.mark.parametrize("args, message", [
     (["--algorithm", "sgd", "--downlink", "feedback"], "--downlink feedback is for dithered-sign, fo-sgd"),
-    (["--downlink", "fresh-rotation", "--servers", "all"], "decodes the whole sum on one server; use --servers 1")])
-def test_a_downlink_the_algorithm_or_the_servers_cannot_take_is_refused(args, message):
+    (["--downlink", "fresh-rotation", "--servers", "all"], "decodes the whole sum on one server; use --servers 1"),
+    (["--algorithm", "sgd", "--uplink", "feedback"], "--uplink feedback is not for sgd, which takes plain"),
+    (["--algorithm", "ef-sgd", "--uplink", "plain"], "--uplink plain is not for ef-sgd, which takes feedback")])
+def test_a_link_the_algorithm_or_the_servers_cannot_take_is_refused(args, message):
     with pytest.raises(UsageError, match=message):
         config.parse_config(args)
-    config.parse_config(["--downlink", "feedback"])
+    config.parse_config(["--downlink", "feedback", "--uplink", "feedback"])
+    config.parse_config(["--algorithm", "topk-ef", "--uplink", "feedback"])

@@ -2,12 +2,15 @@
 debias gains, on the server's sum and on a worker's flattened block, and that neither changes the
 payload or the replicas' bit-identity."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from fobsgd_mpi import compressors, reference
 from fobsgd_mpi.algorithms.base import SERVER_STREAM
+from fobsgd_mpi.algorithms.fo_sgd import FOSGD
+from fobsgd_mpi.algorithms.options import AlgorithmOptions
 from fobsgd_mpi.compressors.fo1bit import SERVER_SCALES, WORKER_SCALES
 
 
@@ -221,6 +224,43 @@ def test_downlink_feedback_telescopes(kind, gen):
     assert with_memory < without / 10
 
 
+class OneWorker:
+    """A parameter server's worker rank without MPI: what an algorithm's encode_up needs."""
+
+    rank, size, n_workers, is_worker, is_server = 1, 2, 1, True, False
+
+    def uplink(self, payload):
+        return None
+
+    downlink = uplink
+
+    def types(self, spec):
+        return SimpleNamespace(Get_size=lambda: spec.nbytes)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "heavy-tailed", "sparse"])
+def test_uplink_feedback_telescopes(kind, gen):
+    """--uplink feedback's worker over 64 steps of the same gradient x: the payloads it sends sum to
+    64 x less its last error memory, and their mean lies far closer to x than without the memory
+    (--uplink plain keeps none: each payload is C(x) alone)."""
+    d, reps = 16_384, 64
+    x = worker_vectors(gen, d)[kind].astype(np.float32)
+    workers = {uplink: FOSGD(OneWorker(), d, AlgorithmOptions(uplink=uplink, block_size=4096))
+               for uplink in ("feedback", "plain")}
+    sent = {uplink: [] for uplink in workers}
+    for step in range(reps):
+        for uplink, worker in workers.items():
+            worker.encode_up(x, step)
+            sent[uplink].append(worker.up.decode(worker.up_dev, step, d).astype(np.float64))
+    assert len(workers["plain"].error) == 0
+    norm = np.sum(x.astype(np.float64) ** 2)
+    np.testing.assert_allclose(np.sum(sent["feedback"], axis=0) + workers["feedback"].error,
+                               reps * x.astype(np.float64), atol=1e-3 * np.sqrt(norm))
+    with_memory, without = (np.sum((np.mean(sent[u], axis=0) - x) ** 2) / norm for u in ("feedback", "plain"))
+    print(kind, f"||mean - x||^2 / ||x||^2: with the memory {with_memory:.5f}, without {without:.5f}")
+    assert with_memory < without / 10
+
+
 @pytest.mark.parametrize("scale", ["mse", "mse-debias", "drive"])
 def test_worker_scale_payload(scale, gen):
     """The eta payload's size; native and numpy give the same bits (floats to rounding); the fused
@@ -249,8 +289,7 @@ def test_worker_scale_on_torch_and_its_default(gen):
     workers, dithered-sign (which refuses drive) mse-debias."""
     import torch
 
-    from fobsgd_mpi.algorithms.fo_sgd import FOSGD, DitheredSignSGD
-    from fobsgd_mpi.algorithms.options import AlgorithmOptions
+    from fobsgd_mpi.algorithms.fo_sgd import DitheredSignSGD
 
     for n in (1, 2, 8, 64):
         assert FOSGD.compressor_defaults(AlgorithmOptions(), n) == {"server_scale": "drive", "worker_scale": "drive"}

@@ -29,6 +29,7 @@ class PSAlgorithm:
     state_names = ()  # attributes (float32 arrays) that carry over between iterations
     shardable = False  # whether the server role can be split by blocks over --servers ranks
     downlinks = ("flat",)  # the --downlink choices it takes (the server's re-quantization of the sum)
+    uplinks = ("plain",)  # the --uplink choices it takes, its default first (whether workers keep error feedback)
 
     def __init__(self, ps, d, options):
         self.ps = ps
@@ -180,15 +181,20 @@ def per_tensor_sign_scale(options):
 
 
 class ErrorFeedbackUplink:
-    """Worker side of error feedback: send C(g + e), keep e = g + e - C(g + e) (MEM-SGD)."""
+    """Worker side of error feedback: send C(g + e), keep e = g + e - C(g + e) (MEM-SGD). Always on
+    unless the algorithm also takes --uplink plain (its `uplinks`), then only with --uplink feedback."""
 
     state_names = ("error",)
+    uplinks = ("feedback",)
 
     def __init__(self, ps, d, options):
         super().__init__(ps, d, options)
-        self.error = arrays.zeros(d if ps.is_worker else 0, self.device)
+        feedback = (options.uplink or self.uplinks[0]) == "feedback"
+        self.error = arrays.zeros(d if feedback and ps.is_worker else 0, self.device)
 
     def encode_up(self, grad, step):
+        if not len(self.error):
+            return super().encode_up(grad, step)
         corrected = grad + self.error
         payload = self.up.encode(corrected, step, self.ps.rank, out=self.up_dev)
         self.error = corrected - self.up.decode(payload, step, self.d)

@@ -20,6 +20,7 @@ class AlgorithmOptions:
     qsgd_levels: int = 15
     topk_ratio: float = 0.01
     downlink: str = "flat"
+    uplink: str = None
     liec_period: int = 32
     # whether the optimizer keeps state between steps (LIEC-SGD's replicas then stay apart)
     stateful_optimizer: bool = True
