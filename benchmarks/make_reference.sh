@@ -54,6 +54,11 @@ run benchmarks/convergence.py --models mlp --algorithms sgd --seeds 6 --workdir 
     --out $OUT/convergence-mlp-sgd-6seeds.h5
 run benchmarks/convergence.py --models mlp --algorithms fo-sgd --seeds 6 --workdir results/convergence-runs \
     --train-flags="--downlink feedback" --out $OUT/convergence-mlp-feedback-6seeds.h5
+# FO-SGD with error feedback both ways: the mlp over 6 seeds (against the 6 of sgd above), cnn1d over 3
+run benchmarks/convergence.py --models mlp --algorithms fo-sgd --seeds 6 --workdir results/convergence-runs \
+    --train-flags="--uplink feedback --downlink feedback" --out $OUT/convergence-mlp-feedback-both.h5
+run benchmarks/convergence.py --models cnn1d --algorithms fo-sgd --workdir results/convergence-runs \
+    --train-flags="--uplink feedback --downlink feedback" --out $OUT/convergence-cnn1d-feedback-both.h5
 run benchmarks/convergence.py --models mlp --algorithms sgd liec-sgd --workdir results/convergence-runs \
     --out $OUT/convergence-mlp-liec.h5
 run benchmarks/convergence.py --models mlp --algorithms liec-sgd --workdir results/convergence-runs \

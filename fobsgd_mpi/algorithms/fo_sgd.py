@@ -11,9 +11,10 @@ the next step's (requantize): error feedback on the downlink alone, as DoubleSqu
 it; the workers keep none. The broadcasts of K steps then sum to the K means less the last e,
 where without it the server's re-quantization noise adds up as a K-step random walk.
 --uplink feedback is the workers' side of the same: each sends C(g + e) and keeps e = g + e - C(g +
-e) (MEM-SGD's memory, base.ErrorFeedbackUplink). With both, the model's distance from the one fp32
-means would move is only the memories' last residuals, not a sum of every step's noise, which lets
-the mlp train at twice the rate (README, "Error feedback both ways").
+e) (MEM-SGD's memory, base.ErrorFeedbackUplink). With both, the broadcasts of K steps sum to the K
+mean gradients less the workers' mean memory and the server's last residual, so neither link's
+noise adds up over the steps; the mlp then trains at twice the rate (README, "Error feedback both
+ways").
 
 --server-scale picks the server's scale per block (compressors/fo1bit.py): eta (the workers'
 --lambda-rule), mse (the scale minimizing the re-quantization's expected squared error) or
