@@ -436,7 +436,7 @@ def check_relations(cfg):
     the command line's options, or the API's (API_OPTIONS): an option it lacks is unset."""
     shardable = [n for n in algorithms.names() if algorithms.get(n).shardable]
     requantizing = [n for n in algorithms.names() if len(algorithms.get(n).downlinks) > 1]
-    uplinks = algorithms.get(cfg.algorithm).uplinks
+    algorithm = algorithms.get(cfg.algorithm)
     paths = {flag: getattr(cfg, flag[2:].replace("-", "_"), None) for flag in ("--config", "--out", "--save-model")}
     empty = [flag for flag, path in paths.items() if path == ""]
     dataset, target_accuracy = getattr(cfg, "dataset", None), getattr(cfg, "target_accuracy", None)
@@ -452,11 +452,12 @@ def check_relations(cfg):
          f"--target-accuracy needs a classification data set; {dataset} is a regression, which has no accuracy "
          "to reach"),
         (cfg.servers == "1" or cfg.participation == 1, "--participation below 1 needs --servers 1"),
-        (cfg.downlink in algorithms.get(cfg.algorithm).downlinks,
+        (cfg.downlink in algorithm.downlinks,
          f"--downlink {cfg.downlink} is for {', '.join(requantizing)}, whose server re-quantizes the sum; "
          f"{cfg.algorithm} takes only flat: leave it out"),
-        (cfg.uplink is None or cfg.uplink in uplinks,
-         f"--uplink {cfg.uplink} is not for {cfg.algorithm}, which takes {' or '.join(uplinks)}: leave it out"),
+        (cfg.uplink is None or cfg.uplink in algorithm.uplinks,
+         f"--uplink {cfg.uplink} is not for {cfg.algorithm}, which takes {' or '.join(algorithm.uplinks)}: leave it "
+         "out"),
         (cfg.downlink == "flat" or cfg.servers == "1",
          f"--downlink {cfg.downlink} decodes the whole sum on one server; use --servers 1"),
         (cfg.servers == "1" or cfg.algorithm in shardable,

@@ -217,8 +217,16 @@ def test_downlink_feedback_telescopes(kind, gen):
         kept.append(c.decode(out, step, d).astype(np.float64))
         assert len(requantize(c, x, step, out, np.zeros(0, np.float32))) == 0
         plain.append(c.decode(out, step, d).astype(np.float64))
+    assert_memory_telescopes(kind, x, kept, error, plain)
+
+
+def assert_memory_telescopes(kind, x, kept, error, plain):
+    """`kept`: what K steps of the same x sent with an error memory (its last value `error`),
+    `plain` without one: the kept ones sum to K x less the memory, and their mean lies at least 10x
+    closer to x than the plain ones'."""
     norm = np.sum(x.astype(np.float64) ** 2)
-    np.testing.assert_allclose(np.sum(kept, axis=0) + error, reps * x.astype(np.float64), atol=1e-3 * np.sqrt(norm))
+    np.testing.assert_allclose(np.sum(kept, axis=0) + error, len(kept) * x.astype(np.float64),
+                               atol=1e-3 * np.sqrt(norm))
     with_memory, without = (np.sum((np.mean(v, axis=0) - x) ** 2) / norm for v in (kept, plain))
     print(kind, f"||mean - x||^2 / ||x||^2: with the memory {with_memory:.5f}, without {without:.5f}")
     assert with_memory < without / 10
@@ -253,12 +261,7 @@ def test_uplink_feedback_telescopes(kind, gen):
             worker.encode_up(x, step)
             sent[uplink].append(worker.up.decode(worker.up_dev, step, d).astype(np.float64))
     assert len(workers["plain"].error) == 0
-    norm = np.sum(x.astype(np.float64) ** 2)
-    np.testing.assert_allclose(np.sum(sent["feedback"], axis=0) + workers["feedback"].error,
-                               reps * x.astype(np.float64), atol=1e-3 * np.sqrt(norm))
-    with_memory, without = (np.sum((np.mean(sent[u], axis=0) - x) ** 2) / norm for u in ("feedback", "plain"))
-    print(kind, f"||mean - x||^2 / ||x||^2: with the memory {with_memory:.5f}, without {without:.5f}")
-    assert with_memory < without / 10
+    assert_memory_telescopes(kind, x, sent["feedback"], workers["feedback"].error, sent["plain"])
 
 
 @pytest.mark.parametrize("scale", ["mse", "mse-debias", "drive"])
