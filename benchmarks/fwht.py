@@ -14,8 +14,8 @@ millisecond and up mostly measure the scheduler.
 instead times the FWHT schedules of native/src/fwht.inl per log2 n for every instruction set this
 CPU has (benchmarks/fwht_tune.cpp, compiled with setup.py's flags for that set) after checking
 every schedule bit for bit against the plain stage loop, and rewrites native/src/fwht_plan.h, the
-table the kernels dispatch on; the entries of instruction sets this CPU lacks, or that --isas
-leaves out, are kept. --check-plans [--max-log 22] only runs that check.
+table the kernels dispatch on: this CPU model's entry for each instruction set it measured (added
+if new); other CPUs' entries, and instruction sets this CPU lacks or --isas leaves out, are kept. --check-plans [--max-log 22] only runs that check.
 
     python benchmarks/fwht.py --device cuda [--min-log 10] [--max-log 15] [--elements 24]
 
@@ -149,37 +149,66 @@ FIELDS = ("r0", "radix", "c1", "tile", "strip")
 
 
 def read_plans():
-    """isa -> (comment, float plans[31], double plans[31]) from fwht_plan.h."""
+    """isa -> [entry], each {"cpu": (vendor, family, model), "comment", "f32": plans[31], "f64": plans[31]},
+    from fwht_plan.h."""
     text = open(PLAN_H).read()
     out = {}
-    block = r"^#(?:(?:el)?if FOBSGD_VBYTES == \d+|else) +// (\w+): (.*?)\n(.*?)(?=^#)"
+    block = r"^#(?:(?:el)?if FOBSGD_VBYTES == \d+|else) +// (\w+)\n(.*?)(?=^#)"
+    entry = r'^    \{"(\w*)", (-?\d+), (-?\d+), +// (.*?)\n(.*?)^    \}\},'
     for m in re.finditer(block, text, re.S | re.M):
-        isa, comment, body = m.groups()
-        rows = re.findall(r"\{(-?\d+), (-?\d+), (-?\d+), (-?\d+), (-?\d+)\}", body)
-        plans = [tuple(map(int, r)) for r in rows]
-        out[isa] = (comment, plans[:31], plans[31:62])
+        isa, body = m.groups()
+        out[isa] = []
+        for e in re.finditer(entry, body, re.S | re.M):
+            vendor, family, model, comment, rows = e.groups()
+            plans = [tuple(map(int, r)) for r in re.findall(r"\{(-?\d+), (-?\d+), (-?\d+), (-?\d+), (-?\d+)\}", rows)]
+            out[isa].append({"cpu": (vendor, int(family), int(model)), "comment": comment,
+                             "f32": plans[:31], "f64": plans[31:62]})
     return out
 
 
 def write_plans(plans, header):
     lines = [f"// {line}" for line in header] + [
-        "// FWHT schedule per (instruction set, dtype, log2 n): {r0, radix, c1, tile, strip}, see fwht.inl.",
-        "// Written by python benchmarks/fwht.py --tune; do not edit by hand."]
+        "// FWHT schedules per (instruction set, CPU, dtype, log2 n): {r0, radix, c1, tile, strip}, see fwht.inl.",
+        "// Each CPU entry: CPUID vendor, family, model (-1: any model of the family). A CPU takes its",
+        "// model's entry, else its family's, else the first. Written by python benchmarks/fwht.py --tune;",
+        "// do not edit by hand."]
     for i, isa in enumerate(("avx512", "avx2", "generic")):
-        comment, f32, f64 = plans[isa]
         vbytes = TUNE_FLAGS[isa][0]
-        lines.append(f"#if FOBSGD_VBYTES == {vbytes}  // {isa}: {comment}" if i == 0 else
-                     f"#elif FOBSGD_VBYTES == {vbytes}  // {isa}: {comment}" if isa != "generic" else
-                     f"#else  // {isa}: {comment}")
-        lines.append("static const FwhtPlan kFwhtPlan[2][31] = {")
-        for name, table in (("float32", f32), ("float64", f64)):
-            lines.append(f"    {{  // {name}, log2 n = 0..30")
-            for k in range(0, 31, 8):
-                lines.append("        " + " ".join("{%d, %d, %d, %d, %d}," % p for p in table[k:k + 8]))
-            lines.append("    },")
+        lines.append(f"#if FOBSGD_VBYTES == {vbytes}  // {isa}" if i == 0 else
+                     f"#elif FOBSGD_VBYTES == {vbytes}  // {isa}" if isa != "generic" else f"#else  // {isa}")
+        lines.append("static const FwhtPlans kFwhtPlans[] = {")
+        for e in plans[isa]:
+            vendor, family, model = e["cpu"]
+            lines.append(f'    {{"{vendor}", {family}, {model},  // {e["comment"]}')
+            lines.append("     {")
+            for name in ("float32", "float64"):
+                lines.append(f"      {{  // {name}, log2 n = 0..30")
+                table = e["f32" if name == "float32" else "f64"]
+                for k in range(0, 31, 8):
+                    lines.append("        " + " ".join("{%d, %d, %d, %d, %d}," % p for p in table[k:k + 8]))
+                lines.append("      },")
+            lines.append("    }},")
         lines.append("};")
     lines.append("#endif")
     open(PLAN_H, "w").write("\n".join(lines) + "\n")
+
+
+def this_cpu():
+    """(vendor, family, model) as CPUID reports them (Linux /proc/cpuinfo); ("", -1, -1) elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        return info["vendor_id"], int(info["cpu family"]), int(info["model"])
+    except (OSError, KeyError, ValueError):
+        return "", -1, -1
+
+
+def entry_for(entries, cpu):
+    """The entry fwht.inl's cpu_plans() picks for `cpu` (same rule)."""
+    vendor, family, model = cpu
+    mine = [e for e in entries if e["cpu"][:2] == (vendor, family)]
+    return next((e for e in mine if e["cpu"][2] == model), next((e for e in mine if e["cpu"][2] < 0), entries[0]))
 
 
 def checked_tuner(isa, tmp, max_log):
@@ -203,7 +232,7 @@ def check_plans(max_log, isas):
 
 
 def tune(min_log, max_log, repeats, isas):
-    plans = read_plans()
+    plans, cpu = read_plans(), this_cpu()
     measured = []
     with tempfile.TemporaryDirectory() as tmp:
         for isa in isas:
@@ -219,19 +248,22 @@ def tune(min_log, max_log, repeats, isas):
                 found[log_n] = tuple(map(int, out[2:7]))
                 print(f"{isa} 2^{log_n}: plan {dict(zip(FIELDS, found[log_n]))}  {float(out[7]):.0f} ns "
                       f"(previous table {float(out[8]):.0f} ns)", flush=True)
-            # sizes below the measured range keep this table's plans; those above take the largest measured
-            old = plans[isa][1]
+            # sizes below the measured range keep the plans this CPU runs now; those above take the largest measured
+            old = entry_for(plans[isa], cpu)["f32"]
             f32 = [found[k] if k in found else old[k] if k < lo else found[max_log] for k in range(31)]
             # float64: float32's plan for the same bytes (one more element per byte: log2 n + 1), unmeasured
             f64 = [(p[0], p[1], p[2] - 1, p[3] - 1, max(p[4] - 1, lw - 1)) for p in f32[1:] + f32[-1:]]
             when = datetime.date.today().isoformat()
-            plans[isa] = (f"float32 measured {when} on {cpu_name()} for log2 n {lo}..{max_log} (beyond: the "
-                          "largest measured); float64 = float32's plan for the same bytes, not measured", f32, f64)
+            mine = {"cpu": cpu, "comment": f"float32 measured {when} on {cpu_name()} for log2 n {lo}..{max_log} "
+                    "(beyond: the largest measured); float64 = float32's plan for the same bytes, not measured",
+                    "f32": f32, "f64": f64}
+            if any(e["cpu"] == cpu for e in plans[isa]):
+                plans[isa] = [mine if e["cpu"] == cpu else e for e in plans[isa]]
+            else:
+                plans[isa].append(mine)
             measured.append(isa)
-    kept = [isa for isa in plans if isa not in measured]
-    write_plans(plans, [f"python benchmarks/fwht.py --tune --min-log {min_log} --max-log {max_log} "
-                        f"--repeats {repeats} --isas {' '.join(measured)}: measured {', '.join(measured)}"
-                        + (f"; {', '.join(kept)} kept from the runs their comments name" if kept else "")])
+    write_plans(plans, [f"last: python benchmarks/fwht.py --tune --min-log {min_log} --max-log {max_log} "
+                        f"--repeats {repeats} --isas {' '.join(measured)} on {cpu_name()} {cpu}"])
     print(f"# wrote {PLAN_H}; rebuild: python setup.py build_ext --inplace")
 
 

@@ -95,7 +95,7 @@ static void tune(int lo, int hi, int repeats) {
         const int64_t n = (int64_t)1 << L;
         float *x = alloc<float>(n);
         fill(x, n, 7);
-        const FwhtPlan def = kFwhtPlan[0][L];
+        const FwhtPlan def = cpu_plans().plan[0][L];
         FwhtPlan best = def;
         double best_t = 1e9, def_t = 1e9;
         // Coordinate search: vary one field at a time around the best so far, two rounds.

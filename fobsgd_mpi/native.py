@@ -61,6 +61,15 @@ def set_isa(name=None):
     _check(_native.set_isa(name), f"set_isa({name!r})")
 
 
+def fwht_plan(log_n, dtype=np.float32):
+    """The FWHT schedule the active instruction set runs for rows of 2^log_n on this CPU, as
+    ((r0, radix, c1, tile, strip), family, model): the plan and the CPU family and model of its
+    native/src/fwht_plan.h entry (model -1: measured for the family; both -1: the fallback)."""
+    if _native is None:
+        raise RuntimeError("the native extension is not built; run `make install`")
+    return _native.fwht_plan(int(log_n), np.dtype(dtype) == np.float64)
+
+
 def forced_isa_problem():
     """Why FOBSGD_ISA (read by the extension at import) cannot be honoured, or None."""
     name = os.environ.get("FOBSGD_ISA")

@@ -7,6 +7,7 @@ import scipy.linalg
 
 from fobsgd_mpi import native, reference
 from fobsgd_mpi.jobs import ROOT
+from tests.benchmark_scripts import benchmark
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -69,6 +70,29 @@ def test_every_candidate_schedule_is_bit_exact():
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(done.stdout.split()[::3]) == sorted(f"{isa}:" for isa in native.supported_isas())
     assert done.stdout.count(" 0 mismatches") == len(native.supported_isas())
+
+
+@pytest.mark.parametrize("cpu, expected", [
+    (("AuthenticAMD", 25, 17), ("AuthenticAMD", 25, 17)),  # its model's entry
+    (("AuthenticAMD", 25, 99), ("AuthenticAMD", 25, -1)),  # else its family's
+    (("GenuineIntel", 6, 85), ("AuthenticAMD", 26, -1)),  # else the first
+])
+def test_plan_entry_rule(cpu, expected):
+    bench = benchmark("fwht")
+    entries = [{"cpu": c} for c in (("AuthenticAMD", 26, -1), ("AuthenticAMD", 25, -1), ("AuthenticAMD", 25, 17))]
+    assert bench.entry_for(entries, cpu)["cpu"] == expected
+
+
+@pytest.mark.skipif(not native.available(), reason="the native extension is not built")
+def test_kernels_run_this_cpus_plans(isa):
+    """The plan each instruction set runs here is the one benchmarks/fwht.py's reading of
+    native/src/fwht_plan.h picks for this CPU (CPUID's family and model, by the same rule), at every
+    size and dtype: the tuner's writer, its reader and the kernels' CPU match agree."""
+    bench = benchmark("fwht")
+    entry = bench.entry_for(bench.read_plans()[isa], bench.this_cpu())
+    for log_n in range(31):
+        for dtype, key in ((np.float32, "f32"), (np.float64, "f64")):
+            assert native.fwht_plan(log_n, dtype) == (entry[key][log_n], *entry["cpu"][1:]), f"{isa} 2^{log_n} {key}"
 
 
 @pytest.mark.parametrize("log_n", [1, 2, 3, 5, 8])

@@ -1,6 +1,5 @@
 """Plots say what was run and in which units, and benchmark records say which commit made them:
 checked on the matplotlib objects and the HDF5 attributes, from tiny files written here."""
-import importlib.util
 import json
 import re
 
@@ -10,17 +9,9 @@ import pytest
 
 from fobsgd_mpi import report
 from fobsgd_mpi.benchmarking import line_plot, link_traffic, save_records
-from fobsgd_mpi.jobs import ROOT
+from tests.benchmark_scripts import benchmark
 
 UNIT = re.compile(r"\[.+\]")
-
-
-def benchmark(name):
-    """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_run(path, algorithm, wall_s):

@@ -77,6 +77,11 @@ PYBIND11_MODULE(_native, m) {
     m.def("fwht_f32", &fwht<float>, py::arg("x").noconvert(), py::arg("log_n"), py::arg("scale"));
     m.def("fwht_f64", &fwht<double>, py::arg("x").noconvert(), py::arg("log_n"), py::arg("scale"));
     def_fwht_inplace(m);
+    m.def("fwht_plan", [](int log_n, bool f64) {
+        int f[5], family, model;
+        if (fobsgd_fwht_plan(log_n, f64, f, &family, &model)) throw py::value_error("log_n outside 0..30");
+        return py::make_tuple(py::make_tuple(f[0], f[1], f[2], f[3], f[4]), family, model);
+    });
 
     m.def("encode_1bit", [](arr<float> x, arr<int64_t> offsets, arr<int32_t> log_sizes, int64_t d,
                             arr<int64_t> block_ids, int rotate, int rule, arr<double> factors, uint64_t seed,

@@ -2,11 +2,12 @@
 // its vector types, vload/vstore, seq/make_seq and ilog2).
 //
 // Bit-exactness with the numpy reference: every element goes through the stages in the same
-// order (stride 1, 2, 4, ...) with the same a+b / a-b operations, and the scale multiplies the
-// finished result; the schedules below only change the memory order, not the arithmetic.
+// order (stride 1, 2, 4, ...) with the same a+b / a-b operations (a-b may run as the exact FMA
+// a + (-1)*b), and the scale multiplies the finished result; the schedules below only change the
+// memory order, not the arithmetic.
 //
-// Schedule of one row of 2^L elements, chosen per (instruction set, log_n) from the measured
-// table in fwht_plan.h (python benchmarks/fwht.py --tune writes it):
+// Schedule of one row of 2^L elements, chosen per (instruction set, CPU model, log_n) from the
+// measured table in fwht_plan.h (python benchmarks/fwht.py --tune writes it):
 //   L < log2(W):          scalar loop;
 //   L <= log2(W) + 4:     the whole row in registers (AVX2: up to 128 floats in 16 ymm);
 //   otherwise             base pass (in-vector stages + r0 cross-vector stages on 2^r0
@@ -25,12 +26,48 @@ struct FwhtPlan {
     int8_t strip;  // log2 of the strip width in elements
 };
 
+// Plans measured per CPU model (a hall of fame, as FFHT keeps one): CPUs of one instruction set
+// differ (on a Zen 4 the Zen 5 avx512 rows took 13.5 ms at 2^24 against its own rows' 12.3 ms,
+// benchmarks/fwht_tune.txt), so each tuned CPU keeps its rows and a retune on one machine does
+// not overwrite another's.
+struct FwhtPlans {
+    const char *vendor;     // CPUID vendor string, "AuthenticAMD" / "GenuineIntel"
+    int family, model;      // CPUID display family and model; model -1: any model of the family
+    FwhtPlan plan[2][31];   // [float64][log2 n]
+};
+
 #include "fwht_plan.h"
 
-template <class V> inline void butterfly(V &a, V &b) {
-    V s = a + b;
-    b = a - b;
-    a = s;
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
+// The entry measured on this CPU model, else on its family, else the table's first.
+inline const FwhtPlans &cpu_plans() {
+    static const FwhtPlans *chosen = [] {
+        const int n = (int)(sizeof kFwhtPlans / sizeof kFwhtPlans[0]);
+        char vendor[13] = {};
+        int family = -1, model = -1;
+#if defined(__x86_64__) || defined(__i386__)
+        unsigned a, b, c, d;
+        if (__get_cpuid(0, &a, &b, &c, &d)) {
+            __builtin_memcpy(vendor, &b, 4), __builtin_memcpy(vendor + 4, &d, 4), __builtin_memcpy(vendor + 8, &c, 4);
+            __get_cpuid(1, &a, &b, &c, &d);
+            family = (int)((a >> 8) & 15), model = (int)((a >> 4) & 15);
+            if (family == 15) family += (int)((a >> 20) & 255);
+            if (family == 6 || family >= 15) model += (int)((a >> 12) & 240);
+        }
+#endif
+        const FwhtPlans *same_family = nullptr;
+        for (int i = 0; i < n; ++i) {
+            const FwhtPlans &e = kFwhtPlans[i];
+            if (__builtin_strcmp(e.vendor, vendor) || e.family != family) continue;
+            if (e.model == model) return &e;
+            if (e.model < 0 && !same_family) same_family = &e;
+        }
+        return same_family ? same_family : &kFwhtPlans[0];
+    }();
+    return *chosen;
 }
 
 // t + s * x with s = +-1: exact (s * x is), so an FMA gives the same bits as add/sub.
@@ -51,6 +88,21 @@ inline vd sign_add(vd t, vd s, vd x) {
 #else
     return t + s * x;
 #endif
+}
+
+// a - b computed as a + (-1) * b where an FMA exists: the same bits (the product is exact), but on
+// the FMA pipes. AMD's Zen cores add on two pipes and multiply-add on two others, so a butterfly
+// split across them runs the cross-vector stages on four (a radix-3 pass over L1 data on Zen 4:
+// 1.42 -> 1.08 cycles per ymm vector, benchmarks/fwht_tune.txt); Intel's cores add on the FMA
+// pipes anyway.
+template <class V> inline void butterfly(V &a, V &b) {
+    V s = a + b;
+#if defined(__FMA__) || defined(__AVX512F__)
+    b = sign_add(a, V{} - 1, b);
+#else
+    b = a - b;
+#endif
+    a = s;
 }
 
 // One stage of stride H inside a vector: lane i pairs with lane i^H; the lower lane gets a + b,
@@ -80,19 +132,29 @@ template <class V, int R> inline void cross_stages(V *v) {
 }
 
 // The first log2(W) + R stages on consecutive runs of 2^R vectors (R = L - log2 W: the whole row).
+// Software-pipelined: the in-vector stages of the next run (shuffles and FMAs, a long dependent
+// chain per vector) are issued beside the cross-vector stages of this one (adds), which the
+// out-of-order window alone does not overlap (Zen 4, avx2, r0 = 2 over L1 data: 3.67 -> 2.55
+// cycles per vector).
+template <class V, int W, int NV, class T> inline void load_lane_stages(V *v, const T *x) {
+    #pragma GCC unroll 16
+    for (int k = 0; k < NV; ++k) v[k] = LaneStages<V, W, 1>::run(vload<V>(x + k * W));
+}
 template <class T, int R> void base_pass(T *x, int64_t n, bool do_scale, T scale) {
     typedef typename Lanes<T>::V V;
     constexpr int W = Lanes<T>::W, NV = 1 << R;
+    V v[NV], next[NV] = {};
+    load_lane_stages<V, W, NV>(v, x);
     for (int64_t i = 0; i < n; i += NV * W) {
-        V v[NV];
-        #pragma GCC unroll 16
-        for (int k = 0; k < NV; ++k) v[k] = LaneStages<V, W, 1>::run(vload<V>(x + i + k * W));
+        if (i + NV * W < n) load_lane_stages<V, W, NV>(next, x + i + NV * W);
         cross_stages<V, R>(v);
         if (do_scale)
             #pragma GCC unroll 16
             for (int k = 0; k < NV; ++k) v[k] *= scale;
         #pragma GCC unroll 16
         for (int k = 0; k < NV; ++k) vstore(x + i + k * W, v[k]);
+        #pragma GCC unroll 16
+        for (int k = 0; k < NV; ++k) v[k] = next[k];
     }
 }
 template <class T> void base_stages(T *x, int64_t n, int r, bool do_scale, T scale) {
@@ -257,7 +319,18 @@ template <class T> void fwht_row_plan(T *x, int L, T scale, const FwhtPlan &p) {
 }
 
 template <class T> inline void fwht_row(T *x, int L, T scale) {
-    fwht_row_plan(x, L, scale, kFwhtPlan[sizeof(T) == 8][L]);
+    fwht_row_plan(x, L, scale, cpu_plans().plan[sizeof(T) == 8][L]);
+}
+
+// The entry's plan for (log_n, dtype) and the family and model that entry was measured on (-1: any).
+inline int fwht_plan(int log_n, int f64, int *fields, int *family, int *model) {
+    if (log_n < 0 || log_n > 30) return FOBSGD_EINVAL;
+    const FwhtPlans &e = cpu_plans();
+    const FwhtPlan &p = e.plan[f64 != 0][log_n];
+    const int v[5] = {p.r0, p.radix, p.c1, p.tile, p.strip};
+    for (int i = 0; i < 5; ++i) fields[i] = v[i];
+    *family = e.family, *model = e.model;
+    return FOBSGD_OK;
 }
 
 template <class T> int fwht(T *x, int64_t n_rows, int log_n, T scale) {

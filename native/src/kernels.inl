@@ -832,7 +832,7 @@ int mse_scales(const float *v, fobsgd_layout lay, float *work, double *lams, int
 }
 
 extern const KernelTable table = {
-    FOBSGD_ISA_NAME, fwht<float>,       fwht<double>,       encode_1bit,  decode_1bit,
+    FOBSGD_ISA_NAME, fwht<float>,       fwht<double>,       fwht_plan,    encode_1bit,  decode_1bit,
     aggregate_1bit,  scaled_sign_encode, scaled_sign_decode, majority_vote, qsgd_encode,
     qsgd_decode,     mse_scales,        segment_abs_means, segment_sign_decode, segment_sign_aggregate,
 };
