@@ -27,9 +27,9 @@ struct FwhtPlan {
 };
 
 // Plans measured per CPU model (a hall of fame, as FFHT keeps one): CPUs of one instruction set
-// differ (on a Zen 4 the Zen 5 avx512 rows took 13.5 ms at 2^24 against its own rows' 12.3 ms,
-// benchmarks/fwht_tune.txt), so each tuned CPU keeps its rows and a retune on one machine does
-// not overwrite another's.
+// differ (on a Zen 4 the Zen 5's avx512 plan for 2^24 took 13.5 ms against its own plan's 12.3 ms
+// in the tuner, benchmarks/fwht_tune.txt), so each tuned CPU keeps its rows and a retune on one
+// machine does not overwrite another's.
 struct FwhtPlans {
     const char *vendor;     // CPUID vendor string, "AuthenticAMD" / "GenuineIntel"
     int family, model;      // CPUID display family and model; model -1: any model of the family
@@ -92,9 +92,8 @@ inline vd sign_add(vd t, vd s, vd x) {
 
 // a - b computed as a + (-1) * b where an FMA exists: the same bits (the product is exact), but on
 // the FMA pipes. AMD's Zen cores add on two pipes and multiply-add on two others, so a butterfly
-// split across them runs the cross-vector stages on four (a radix-3 pass over L1 data on Zen 4:
-// 1.42 -> 1.08 cycles per ymm vector, benchmarks/fwht_tune.txt); Intel's cores add on the FMA
-// pipes anyway.
+// split across them runs the cross-vector stages on four (Zen 4, avx2, a radix-3 pass over a 2^12
+// row in L1: 208 -> 158 ns, README "FWHT kernel"); Intel's cores add on the FMA pipes anyway.
 template <class V> inline void butterfly(V &a, V &b) {
     V s = a + b;
 #if defined(__FMA__) || defined(__AVX512F__)
@@ -134,8 +133,8 @@ template <class V, int R> inline void cross_stages(V *v) {
 // The first log2(W) + R stages on consecutive runs of 2^R vectors (R = L - log2 W: the whole row).
 // Software-pipelined: the in-vector stages of the next run (shuffles and FMAs, a long dependent
 // chain per vector) are issued beside the cross-vector stages of this one (adds), which the
-// out-of-order window alone does not overlap (Zen 4, avx2, r0 = 2 over L1 data: 3.67 -> 2.55
-// cycles per vector).
+// out-of-order window alone does not overlap (Zen 4, avx2, r0 = 2 over a 2^12 row in L1: 537 ->
+// 374 ns).
 template <class V, int W, int NV, class T> inline void load_lane_stages(V *v, const T *x) {
     #pragma GCC unroll 16
     for (int k = 0; k < NV; ++k) v[k] = LaneStages<V, W, 1>::run(vload<V>(x + k * W));
