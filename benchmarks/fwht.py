@@ -145,7 +145,8 @@ TUNE_FLAGS = {"generic": (16, []), "avx2": (32, ["-mavx2", "-mfma"]),
               "avx512": (64, ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl"])}
 COMMON = ["-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math", "-fopenmp", "-Wno-psabi",
           "-DFOBSGD_X86_ISAS=1", "-Inative/include", "-Inative/src"]
-FIELDS = ("r0", "radix", "c1", "tile", "strip")
+FIELDS = ("r0", "radix", "c1", "tile", "strip", "narrower")
+NARROWER = {"avx512": "avx2", "avx2": "generic"}  # the kernel a plan may hand a size to (fwht.inl)
 
 
 def read_plans():
@@ -160,7 +161,8 @@ def read_plans():
         out[isa] = []
         for e in re.finditer(entry, body, re.S | re.M):
             vendor, family, model, comment, rows = e.groups()
-            plans = [tuple(map(int, r)) for r in re.findall(r"\{(-?\d+), (-?\d+), (-?\d+), (-?\d+), (-?\d+)\}", rows)]
+            plans = [tuple(map(int, r)) for r in re.findall(r"\{(-?\d+), (-?\d+), (-?\d+), (-?\d+), (-?\d+), (-?\d+)\}",
+                                                            rows)]
             out[isa].append({"cpu": (vendor, int(family), int(model)), "comment": comment,
                              "f32": plans[:31], "f64": plans[31:62]})
     return out
@@ -168,7 +170,8 @@ def read_plans():
 
 def write_plans(plans, header):
     lines = [f"// {line}" for line in header] + [
-        "// FWHT schedules per (instruction set, CPU, dtype, log2 n): {r0, radix, c1, tile, strip}, see fwht.inl.",
+        "// FWHT schedules per (instruction set, CPU, dtype, log2 n): {r0, radix, c1, tile, strip, narrower},",
+        "// see fwht.inl.",
         "// Each CPU entry: CPUID vendor, family, model (-1: any model of the family). A CPU takes its",
         "// model's entry, else its family's, else the first. Written by python benchmarks/fwht.py --tune;",
         "// do not edit by hand."]
@@ -185,7 +188,7 @@ def write_plans(plans, header):
                 lines.append(f"      {{  // {name}, log2 n = 0..30")
                 table = e["f32" if name == "float32" else "f64"]
                 for k in range(0, 31, 8):
-                    lines.append("        " + " ".join("{%d, %d, %d, %d, %d}," % p for p in table[k:k + 8]))
+                    lines.append("        " + " ".join("{%d, %d, %d, %d, %d, %d}," % p for p in table[k:k + 8]))
                 lines.append("      },")
             lines.append("    }},")
         lines.append("};")
@@ -231,39 +234,85 @@ def check_plans(max_log, isas):
             checked_tuner(isa, tmp, max_log)
 
 
+def running_plan(plans, isa, cpu, log_n, dtype="f32"):
+    """(instruction set, plan) that runs rows of 2^log_n under `isa` on `cpu` (fwht.inl's fwht_row)."""
+    plan = entry_for(plans[isa], cpu)[dtype][log_n]
+    return running_plan(plans, NARROWER[isa], cpu, log_n, dtype) if plan[5] else (isa, plan)
+
+
+def head_to_head(wide, narrow, log_n, reps, rounds=5):
+    """Best ns of each (exe, plan) on 2^log_n, the two tuner processes alternating `rounds` times."""
+    best = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        for i, (exe, plan) in enumerate((wide, narrow)):
+            out = subprocess.run([exe, "time", str(log_n), str(reps), *map(str, plan[:5])], capture_output=True,
+                                 text=True, check=True).stdout
+            best[i] = min(best[i], float(out.split()[0]))
+    return best
+
+
+def tune_repeats(log_n, repeats):
+    return max(5, min(repeats, repeats >> max(0, log_n - 16)))
+
+
+def lowest_tuned(isa, min_log):
+    """Below 2^(log2 W + 5) a row fits in registers and takes no plan."""
+    return max(min_log, {16: 2, 32: 3, 64: 4}[TUNE_FLAGS[isa][0]] + 5)
+
+
+def tuned_entry(exe, isa, cpu, old, min_log, max_log, repeats):
+    """This CPU's entry for `isa`: per size the fastest schedule the tuner finds; sizes below the measured
+    range keep the plans this CPU runs now (`old`), those above take the largest measured."""
+    lo, found = lowest_tuned(isa, min_log), {}
+    for log_n in range(lo, max_log + 1):
+        out = subprocess.run([exe, "tune", str(log_n), str(log_n), str(tune_repeats(log_n, repeats))],
+                             capture_output=True, text=True, check=True).stdout.split()
+        found[log_n] = tuple(map(int, out[2:7])) + (0,)
+        print(f"{isa} 2^{log_n}: plan {dict(zip(FIELDS, found[log_n][:5]))}  {float(out[7]):.0f} ns "
+              f"(previous table {float(out[8]):.0f} ns)", flush=True)
+    return {"cpu": cpu, "f32": [found[k] if k in found else old[k] if k < lo else found[max_log] for k in range(31)],
+            "comment": f"float32 measured {datetime.date.today().isoformat()} on {cpu_name()} for log2 n "
+                       f"{lo}..{max_log} (beyond: the largest measured); float64 = float32's plan for the same bytes, "
+                       "not measured"}
+
+
+def hand_down(mine, isa, exes, theirs, min_log, max_log, repeats):
+    """Marks the sizes of `mine` (this CPU's entry for `isa`) that the next narrower instruction set's
+    kernel runs faster, by 3 % with the two tuner processes alternating, unless its own plan (`theirs`)
+    hands the size down again."""
+    narrow = NARROWER[isa]
+    for log_n in range(lowest_tuned(isa, min_log), max_log + 1):
+        if theirs[log_n][5]:
+            continue
+        t_wide, t_narrow = head_to_head((exes[isa], mine[log_n]), (exes[narrow], theirs[log_n]), log_n,
+                                        tune_repeats(log_n, repeats))
+        down = t_narrow < 0.97 * t_wide
+        mine[log_n] = mine[log_n][:5] + (int(down),)
+        print(f"{isa} 2^{log_n}: {t_wide:.0f} ns, {narrow} {t_narrow:.0f} ns: runs {narrow if down else isa}",
+              flush=True)
+    mine[max_log + 1:] = [mine[max_log]] * (30 - max_log)
+
+
 def tune(min_log, max_log, repeats, isas):
     plans, cpu = read_plans(), this_cpu()
-    measured = []
     with tempfile.TemporaryDirectory() as tmp:
+        exes = {isa: checked_tuner(isa, tmp, min(max_log, 22)) for isa in isas}
         for isa in isas:
-            vbytes = TUNE_FLAGS[isa][0]
-            exe = checked_tuner(isa, tmp, min(max_log, 22))
-            lw = {16: 2, 32: 3, 64: 4}[vbytes]
-            lo = max(min_log, lw + 5)
-            found = {}
-            for log_n in range(lo, max_log + 1):
-                reps = max(5, min(repeats, repeats >> max(0, log_n - 16)))
-                out = subprocess.run([exe, "tune", str(log_n), str(log_n), str(reps)], capture_output=True, text=True,
-                                     check=True).stdout.split()
-                found[log_n] = tuple(map(int, out[2:7]))
-                print(f"{isa} 2^{log_n}: plan {dict(zip(FIELDS, found[log_n]))}  {float(out[7]):.0f} ns "
-                      f"(previous table {float(out[8]):.0f} ns)", flush=True)
-            # sizes below the measured range keep the plans this CPU runs now; those above take the largest measured
-            old = entry_for(plans[isa], cpu)["f32"]
-            f32 = [found[k] if k in found else old[k] if k < lo else found[max_log] for k in range(31)]
+            mine = tuned_entry(exes[isa], isa, cpu, entry_for(plans[isa], cpu)["f32"], min_log, max_log, repeats)
+            ours = [e["cpu"] == cpu for e in plans[isa]]
+            plans[isa] = [mine if o else e for o, e in zip(ours, plans[isa])] + ([] if any(ours) else [mine])
+        for isa in sorted(isas, key=lambda isa: TUNE_FLAGS[isa][0]):  # narrowest first: its hand-downs are final
+            mine, narrow = next(e for e in plans[isa] if e["cpu"] == cpu), NARROWER.get(isa)
+            if narrow in native.supported_isas():
+                if narrow not in exes:
+                    exes[narrow] = checked_tuner(narrow, tmp, min(max_log, 22))
+                hand_down(mine["f32"], isa, exes, entry_for(plans[narrow], cpu)["f32"], min_log, max_log, repeats)
             # float64: float32's plan for the same bytes (one more element per byte: log2 n + 1), unmeasured
-            f64 = [(p[0], p[1], p[2] - 1, p[3] - 1, max(p[4] - 1, lw - 1)) for p in f32[1:] + f32[-1:]]
-            when = datetime.date.today().isoformat()
-            mine = {"cpu": cpu, "comment": f"float32 measured {when} on {cpu_name()} for log2 n {lo}..{max_log} "
-                    "(beyond: the largest measured); float64 = float32's plan for the same bytes, not measured",
-                    "f32": f32, "f64": f64}
-            if any(e["cpu"] == cpu for e in plans[isa]):
-                plans[isa] = [mine if e["cpu"] == cpu else e for e in plans[isa]]
-            else:
-                plans[isa].append(mine)
-            measured.append(isa)
+            lw = {16: 1, 32: 2, 64: 3}[TUNE_FLAGS[isa][0]]
+            mine["f64"] = [(p[0], p[1], p[2] - 1, p[3] - 1, max(p[4] - 1, lw), p[5])
+                           for p in mine["f32"][1:] + mine["f32"][-1:]]
     write_plans(plans, [f"last: python benchmarks/fwht.py --tune --min-log {min_log} --max-log {max_log} "
-                        f"--repeats {repeats} --isas {' '.join(measured)} on {cpu_name()} {cpu}"])
+                        f"--repeats {repeats} --isas {' '.join(isas)} on {cpu_name()} {cpu}"])
     print(f"# wrote {PLAN_H}; rebuild: python setup.py build_ext --inplace")
 
 

@@ -62,8 +62,9 @@ def set_isa(name=None):
 
 
 def fwht_plan(log_n, dtype=np.float32):
-    """The FWHT schedule the active instruction set runs for rows of 2^log_n on this CPU, as
-    ((r0, radix, c1, tile, strip), family, model): the plan and the CPU family and model of its
+    """The FWHT schedule that runs rows of 2^log_n on this CPU under the active instruction set, as
+    ((r0, radix, c1, tile, strip), isa, family, model): the plan, the instruction set whose kernel
+    runs it (a plan may hand a size to the next narrower set) and the CPU family and model of its
     native/src/fwht_plan.h entry (model -1: measured for the family; both -1: the fallback)."""
     if _native is None:
         raise RuntimeError("the native extension is not built; run `make install`")

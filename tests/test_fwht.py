@@ -83,16 +83,28 @@ def test_plan_entry_rule(cpu, expected):
     assert bench.entry_for(entries, cpu)["cpu"] == expected
 
 
+def test_a_plan_may_hand_a_size_down():
+    bench = benchmark("fwht")
+    cpu = ("AuthenticAMD", 25, 17)
+    own, down = (4, 4, 12, 17, 4, 1), (3, 3, 13, 17, 4, 0)
+    plans = {"avx512": [{"cpu": cpu, "f32": [own] * 31}], "avx2": [{"cpu": cpu, "f32": [down] * 31}]}
+    assert bench.running_plan(plans, "avx512", cpu, 18) == ("avx2", down)
+    assert bench.running_plan(plans, "avx2", cpu, 18) == ("avx2", down)
+
+
 @pytest.mark.skipif(not native.available(), reason="the native extension is not built")
 def test_kernels_run_this_cpus_plans(isa):
-    """The plan each instruction set runs here is the one benchmarks/fwht.py's reading of
-    native/src/fwht_plan.h picks for this CPU (CPUID's family and model, by the same rule), at every
-    size and dtype: the tuner's writer, its reader and the kernels' CPU match agree."""
+    """The plan and kernel that run each size here are the ones benchmarks/fwht.py's reading of
+    native/src/fwht_plan.h picks for this CPU (CPUID's family and model, and the hand-down to a
+    narrower instruction set, by the same rules), at every size and dtype: the tuner's writer, its
+    reader and the kernels' choice agree."""
     bench = benchmark("fwht")
-    entry = bench.entry_for(bench.read_plans()[isa], bench.this_cpu())
+    plans, cpu = bench.read_plans(), bench.this_cpu()
     for log_n in range(31):
         for dtype, key in ((np.float32, "f32"), (np.float64, "f64")):
-            assert native.fwht_plan(log_n, dtype) == (entry[key][log_n], *entry["cpu"][1:]), f"{isa} 2^{log_n} {key}"
+            runs, plan = bench.running_plan(plans, isa, cpu, log_n, key)
+            family, model = bench.entry_for(plans[runs], cpu)["cpu"][1:]
+            assert native.fwht_plan(log_n, dtype) == (plan[:5], runs, family, model), f"{isa} 2^{log_n} {key}"
 
 
 @pytest.mark.parametrize("log_n", [1, 2, 3, 5, 8])

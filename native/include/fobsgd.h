@@ -60,9 +60,11 @@ int fobsgd_isa_supported(const char *name);
  * multiplied by `scale` at the end (1/sqrt(2^log_n) gives the orthonormal transform). */
 int fobsgd_fwht_f32(float *x, int64_t n_rows, int log_n, float scale);
 int fobsgd_fwht_f64(double *x, int64_t n_rows, int log_n, double scale);
-/* The schedule the active instruction set runs for rows of 2^log_n (f64: float64) on this CPU:
- * fields = {r0, radix, c1, tile, strip} of native/src/fwht_plan.h, CPU model = cpuid's. */
-int fobsgd_fwht_plan(int log_n, int f64, int *fields, int *cpu_family, int *cpu_model);
+/* The schedule that runs rows of 2^log_n (f64: float64) on this CPU under the active instruction
+ * set: fields = {r0, radix, c1, tile, strip} of native/src/fwht_plan.h, *isa = the instruction set
+ * whose kernel runs (the plan may hand a size to a narrower one), *cpu_family / *cpu_model = the
+ * CPUID family and model its entry was measured on (-1: any). */
+int fobsgd_fwht_plan(int log_n, int f64, int *fields, const char **isa, int *cpu_family, int *cpu_model);
 
 /* One-bit dithered encode (FO-SGD when rotate != 0, dithered sign when rotate == 0).
  * Per block: y = H D x / sqrt(m) (or y = x), lambda by rule (NORM: ||x||_2 * lambda_factor[b];

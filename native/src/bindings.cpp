@@ -79,8 +79,9 @@ PYBIND11_MODULE(_native, m) {
     def_fwht_inplace(m);
     m.def("fwht_plan", [](int log_n, bool f64) {
         int f[5], family, model;
-        if (fobsgd_fwht_plan(log_n, f64, f, &family, &model)) throw py::value_error("log_n outside 0..30");
-        return py::make_tuple(py::make_tuple(f[0], f[1], f[2], f[3], f[4]), family, model);
+        const char *isa;
+        if (fobsgd_fwht_plan(log_n, f64, f, &isa, &family, &model)) throw py::value_error("log_n outside 0..30");
+        return py::make_tuple(py::make_tuple(f[0], f[1], f[2], f[3], f[4]), isa, family, model);
     });
 
     m.def("encode_1bit", [](arr<float> x, arr<int64_t> offsets, arr<int32_t> log_sizes, int64_t d,

@@ -73,8 +73,8 @@ int fobsgd_fwht_f32(float *x, int64_t n_rows, int log_n, float scale) {
 int fobsgd_fwht_f64(double *x, int64_t n_rows, int log_n, double scale) {
     return active->fwht_f64(x, n_rows, log_n, scale);
 }
-int fobsgd_fwht_plan(int log_n, int f64, int *fields, int *cpu_family, int *cpu_model) {
-    return active->fwht_plan(log_n, f64, fields, cpu_family, cpu_model);
+int fobsgd_fwht_plan(int log_n, int f64, int *fields, const char **isa, int *cpu_family, int *cpu_model) {
+    return active->fwht_plan(log_n, f64, fields, isa, cpu_family, cpu_model);
 }
 int fobsgd_encode_1bit(const float *x, fobsgd_layout layout, int rotate, int rule,
                        const double *lambda_factor, uint64_t seed, uint64_t step, uint64_t rank,

@@ -24,6 +24,7 @@ struct FwhtPlan {
     int8_t c1;     // log2 of the L1 chunk
     int8_t tile;   // log2 of the L2 tile; stages above it run on strips
     int8_t strip;  // log2 of the strip width in elements
+    int8_t narrower;  // 1: the next narrower instruction set's kernel runs this size (measured faster here)
 };
 
 // Plans measured per CPU model (a hall of fame, as FFHT keeps one): CPUs of one instruction set
@@ -317,18 +318,35 @@ template <class T> void fwht_row_plan(T *x, int L, T scale, const FwhtPlan &p) {
     if (L > tile) above_tile<T>(x, L, tile, q, sc, scale);
 }
 
+// FOBSGD_NARROWER (isa_*.cpp) names the instruction set one step down, whose kernel a plan may
+// hand a size to: on Zen 4, AVX-512 runs on 256-bit units and its 4 in-vector stages per 16 floats
+// cost more than AVX2's 3 per 8 at some sizes.
+#ifdef FOBSGD_NARROWER
+inline const KernelTable &narrower_table() { return ::fobsgd::FOBSGD_NARROWER::table; }
+inline void narrower_fwht(float *x, int L, float scale) { narrower_table().fwht_f32(x, 1, L, scale); }
+inline void narrower_fwht(double *x, int L, double scale) { narrower_table().fwht_f64(x, 1, L, scale); }
+#endif
+
 template <class T> inline void fwht_row(T *x, int L, T scale) {
-    fwht_row_plan(x, L, scale, cpu_plans().plan[sizeof(T) == 8][L]);
+    const FwhtPlan &p = cpu_plans().plan[sizeof(T) == 8][L];
+#ifdef FOBSGD_NARROWER
+    if (p.narrower) return narrower_fwht(x, L, scale);
+#endif
+    fwht_row_plan(x, L, scale, p);
 }
 
-// The entry's plan for (log_n, dtype) and the family and model that entry was measured on (-1: any).
-inline int fwht_plan(int log_n, int f64, int *fields, int *family, int *model) {
+// The plan that runs rows of 2^log_n (f64: float64) on this CPU, the instruction set whose kernel
+// runs them, and the family and model its entry was measured on (-1: any).
+inline int fwht_plan(int log_n, int f64, int *fields, const char **isa, int *family, int *model) {
     if (log_n < 0 || log_n > 30) return FOBSGD_EINVAL;
     const FwhtPlans &e = cpu_plans();
     const FwhtPlan &p = e.plan[f64 != 0][log_n];
+#ifdef FOBSGD_NARROWER
+    if (p.narrower) return narrower_table().fwht_plan(log_n, f64, fields, isa, family, model);
+#endif
     const int v[5] = {p.r0, p.radix, p.c1, p.tile, p.strip};
     for (int i = 0; i < 5; ++i) fields[i] = v[i];
-    *family = e.family, *model = e.model;
+    *isa = FOBSGD_ISA_NAME, *family = e.family, *model = e.model;
     return FOBSGD_OK;
 }
 

@@ -8,7 +8,7 @@ struct KernelTable {
     const char *name;
     int (*fwht_f32)(float *, int64_t, int, float);
     int (*fwht_f64)(double *, int64_t, int, double);
-    int (*fwht_plan)(int, int, int *, int *, int *);
+    int (*fwht_plan)(int, int, int *, const char **, int *, int *);
     int (*encode_1bit)(const float *, fobsgd_layout, int, int, const double *, uint64_t, uint64_t,
                        uint64_t, float *, uint64_t *, float *, int);
     int (*decode_1bit)(const uint64_t *, const float *, fobsgd_layout, int, uint64_t, uint64_t, float,
