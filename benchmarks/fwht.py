@@ -186,9 +186,8 @@ def write_plans(plans, header):
             vendor, family, model = e["cpu"]
             lines.append(f'    {{"{vendor}", {family}, {model},  // {e["comment"]}')
             lines.append("     {")
-            for name in ("float32", "float64"):
+            for name, table in (("float32", e["f32"]), ("float64", e["f64"])):
                 lines.append(f"      {{  // {name}, log2 n = 0..30")
-                table = e["f32" if name == "float32" else "f64"]
                 for k in range(0, 31, 8):
                     lines.append("        " + " ".join("{%d, %d, %d, %d, %d, %d}," % p for p in table[k:k + 8]))
                 lines.append("      },")
@@ -257,9 +256,14 @@ def tune_repeats(log_n, repeats):
     return max(5, min(repeats, repeats >> max(0, log_n - 16)))
 
 
+def float_lanes_log2(isa):
+    """log2 W: float32 lanes of the instruction set's vectors."""
+    return (TUNE_FLAGS[isa][0] // 4).bit_length() - 1
+
+
 def lowest_tuned(isa, min_log):
     """Below 2^(log2 W + 5) a row fits in registers and takes no plan."""
-    return max(min_log, {16: 2, 32: 3, 64: 4}[TUNE_FLAGS[isa][0]] + 5)
+    return max(min_log, float_lanes_log2(isa) + 5)
 
 
 def tuned_entry(exe, isa, cpu, old, min_log, max_log, repeats):
@@ -310,8 +314,8 @@ def tune(min_log, max_log, repeats, isas):
                     exes[narrow] = checked_tuner(narrow, tmp, min(max_log, 22))
                 hand_down(mine["f32"], isa, exes, entry_for(plans[narrow], cpu)["f32"], min_log, max_log, repeats)
             # float64: float32's plan for the same bytes (one more element per byte: log2 n + 1), unmeasured
-            lw = {16: 1, 32: 2, 64: 3}[TUNE_FLAGS[isa][0]]
-            mine["f64"] = [(p[0], p[1], p[2] - 1, p[3] - 1, max(p[4] - 1, lw), p[5])
+            lw = float_lanes_log2(isa)
+            mine["f64"] = [(p[0], p[1], p[2] - 1, p[3] - 1, max(p[4] - 1, lw - 1), p[5])
                            for p in mine["f32"][1:] + mine["f32"][-1:]]
     write_plans(plans, [f"last: python benchmarks/fwht.py --tune --min-log {min_log} --max-log {max_log} "
                         f"--repeats {repeats} --isas {' '.join(isas)} on {cpu_name()} {cpu}"])
