@@ -107,6 +107,13 @@ def test_kernels_run_this_cpus_plans(isa):
             assert native.fwht_plan(log_n, dtype) == (plan[:5], runs, family, model), f"{isa} 2^{log_n} {key}"
 
 
+@pytest.mark.skipif(not native.available(), reason="the native extension is not built")
+@pytest.mark.parametrize("log_n", [-1, 31])
+def test_plan_of_a_size_out_of_range_is_a_value_error(log_n):
+    with pytest.raises(ValueError, match="log_n outside 0..30"):
+        native.fwht_plan(log_n)
+
+
 @pytest.mark.parametrize("log_n", [1, 2, 3, 5, 8])
 def test_matches_scipy_hadamard(isa, log_n):
     n = 1 << log_n
